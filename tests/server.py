@@ -1,0 +1,301 @@
+"""A local OpenAI-compatible server for tests and benchmarks: real HTTP on 127.0.0.1, real SSE.
+
+A test queues behaviours (`server.push(...)`); each request to /chat/completions or /responses
+takes the next one (or a default reply). Every request is recorded: path, headers, JSON body.
+Bodies are sent with chunked transfer encoding, so a clean end and a cut connection differ
+exactly as they do on the wire.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+SLEEP, CUT = "sleep", "cut"
+
+
+@dataclass
+class Behaviour:
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "text/event-stream"})
+    pieces: list[Any] = field(default_factory=list)  # bytes, (SLEEP, seconds) or (CUT,)
+    path: str | None = None  # only for requests whose path ends with this
+
+
+def sse(data: Any, event: str | None = None) -> bytes:
+    payload = data if isinstance(data, str) else json.dumps(data)
+    head = f"event: {event}\n" if event else ""
+    return (head + f"data: {payload}\n\n").encode()
+
+
+def chunk(content: str | None = None, finish: str | None = None, usage: Any = "absent",
+          reasoning: dict[str, str] | None = None, role: bool = False, choices: bool = True) -> dict:
+    delta: dict[str, Any] = {}
+    if role:
+        delta["role"] = "assistant"
+    if content is not None:
+        delta["content"] = content
+    if reasoning:
+        delta.update(reasoning)
+    body: dict[str, Any] = {"id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 1,
+                            "model": "test-model",
+                            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}] if choices else []}
+    if usage != "absent":
+        body["usage"] = usage
+    return body
+
+
+def usage_of(prompt: int, completion: int, **extra: Any) -> dict:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion, **extra}
+
+
+def chat_reply(text: str = "Hello from the test server.", *, pieces: int | None = None, size: int = 4,
+               finish: str | None = "stop", usage: str = "separate", prompt_tokens: int = 12,
+               completion_tokens: int | None = None, done: bool = True, delay: float = 0.0,
+               reasoning: str | None = None, reasoning_field: str = "reasoning_content",
+               keepalives: int = 0, empty_first: bool = False, usage_extra: dict | None = None,
+               status: int = 200) -> Behaviour:
+    """A Chat Completions stream: role chunk, content deltas, finish chunk, usage chunk, [DONE]."""
+    completion_tokens = completion_tokens if completion_tokens is not None else max(1, len(text) // 4)
+    total = usage_of(prompt_tokens, completion_tokens, **(usage_extra or {}))
+    out: list[Any] = []
+    for _ in range(keepalives):
+        out += [b": keep-alive\n\n", (SLEEP, 0.05)]
+    if empty_first:
+        out.append(sse({"id": "x", "object": "chat.completion.chunk", "choices": [],
+                        "prompt_filter_results": [{"prompt_index": 0}]}))
+    out.append(sse(chunk(role=True, content="", usage=None if usage == "null" else "absent")))
+    if reasoning:
+        for start in range(0, len(reasoning), size):
+            out.append(sse(chunk(reasoning={reasoning_field: reasoning[start:start + size]})))
+    step = size if pieces is None else max(1, -(-len(text) // pieces))
+    for start in range(0, len(text), step):
+        out.append(sse(chunk(content=text[start:start + step], usage=None if usage == "null" else "absent")))
+        if delay:
+            out.append((SLEEP, delay))
+    if finish is not None or usage == "finish":
+        out.append(sse(chunk(finish=finish, usage=total if usage == "finish" else (
+            None if usage == "null" else "absent"))))
+    if usage == "separate":
+        out.append(sse(chunk(choices=False, usage=total)))
+    if done:
+        out.append(b"data: [DONE]\n\n")
+    return Behaviour(status=status, pieces=out)
+
+
+def error_status(status: int, message: str = "error", code: str | None = None, headers: dict | None = None,
+                 body: Any = None, param: str | None = None) -> Behaviour:
+    if body is None:
+        body = {"error": {"message": message, "type": "invalid_request_error", "code": code, "param": param}}
+    raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+    content_type = "text/html" if isinstance(body, str) and body.lstrip().startswith("<") else "application/json"
+    return Behaviour(status=status, headers={"Content-Type": content_type, **(headers or {})}, pieces=[raw])
+
+
+# -- Responses API streams -----------------------------------------------------
+
+
+def responses_router(text: str = "Hello from the router.", size: int = 5, usage: tuple[int, int] = (11, 7)) -> Behaviour:
+    """Exactly the seed router's sequence: `event:` lines, hyphenated ids, no [DONE]."""
+    rid, mid = f"resp-{uuid.uuid4().hex[:16]}", f"msg-{uuid.uuid4().hex[:16]}"
+    base = {"id": rid, "object": "response", "created_at": 1, "model": "test-model", "error": None,
+            "incomplete_details": None}
+
+    def event(data: dict) -> bytes:
+        return sse(data, data["type"])
+
+    out = [event({"type": "response.created", "response": {**base, "status": "in_progress", "output": []}}),
+           event({"type": "response.in_progress", "response": {**base, "status": "in_progress", "output": []}}),
+           event({"type": "response.output_item.added", "output_index": 0,
+                  "item": {"type": "message", "id": mid, "role": "assistant", "content": [],
+                           "status": "in_progress"}}),
+           event({"type": "response.content_part.added", "item_id": mid, "output_index": 0, "content_index": 0,
+                  "part": {"type": "output_text", "text": "", "annotations": []}})]
+    for start in range(0, len(text), size):
+        out.append(event({"type": "response.output_text.delta", "item_id": mid, "output_index": 0,
+                          "content_index": 0, "delta": text[start:start + size]}))
+    item = {"type": "message", "id": mid, "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": []}], "status": "completed"}
+    out += [event({"type": "response.output_text.done", "item_id": mid, "output_index": 0, "content_index": 0,
+                   "text": text}),
+            event({"type": "response.content_part.done", "item_id": mid, "output_index": 0, "content_index": 0,
+                   "part": {"type": "output_text", "text": text, "annotations": []}}),
+            event({"type": "response.output_item.done", "output_index": 0, "item": item}),
+            event({"type": "response.completed", "response": {
+                **base, "status": "completed", "output": [item],
+                "usage": {"input_tokens": usage[0], "input_tokens_details": {"cached_tokens": 0},
+                          "output_tokens": usage[1], "output_tokens_details": {"reasoning_tokens": 0},
+                          "total_tokens": sum(usage)}}})]
+    return Behaviour(pieces=out)
+
+
+def responses_openai(text: str = "Hello from OpenAI.", size: int = 4, terminal: dict | None = None,
+                     extra_events: list[dict] | None = None, reasoning: str | None = None,
+                     done: bool = False, end: bool = True, delay: float = 0.0) -> Behaviour:
+    """OpenAI's own sequence, with sequence_number, no `event:` needed; `terminal` replaces completion."""
+    seq = iter(range(10_000))
+    resp = {"id": "resp_abc", "object": "response", "created_at": 1, "status": "in_progress", "model": "gpt-test",
+            "output": [], "usage": None}
+    events: list[dict] = [{"type": "response.created", "response": resp},
+                          {"type": "response.in_progress", "response": resp}]
+    if reasoning:
+        events.append({"type": "response.output_item.added", "output_index": 0,
+                       "item": {"type": "reasoning", "id": "rs_1", "summary": []}})
+        for start in range(0, len(reasoning), size):
+            events.append({"type": "response.reasoning_summary_text.delta", "item_id": "rs_1", "output_index": 0,
+                           "summary_index": 0, "delta": reasoning[start:start + size]})
+    events += extra_events or []
+    events.append({"type": "response.output_item.added", "output_index": 1,
+                   "item": {"type": "message", "id": "msg_1", "role": "assistant", "content": [],
+                            "status": "in_progress"}})
+    deltas = [{"type": "response.output_text.delta", "item_id": "msg_1", "output_index": 1, "content_index": 0,
+               "delta": text[start:start + size], "logprobs": []} for start in range(0, len(text), size)]
+    events += deltas
+    if end:
+        events.append(terminal or {"type": "response.completed", "response": {
+            **resp, "status": "completed",
+            "usage": {"input_tokens": 20, "input_tokens_details": {"cached_tokens": 4}, "output_tokens": 9,
+                      "output_tokens_details": {"reasoning_tokens": 3}, "total_tokens": 29}}})
+    out: list[Any] = []
+    for e in events:
+        out.append(sse({**e, "sequence_number": next(seq)}))
+        if delay and e["type"] == "response.output_text.delta":
+            out.append((SLEEP, delay))
+    if done:
+        out.append(b"data: [DONE]\n\n")
+    return Behaviour(pieces=out)
+
+
+# -- the server ------------------------------------------------------------------
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+class FakeServer:
+    """Start with `FakeServer()`; `.base_url` ends in /v1; `.close()` stops it."""
+
+    def __init__(self, models: list[str] | None = None, port: int = 0):
+        self.models = models if models is not None else ["test-model", "other-model"]
+        self.queue: list[Behaviour] = []
+        self.requests: list[Recorded] = []
+        self.disconnects: list[float] = []  # when a client went away mid-body
+        self.finished: list[float] = []  # when a body was sent completely
+        self.lock = threading.Lock()
+        self.default_chat = lambda: chat_reply()
+        self.default_responses = lambda: responses_router()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                server._record(self, None)
+                if self.path.rstrip("/").endswith("/models") and server.models is not None:
+                    body = json.dumps({"object": "list", "data": [{"id": m, "object": "model"}
+                                                                  for m in server.models]}).encode()
+                    self._send(Behaviour(headers={"Content-Type": "application/json"}, pieces=[body]))
+                else:
+                    self._send(error_status(404, "not found"))
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                try:
+                    body = json.loads(raw or b"null")
+                except ValueError:
+                    body = raw.decode("utf-8", "replace")
+                server._record(self, body)
+                self._send(server._next(self.path))
+
+            def _send(self, behaviour: Behaviour) -> None:
+                try:
+                    self.send_response(behaviour.status)
+                    for name, value in behaviour.headers.items():
+                        self.send_header(name, value)
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    self.wfile.flush()
+                    for piece in behaviour.pieces:
+                        if isinstance(piece, tuple):
+                            if piece[0] == SLEEP:
+                                time.sleep(piece[1])
+                                continue
+                            if piece[0] == CUT:
+                                self.wfile.flush()
+                                self.connection.shutdown(socket.SHUT_RDWR)
+                                self.close_connection = True
+                                return
+                        if piece:
+                            self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                            self.wfile.flush()
+                    self.wfile.write(b"0\r\n\r\n")
+                    self.wfile.flush()
+                    server.finished.append(time.monotonic())
+                except (BrokenPipeError, ConnectionResetError, OSError):
+                    server.disconnects.append(time.monotonic())
+                    self.close_connection = True
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def _record(self, handler: BaseHTTPRequestHandler, body: Any) -> None:
+        with self.lock:
+            self.requests.append(Recorded(handler.command, handler.path, dict(handler.headers.items()), body))
+
+    def _next(self, path: str) -> Behaviour:
+        with self.lock:
+            for index, behaviour in enumerate(self.queue):
+                if behaviour.path is None or path.endswith(behaviour.path):
+                    return self.queue.pop(index)
+        return self.default_responses() if path.endswith("/responses") else self.default_chat()
+
+    def push(self, *behaviours: Behaviour) -> "FakeServer":
+        with self.lock:
+            self.queue.extend(behaviours)
+        return self
+
+    @property
+    def posts(self) -> list[Recorded]:
+        return [r for r in self.requests if r.method == "POST"]
+
+    def reset(self) -> None:
+        with self.lock:
+            self.queue.clear()
+            self.requests.clear()
+            self.disconnects.clear()
+            self.finished.clear()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+if __name__ == "__main__":  # run by hand: python tests/server.py [PORT]
+    import sys
+
+    fake = FakeServer(port=int(sys.argv[1]) if len(sys.argv) > 1 else 0)
+    print(fake.base_url, flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        fake.close()
