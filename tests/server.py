@@ -259,7 +259,8 @@ class FakeServer:
 
     def _record(self, handler: BaseHTTPRequestHandler, body: Any) -> None:
         with self.lock:
-            self.requests.append(Recorded(handler.command, handler.path, dict(handler.headers.items()), body))
+            self.requests.append(Recorded(handler.command, handler.path,
+                                         {k.lower(): v for k, v in handler.headers.items()}, body))
 
     def _next(self, path: str) -> Behaviour:
         with self.lock:

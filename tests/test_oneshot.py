@@ -1,0 +1,197 @@
+"""One-shot and scripted use: the real program as a subprocess against the local server."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from conftest import assert_clean, run_chatbot
+from server import chat_reply
+
+
+def test_argument_prompt_prints_the_reply(run, server):
+    result = run("explain KV cache")
+    assert_clean(result)
+    assert result.returncode == 0
+    assert result.out == "Hello from the test server.\n"
+    assert result.err == ""
+    body = server.posts[0].body
+    assert body["messages"][0]["role"] == "system"
+    assert body["messages"][-1] == {"role": "user", "content": "explain KV cache"}
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    assert body["max_tokens"] == 1000 and body["temperature"] == 0.4 and body["model"] == "test-model"
+
+
+def test_piped_then_argument_separated_by_a_blank_line(run, server):
+    result = run("summarise this", input="line one\nline two\n")
+    assert result.returncode == 0
+    assert server.posts[0].body["messages"][-1]["content"] == "line one\nline two\n\nsummarise this"
+
+
+def test_piped_only(run, server):
+    result = run(input="just piped\n  indented\n")
+    assert result.returncode == 0
+    assert server.posts[0].body["messages"][-1]["content"] == "just piped\n  indented"
+
+
+def test_output_is_plain_with_no_escape_codes(run, server):
+    server.push(chat_reply("# Heading\n\n**bold** and `code`\n"))
+    result = run("md please")
+    assert result.out == "# Heading\n\n**bold** and `code`\n"
+    assert "\x1b" not in result.out and "\x1b" not in result.err
+
+
+def test_json_output(run, server):
+    server.push(chat_reply("The answer.", prompt_tokens=30, completion_tokens=3))
+    result = run("--json", "q")
+    assert result.returncode == 0
+    payload = json.loads(result.out)
+    assert payload["model"] == "test-model"
+    assert payload["reply"] == "The answer."
+    assert payload["finish_reason"] == "stop"
+    assert payload["usage"] == {"input_tokens": 30, "output_tokens": 3, "total_tokens": 33, "cached_tokens": 0,
+                                "reasoning_tokens": 0, "estimated": False}
+    assert payload["cost_usd"] is None  # a local server: no invented price
+    assert payload["truncated"] is False
+    assert payload["latency_ms"] >= payload["ttft_ms"] >= 0
+
+
+def test_json_cost_from_configured_prices(run, server):
+    server.push(chat_reply("x", prompt_tokens=1_000_000, completion_tokens=1_000_000))
+    result = run("--json", "--price-in", "1.5", "--price-out", "2", "q")
+    assert json.loads(result.out)["cost_usd"] == 3.5
+
+
+def test_no_stream_mode(run, server):
+    from server import Behaviour
+
+    body = {"id": "c", "object": "chat.completion", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "Whole reply."}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}}
+    server.push(Behaviour(headers={"Content-Type": "application/json"}, pieces=[json.dumps(body).encode()]))
+    result = run("--no-stream", "--json", "q")
+    assert json.loads(result.out)["reply"] == "Whole reply."
+    assert server.posts[0].body["stream"] is False and "stream_options" not in server.posts[0].body
+
+
+def test_attribution_headers_only_when_both_set(run, server):
+    run("q", extra_env={"APP_URL": "http://localhost:3000", "APP_NAME": "Test App"})
+    run("q", extra_env={"APP_URL": "http://localhost:3000"})
+    first, second = server.posts
+    assert first.headers.get("http-referer") == "http://localhost:3000" and first.headers.get("x-title") == "Test App"
+    assert "http-referer" not in second.headers and "x-title" not in second.headers
+
+
+def test_dotenv_file_and_env_file_flag(env, server, home):
+    (home / ".env").write_text(f"OPENAI_BASE_URL={server.base_url}\nOPENAI_MODEL=from-dotenv\n")
+    result = run_chatbot(["q"], env, cwd=str(home))
+    assert result.returncode == 0, result.stderr
+    other = home / "other.env"
+    other.write_text(f"OPENAI_BASE_URL={server.base_url}\nOPENAI_MODEL=from-env-file\n")
+    env2 = dict(env, OPENAI_MODEL="from-environment")
+    run_chatbot(["--env-file", str(other), "q"], env2)
+    assert [p.body["model"] for p in server.posts] == ["from-dotenv", "from-environment"]
+    missing = run_chatbot(["--env-file", str(home / "nope.env"), "q"], env)
+    assert missing.returncode == 2 and b"--env-file" in missing.stderr
+
+
+def test_zero_config_finds_a_local_server(env, server):
+    env = dict(env, CHATBOT_LOCAL_PORTS=f"1,{server.port}")
+    result = run_chatbot(["q"], env)
+    assert result.returncode == 0, result.stderr
+    assert server.posts[0].body["model"] == "test-model"  # the first model the server lists
+
+
+def test_no_key_and_no_server_fails_fast(env):
+    result = run_chatbot(["q"], dict(env, CHATBOT_LOCAL_PORTS="1"))
+    assert result.returncode == 2
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "OPENAI_API_KEY" in lines[0] and ".env.example" in lines[0]
+
+
+def test_remote_url_without_key_fails_before_any_request(env):
+    result = run_chatbot(["q"], dict(env, OPENAI_BASE_URL="https://api.example.invalid/v1"))
+    assert result.returncode == 2 and b"OPENAI_API_KEY" in result.stderr
+
+
+def test_bad_values_exit_2_with_one_line(run, server):
+    for args, extra, needle in [
+        (["--max-tokens", "-5", "q"], {}, "--max-tokens"),
+        (["q"], {"OPENAI_TEMPERATURE": "hot"}, "OPENAI_TEMPERATURE"),
+        (["--base-url", "example.com/v1", "q"], {}, "--base-url"),
+        (["--retries", "many", "q"], {}, "--retries"),
+        (["--frobnicate", "q"], {}, "--frobnicate"),
+    ]:
+        result = run(*args, extra_env=extra)
+        assert_clean(result)
+        assert result.returncode == 2, (args, result.err)
+        assert len(result.err.strip().splitlines()) == 1 and needle in result.err
+    assert server.posts == []
+
+
+def test_empty_and_whitespace_input_are_usage_errors(run, server):
+    for stdin in (b"", b"   \n\t\n"):
+        result = run(input=stdin)
+        assert result.returncode == 2 and "nothing to send" in result.err
+    assert server.posts == []
+
+
+def test_non_utf8_stdin(run, server):
+    result = run(input=b"caf\xe9 au lait\n")
+    assert_clean(result)
+    assert result.returncode == 2 and "UTF-8" in result.err
+    assert server.posts == []
+
+
+def test_ten_megabytes_on_stdin_is_refused_quickly(run, server):
+    result = run(input=b"lorem ipsum dolor sit amet " * 400_000, timeout=30)
+    assert_clean(result)
+    assert result.returncode == 2
+    assert "tokens" in result.err and "room for" in result.err
+    assert server.posts == []
+
+
+def test_version_and_help_do_not_import_the_sdk(env):
+    code = ("import sys, runpy; sys.argv = ['chatbot', '{flag}']\n"
+            "try:\n    runpy.run_path({path!r}, run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print('openai' in sys.modules, 'rich' in sys.modules)")
+    import subprocess
+    import sys
+
+    from conftest import CHATBOT
+
+    for flag in ("--version", "--help"):
+        out = subprocess.run([sys.executable, "-c", code.format(flag=flag, path=CHATBOT)], env=env,
+                             capture_output=True, text=True)
+        assert out.stdout.strip().splitlines()[-1] == "False False", out.stderr
+
+
+def test_log_line_per_request_without_content_or_key(run, server, home):
+    secret = "sk-test-" + "x" * 30
+    run("a very private question", extra_env={"OPENAI_API_KEY": secret})
+    logs = list(home.rglob("chatbot.log"))
+    assert logs, "no log file written"
+    text = logs[0].read_text()
+    assert "model=test-model" in text and "host=127.0.0.1" in text and "status=200" in text
+    assert "private" not in text and secret not in text
+    verbose = run("-v", "q")
+    assert "model=test-model" in verbose.err
+
+
+def test_key_never_printed_on_auth_failure(run, server):
+    from server import error_status
+
+    secret = "sk-test-" + "k" * 32
+    server.push(error_status(401, f"Incorrect API key provided: {secret}", code="invalid_api_key"))
+    result = run("q", extra_env={"OPENAI_API_KEY": secret})
+    assert result.returncode == 1
+    assert secret not in result.err and secret not in result.out
+    assert "OPENAI_API_KEY" in result.err
+    assert len(server.posts) == 1  # never retried
+    assert server.posts[0].headers["authorization"] == f"Bearer {secret}"
+
+
+def test_installed_console_script_exists():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    text = open(os.path.join(root, "pyproject.toml")).read()
+    assert 'chatbot = "chatbot:main"' in text and 'py-modules = ["chatbot"]' in text
