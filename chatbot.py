@@ -1075,7 +1075,8 @@ class TurnResult:
 
     @property
     def truncated(self) -> bool:
-        return self.cut_short or self.interrupted or self.finish_reason not in ("stop", None)
+        return self.cut_short or self.interrupted or self.finish_reason is None or \
+            self.finish_reason in FINISH_NOTES
 
     @property
     def flags(self) -> str:
@@ -1252,17 +1253,20 @@ class Chat:
         self._context_known = self.settings.context_tokens is not None
         self._context_tokens = self.settings.context_tokens
 
-    def prepare(self, tighter: float = 1.0) -> Request:
+    def prepare(self, cap: int | None = None) -> Request:
         """Build the request from the history; look up the real context window only when it matters."""
         conversation = self.conversation
-        budget = int(token_budget(self.context_tokens(False), self.settings.max_tokens) * tighter)
+
+        def budget(need_exact: bool) -> int:
+            full = token_budget(self.context_tokens(need_exact), self.settings.max_tokens)
+            return full if cap is None else min(full, cap)
+
         try:
-            request = build_request(conversation, self.settings.max_messages, budget, self.counter)
+            request = build_request(conversation, self.settings.max_messages, budget(False), self.counter)
         except PromptTooLarge:
             if self._context_known:
                 raise
-            budget = int(token_budget(self.context_tokens(True), self.settings.max_tokens) * tighter)
-            request = build_request(conversation, self.settings.max_messages, budget, self.counter)
+            request = build_request(conversation, self.settings.max_messages, budget(True), self.counter)
         if request.dropped and self.settings.summarize:
             request = self.summarize_dropped(request) or request
         return request
@@ -1329,11 +1333,11 @@ class Chat:
         On a failure before any text, the user message is removed and Failure raised.
         """
         model = self.model
-        tighter = 1.0
+        cap: int | None = None  # a tighter token budget, after the server said the context overflowed
         tried_fallback = False
         fixed: set[str] = set()
         while True:
-            request = self.prepare(tighter)
+            request = self.prepare(cap)
             if request.dropped:
                 tokens = f" ({request.dropped_tokens:,} tokens)" if request.dropped_tokens else ""
                 self.notify(f"{request.dropped} older message{'s' if request.dropped != 1 else ''} not sent{tokens}")
@@ -1348,14 +1352,13 @@ class Chat:
                 if parameter and parameter not in fixed:
                     fixed.add(parameter)
                     continue
-                if failure.kind == "context_length" and tighter == 1.0:
+                if failure.kind == "context_length" and cap is None and len(request.turns) > 1:
                     window = MAX_CONTEXT_NUMBER.search(str(failure))
-                    if window:
+                    if window and self.settings.context_tokens is None:
                         self._context_tokens, self._context_known = int(window.group(1)), True
-                    tighter = 0.6 if not window else 1.0
-                    if window is None or True:
-                        tighter = 0.6 if window is None else 0.9
-                    self.notify("the context window overflowed: retrying with fewer older turns")
+                    sent = self.counter.count_messages([Message("system", request.system), *request.turns])
+                    cap = int(sent * 0.75)
+                    self.notify("the context window overflowed: retrying once with fewer older turns")
                     continue
                 if (failure.retryable and self.settings.fallback_model and not tried_fallback
                         and model != self.settings.fallback_model):

@@ -26,6 +26,7 @@ class Behaviour:
     headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "text/event-stream"})
     pieces: list[Any] = field(default_factory=list)  # bytes, (SLEEP, seconds) or (CUT,)
     path: str | None = None  # only for requests whose path ends with this
+    header_delay: float = 0.0  # seconds before the status line: "slow headers"
 
 
 def sse(data: Any, event: str | None = None) -> bytes:
@@ -193,6 +194,7 @@ class FakeServer:
         self.disconnects: list[float] = []  # when a client went away mid-body
         self.finished: list[float] = []  # when a body was sent completely
         self.lock = threading.Lock()
+        self.strict_roles = True  # reject what strict chat templates reject, as vLLM and llama.cpp do
         self.default_chat = lambda: chat_reply()
         self.default_responses = lambda: responses_router()
         server = self
@@ -220,10 +222,16 @@ class FakeServer:
                 except ValueError:
                     body = raw.decode("utf-8", "replace")
                 server._record(self, body)
-                self._send(server._next(self.path))
+                problem = server._role_problem(body)
+                if problem:
+                    self._send(error_status(400, problem))
+                else:
+                    self._send(server._next(self.path))
 
             def _send(self, behaviour: Behaviour) -> None:
                 try:
+                    if behaviour.header_delay:
+                        time.sleep(behaviour.header_delay)
                     self.send_response(behaviour.status)
                     for name, value in behaviour.headers.items():
                         self.send_header(name, value)
@@ -268,6 +276,19 @@ class FakeServer:
                 if behaviour.path is None or path.endswith(behaviour.path):
                     return self.queue.pop(index)
         return self.default_responses() if path.endswith("/responses") else self.default_chat()
+
+    def _role_problem(self, body: Any) -> str | None:
+        """What a strict chat template (vLLM, llama.cpp) says about the message order, if anything."""
+        if not self.strict_roles or not isinstance(body, dict):
+            return None
+        messages = body.get("messages") or [{"role": "system"}] + list(body.get("input") or [])
+        roles = [m.get("role") for m in messages]
+        if roles.count("system") > 1 or (roles and "system" in roles[1:]):
+            return "System message must be at the beginning."
+        turns = [r for r in roles if r != "system"]
+        if not turns or turns[0] != "user" or any(a == b for a, b in zip(turns, turns[1:])):
+            return "Conversation roles must alternate user/assistant/user/assistant/..."
+        return None
 
     def push(self, *behaviours: Behaviour) -> "FakeServer":
         with self.lock:
