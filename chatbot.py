@@ -1519,7 +1519,9 @@ class MarkdownView:
         if top:
             opening = top[-1].type.replace("_close", "_open")
             wants_new_line = (markdown.elements.get(opening) or UnknownElement).new_line
-        return text.rstrip("\n").split("\n") if text.strip("\n") else [], wants_new_line
+        if text.endswith("\n"):
+            text = text[:-1]  # the newline console.print adds; an element's own blank lines stay
+        return text.split("\n") if text.strip("\n") else [], wants_new_line
 
     def _width(self) -> int:
         try:
@@ -1606,7 +1608,9 @@ class MarkdownView:
         width = self._width()
         lines, wants_new_line = self._render(block, width)
         out = self._erase_live(width)
-        if self.previous_new_line:
+        if self.previous_new_line and lines and lines[0] != "":
+            # rich puts a blank line between elements when the element closed last asks for one;
+            # a block whose own inner elements already produced that blank line needs no other.
             out += "\n"
         out += "\n".join(lines) + "\n" if lines else ""
         self.previous_new_line = wants_new_line
