@@ -1,0 +1,234 @@
+"""The REPL in a real pseudo-terminal (pexpect), against the local server."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pexpect
+
+from server import chat_reply, error_status
+
+PROMPT = "❯"
+
+
+def started(spawn, *args, **kwargs):
+    child = spawn(*args, **kwargs)
+    child.expect("chatbot .* · test-model · 127.0.0.1:\\d+ .*/help")
+    child.expect_exact(PROMPT)
+    return child
+
+
+def send(child, text):
+    child.send(text + "\r")
+
+
+def test_banner_reply_stats_clear_exit(spawn, server):
+    child = started(spawn, "--no-save")
+    send(child, "hello")
+    child.expect_exact("Hello from the test server.")
+    child.expect_exact(PROMPT)
+    send(child, "/stats")
+    child.expect("messages in memory: 3")
+    child.expect("sent last turn: 2 messages")
+    child.expect(r"last turn: 12 in · 6 out · cost unknown · first token [\d.]+s")
+    child.expect(r"session: 1 turns")
+    child.expect_exact(PROMPT)
+    send(child, "/clear")
+    child.expect_exact("Conversation cleared.")
+    child.expect_exact(PROMPT)
+    send(child, "/stats")
+    child.expect("messages in memory: 1")
+    child.expect_exact(PROMPT)
+    send(child, "again")
+    child.expect_exact("Hello from the test server.")
+    child.expect_exact(PROMPT)
+    assert [m["role"] for m in server.posts[-1].body["messages"]] == ["system", "user"]
+    send(child, "/exit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert "Traceback" not in (child.before or "")
+
+
+def test_ctrl_d_exits_and_ctrl_c_clears_the_line(spawn, server):
+    child = started(spawn, "--no-save")
+    child.send("some half typed text")
+    child.sendcontrol("c")
+    child.expect_exact(PROMPT)
+    child.sendcontrol("d")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert server.posts == []
+
+
+def test_ctrl_c_during_a_reply_keeps_the_partial_text(spawn, server):
+    server.push(chat_reply("word " * 300, size=5, delay=0.05))
+    child = started(spawn, "--no-save", "--raw")
+    send(child, "long please")
+    child.expect_exact("word word word")
+    child.sendcontrol("c")
+    child.expect_exact("[interrupted]")
+    child.expect_exact(PROMPT)
+    deadline = time.monotonic() + 3
+    while not server.disconnects and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.disconnects, "the connection was not closed on Ctrl-C"
+    send(child, "next")
+    child.expect_exact("Hello from the test server.")
+    child.expect_exact(PROMPT)
+    messages = server.posts[-1].body["messages"]
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    assert messages[2]["content"].startswith("word word")
+    send(child, "/exit")
+    child.expect(pexpect.EOF)
+
+
+def test_failed_message_comes_back_to_the_prompt(spawn, server):
+    server.push(error_status(500, "broken", headers={"x-should-retry": "false"}))
+    child = started(spawn, "--no-save")
+    send(child, "my precious question")
+    child.expect("error: the provider failed \\(500\\)")
+    child.expect_exact(PROMPT)
+    child.expect_exact("my precious question")  # pre-filled for resending
+    send(child, "")
+    child.expect_exact("Hello from the test server.")
+    child.expect_exact(PROMPT)
+    roles = [m["role"] for m in server.posts[-1].body["messages"]]
+    assert roles == ["system", "user"]
+    assert server.posts[-1].body["messages"][-1]["content"] == "my precious question"
+
+
+def test_unknown_command_and_bad_arguments(spawn, server):
+    child = started(spawn, "--no-save")
+    send(child, "/frobnicate")
+    child.expect_exact("unknown command /frobnicate")
+    send(child, "/stats now")
+    child.expect_exact("/stats takes no argument")
+    send(child, "/rename")
+    child.expect_exact("/rename needs NAME")
+    send(child, "/model nonexistent-model")
+    child.expect_exact("unknown model 'nonexistent-model'")
+    child.expect_exact("test-model")
+    send(child, "/model other-model")
+    child.expect_exact("model is now other-model")
+    send(child, "//etc/hosts is a file")
+    child.expect_exact("Hello from the test server.")
+    child.expect_exact(PROMPT)
+    assert server.posts[-1].body["messages"][-1]["content"] == "/etc/hosts is a file"
+    assert server.posts[-1].body["model"] == "other-model"
+    send(child, "/exit")
+    child.expect(pexpect.EOF)
+
+
+def test_help_lists_every_command_from_the_table(spawn, server):
+    import chatbot
+
+    child = started(spawn, "--no-save")
+    send(child, "/help")
+    for command in chatbot.COMMANDS:
+        child.expect_exact(f"/{command.name}")
+    child.expect_exact(PROMPT)
+
+
+def test_tab_completes_commands(spawn, server):
+    child = started(spawn, "--no-save")
+    child.send("/sta")
+    child.send("\t")
+    time.sleep(0.3)
+    child.send("\r")
+    child.expect("messages in memory")
+
+
+def test_alt_enter_adds_a_line_and_paste_keeps_newlines(spawn, server):
+    child = started(spawn, "--no-save")
+    child.send("first line")
+    child.send("\x1b\r")  # Esc Enter
+    child.send("second line\r")
+    child.expect_exact("Hello from the test server.")
+    child.expect_exact(PROMPT)
+    assert server.posts[-1].body["messages"][-1]["content"] == "first line\nsecond line"
+    child.send("\x1b[200~pasted one\npasted two\x1b[201~")
+    child.send("\r")
+    child.expect_exact("Hello from the test server.")
+    child.expect_exact(PROMPT)
+    assert server.posts[-1].body["messages"][-1]["content"] == "pasted one\npasted two"
+
+
+def test_retry_undo_system_api(spawn, server):
+    child = started(spawn, "--no-save")
+    send(child, "question")
+    child.expect_exact("Hello from the test server.")
+    child.expect_exact(PROMPT)
+    server.push(chat_reply("A regenerated reply."))
+    send(child, "/retry")
+    child.expect_exact("A regenerated reply.")
+    child.expect_exact(PROMPT)
+    assert [m["role"] for m in server.posts[-1].body["messages"]] == ["system", "user"]
+    send(child, "/undo")
+    child.expect("removed the last exchange \\(2 messages\\)")
+    send(child, "/system You are a pirate.")
+    child.expect_exact("system prompt replaced")
+    send(child, "/api")
+    child.expect_exact("API: chat")
+    send(child, "ahoy")
+    child.expect_exact("Hello from the test server.")
+    child.expect_exact(PROMPT)
+    messages = server.posts[-1].body["messages"]
+    assert messages == [{"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "ahoy"}]
+
+
+def test_markdown_reply_rendered_in_the_terminal(spawn, server):
+    server.push(chat_reply("# Big Title\n\nSome **bold** words.\n\n```python\nprint('hi')\n```\n"))
+    child = started(spawn, "--no-save")
+    send(child, "md")
+    child.expect_exact("Big Title")
+    child.expect_exact(PROMPT)
+    shown = child.before
+    assert "**bold**" not in shown and "bold" in shown
+    assert "```" not in shown
+    assert "\x1b[" in shown  # styled
+
+
+def test_no_color_gives_plain_text(spawn, server):
+    server.push(chat_reply("Some **bold** words.\n"))
+    child = started(spawn, "--no-save", extra_env={"NO_COLOR": "1"})
+    send(child, "md")
+    child.expect_exact("Some **bold** words.")
+    child.expect_exact(PROMPT)
+
+
+def test_unsupported_parameter_is_remembered_for_the_session(spawn, server):
+    server.push(error_status(400, "Unsupported parameter: 'max_tokens' is not supported with this model.",
+                             code="unsupported_parameter", param="max_tokens"))
+    child = started(spawn, "--no-save")
+    send(child, "one")
+    child.expect_exact("Hello from the test server.")
+    child.expect_exact(PROMPT)
+    send(child, "two")
+    child.expect_exact("Hello from the test server.")
+    child.expect_exact(PROMPT)
+    assert "max_tokens" not in server.posts[-1].body
+    assert server.posts[-1].body["max_completion_tokens"] == 1000
+    assert len(server.posts) == 3
+
+
+def test_rate_limit_wait_is_shown(spawn, server):
+    server.push(error_status(429, "slow down", headers={"Retry-After": "1"}))
+    child = started(spawn, "--no-save")
+    send(child, "q")
+    child.expect(r"retrying in 1\.0s \(rate limited")
+    child.expect_exact("Hello from the test server.")
+
+
+def test_trimming_is_shown(spawn, server):
+    child = started(spawn, "--no-save", "--max-messages", "2")
+    for text in ("one", "two"):
+        send(child, text)
+        child.expect_exact("Hello from the test server.")
+        child.expect_exact(PROMPT)
+    send(child, "three")
+    child.expect(re.escape("4 older messages not sent"))
+    child.expect_exact(PROMPT)
+    assert [m["content"] for m in server.posts[-1].body["messages"][1:]] == ["three"]
