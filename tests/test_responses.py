@@ -1,0 +1,210 @@
+"""`--api responses`: the seed router's stream, OpenAI's own, and every irregular ending.
+
+Each case runs in one-shot, --json and REPL modes against the local server.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import assert_clean
+from server import Behaviour, SLEEP, error_status, responses_openai, responses_router, sse
+
+PROMPT = "❯"
+
+
+def case_router():
+    return responses_router("Hello from the router.", usage=(11, 7)), dict(
+        reply="Hello from the router.", status=0, finish="stop", usage=(11, 7))
+
+
+def case_openai():
+    return responses_openai("Hello from OpenAI."), dict(reply="Hello from OpenAI.", status=0, finish="stop",
+                                                         usage=(20, 9))
+
+
+def case_openai_done():
+    return responses_openai("With a DONE.", done=True), dict(reply="With a DONE.", status=0, finish="stop",
+                                                             usage=(20, 9))
+
+
+def case_response_done_event():
+    return responses_openai("Gateway style.", terminal={"type": "response.done", "response": {
+        "status": "completed", "usage": {"input_tokens": 3, "output_tokens": 2}}}), dict(
+        reply="Gateway style.", status=0, finish="stop", usage=(3, 2))
+
+
+def case_failed():
+    return responses_openai("Partial", terminal={"type": "response.failed", "response": {
+        "status": "failed", "error": {"code": "server_error", "message": "the model crashed"}}}), dict(
+        reply="Partial", status=1, finish=None, needle="the model crashed")
+
+
+def case_incomplete():
+    return responses_openai("Cut by limit", terminal={"type": "response.incomplete", "response": {
+        "status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"},
+        "usage": {"input_tokens": 5, "output_tokens": 50}}}), dict(
+        reply="Cut by limit", status=1, finish="length", needle="--max-tokens", usage=(5, 50))
+
+
+def case_content_filter():
+    return responses_openai("Filtered", terminal={"type": "response.incomplete", "response": {
+        "status": "incomplete", "incomplete_details": {"reason": "content_filter"}}}), dict(
+        reply="Filtered", status=1, finish="content_filter", needle="content filter")
+
+
+def case_error_event():
+    return responses_openai("Some", terminal={"type": "error", "code": "rate_limit_exceeded",
+                                               "message": "slow down please"}), dict(
+        reply="Some", status=1, finish=None, needle="slow down please")
+
+
+def case_function_calls_and_unknown_events():
+    extra = [
+        {"type": "response.output_item.added", "output_index": 0,
+         "item": {"type": "function_call", "id": "fc_1", "call_id": "c1", "name": "lookup", "arguments": ""}},
+        {"type": "response.function_call_arguments.delta", "item_id": "fc_1", "output_index": 0, "delta": "{}"},
+        {"type": "response.function_call_arguments.done", "item_id": "fc_1", "output_index": 0, "arguments": "{}"},
+        {"type": "response.output_item.done", "output_index": 0,
+         "item": {"type": "function_call", "id": "fc_1", "call_id": "c1", "name": "lookup", "arguments": "{}"}},
+        {"type": "response.some_future_event", "payload": {"x": 1}},
+    ]
+    return responses_openai("Tools skipped.", extra_events=extra), dict(
+        reply="Tools skipped.", status=0, finish="stop", usage=(20, 9))
+
+
+def case_reasoning_summary():
+    return responses_openai("Reasoned.", reasoning="First I consider the question."), dict(
+        reply="Reasoned.", status=0, finish="stop", usage=(20, 9))
+
+
+def case_ends_early():
+    return responses_openai("Never finished", end=False), dict(
+        reply="Never finished", status=1, finish=None, needle="without a finish signal")
+
+
+def case_context_failed():
+    return responses_openai("", terminal={"type": "response.failed", "response": {
+        "status": "failed", "error": {"code": "context_length_exceeded",
+                                      "message": "Your input exceeds the context window of this model."}}}), dict(
+        reply="", status=1, finish=None, needle="context window")
+
+
+CASES = [case_router, case_openai, case_openai_done, case_response_done_event, case_failed, case_incomplete,
+         case_content_filter, case_error_event, case_function_calls_and_unknown_events, case_reasoning_summary,
+         case_ends_early, case_context_failed]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.__name__[5:])
+def test_one_shot(run, server, case):
+    behaviour, expect = case()
+    server.push(behaviour)
+    result = run("--api", "responses", "q")
+    assert_clean(result)
+    assert result.returncode == expect["status"], result.err
+    assert result.out == (expect["reply"] + "\n" if expect["reply"] else "")
+    if "needle" in expect:
+        assert expect["needle"] in result.err
+    body = server.posts[0].body
+    assert server.posts[0].path.endswith("/responses")
+    assert body["instructions"].startswith("You are")
+    assert body["input"] == [{"role": "user", "content": "q"}]
+    assert body["max_output_tokens"] == 1000 and body["stream"] is True and body["temperature"] == 0.4
+    assert "messages" not in body
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.__name__[5:])
+def test_json(run, server, case):
+    behaviour, expect = case()
+    server.push(behaviour)
+    result = run("--api", "responses", "--json", "q")
+    assert_clean(result)
+    assert result.returncode == expect["status"]
+    payload = json.loads(result.out)
+    assert payload["reply"] == expect["reply"]
+    assert payload["finish_reason"] == expect["finish"]
+    assert payload["truncated"] is (expect["status"] != 0)
+    if "usage" in expect and expect["status"] == 0:
+        assert (payload["usage"]["input_tokens"], payload["usage"]["output_tokens"]) == expect["usage"]
+        assert payload["usage"]["estimated"] is False
+    if expect["reply"] == "" and expect["status"]:
+        assert payload["error"]
+
+
+def test_openai_usage_details(run, server):
+    server.push(responses_openai("x"))
+    payload = json.loads(run("--api", "responses", "--json", "q").out)
+    assert payload["usage"]["cached_tokens"] == 4 and payload["usage"]["reasoning_tokens"] == 3
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.__name__[5:])
+def test_repl(spawn, server, case):
+    behaviour, expect = case()
+    server.push(behaviour)
+    child = spawn("--api", "responses", "--no-save", "--raw")
+    child.expect_exact(PROMPT)
+    child.send("q\r")
+    if expect["reply"]:
+        child.expect_exact(expect["reply"])
+    if "needle" in expect:
+        child.expect_exact(expect["needle"])
+    child.expect_exact(PROMPT)
+    if not expect["reply"]:
+        child.expect_exact("q")  # the failed message is back at the prompt
+        child.sendcontrol("u")
+    child.send("again\r")
+    child.expect_exact("Hello from the router.")
+    child.expect_exact(PROMPT)
+    body = server.posts[-1].body
+    roles = [item["role"] for item in body["input"]]
+    # History stays well-formed whatever the first turn did: kept partial replies, no dangling user turn.
+    assert roles == (["user", "assistant", "user"] if expect["reply"] else ["user"])
+    assert body["input"][-1]["content"] == "again"
+    assert "First I consider" not in json.dumps(body)
+    child.send("/api\r")
+    child.expect_exact("API: responses")
+
+
+def test_server_without_responses_endpoint(run, server):
+    server.push(Behaviour(status=404, headers={"Content-Type": "application/json"},
+                          pieces=[b'{"error": {"message": "Not Found"}}'], path="/responses"))
+    result = run("--api", "responses", "q")
+    assert result.returncode == 1
+    assert "no Responses API endpoint" in result.err and "--api chat" in result.err
+    server.push(error_status(405, "Method Not Allowed"))
+    result = run("--api", "responses", "q")
+    assert result.returncode == 1 and "--api chat" in result.err
+
+
+def test_api_from_environment(run, server):
+    result = run("q", extra_env={"OPENAI_API": "responses"})
+    assert result.returncode == 0 and result.out == "Hello from the router.\n"
+    assert server.posts[0].path.endswith("/responses")
+
+
+def test_keep_alives_and_slow_stream_in_responses_mode(run, server):
+    behaviour = responses_openai("slow " * 30, size=5, delay=0.1)
+    behaviour.pieces = [b": keep-alive\n\n", (SLEEP, 0.05)] * 3 + behaviour.pieces
+    server.push(behaviour)
+    result = run("--api", "responses", "--total-timeout", "0.8", "q")
+    assert result.returncode == 1 and result.out.startswith("slow")
+    assert "--total-timeout" in result.err
+
+
+def test_malformed_event_in_responses_mode(run, server):
+    behaviour = responses_openai("Good part")
+    behaviour.pieces = behaviour.pieces[:-1] + [b"data: {oops\n\n"]
+    server.push(behaviour)
+    result = run("--api", "responses", "q")
+    assert result.returncode == 1 and result.out == "Good part\n" and "malformed" in result.err
+
+
+def test_event_name_only_dispatch_is_not_needed(run, server):
+    # Dispatch is on the JSON `type`; an `event:` line that disagrees does not matter.
+    server.push(Behaviour(pieces=[
+        sse({"type": "response.output_text.delta", "delta": "Typed."}, "message"),
+        sse({"type": "response.completed", "response": {"status": "completed"}}, "whatever")]))
+    result = run("--api", "responses", "q")
+    assert result.returncode == 0 and result.out == "Typed.\n"
