@@ -1336,6 +1336,8 @@ class Chat:
         cap: int | None = None  # a tighter token budget, after the server said the context overflowed
         tried_fallback = False
         fixed: set[str] = set()
+        if self.store is not None and self.session_id is not None:
+            on_event = self.checkpointing(on_event)
         while True:
             request = self.prepare(cap)
             if request.dropped:
@@ -1396,13 +1398,45 @@ class Chat:
         self.notify(f"the provider rejected {parameter}: retrying without it (remembered for this session)")
         return parameter
 
+    CHECKPOINT_SECONDS = 0.5
+
+    def checkpointing(self, on_event: Callable[[str, str], None]) -> Callable[[str, str], None]:
+        """Save the reply while it streams, marked "cut short" until it completes, so a
+        process killed mid-reply (even by SIGKILL) leaves the text it had shown in the session."""
+        parts: list[str] = []
+        state = {"message": None, "saved_at": 0.0}
+        self._partial = state
+
+        def on_event_saving(kind: str, text: str) -> None:
+            on_event(kind, text)
+            if kind is TEXT:
+                parts.append(text)
+                now = time.monotonic()
+                if now - state["saved_at"] >= self.CHECKPOINT_SECONDS:
+                    state["saved_at"] = now
+                    message = state["message"]
+                    if message is None:
+                        message = state["message"] = Message("assistant", "".join(parts), flags="cut short")
+                        self.store.add_message(self.session_id, message)
+                    else:
+                        message.content = "".join(parts)
+                        self.store.update_message(message)
+
+        return on_event_saving
+
+    _partial: dict[str, Any] = {}
+
     def record(self, result: TurnResult, request: Request) -> None:
         """Append the reply (partial replies marked) and account for usage and cost."""
         history = self.conversation.history
+        partial, self._partial = self._partial.get("message"), {}
         if result.reply:
             reply = Message("assistant", result.reply, flags=result.flags)
             history.append(reply)
-            if self.store is not None and self.session_id is not None:
+            if partial is not None:
+                reply.row_id = partial.row_id
+                self.store.update_message(reply)
+            elif self.store is not None and self.session_id is not None:
                 self.store.add_message(self.session_id, reply)
         elif history and history[-1].role == "user":
             # Nothing arrived (interrupted before the first token): the user turn is not left dangling.
@@ -2105,8 +2139,8 @@ def session_lines(rows: list[tuple], current: str | None = None) -> list[str]:
 
 
 def cmd_session(repl: "Repl", arg: str) -> None:
-    if repl.require_store() is not None:
-        repl.start_session(arg)
+    if repl.require_store() is not None and repl.start_session(arg) and not repl.chat.conversation.history:
+        repl.note(f"new session {arg!r}")
 
 
 def cmd_rename(repl: "Repl", arg: str) -> None:
@@ -2237,13 +2271,13 @@ class Repl:
     # -- output ------------------------------------------------------------------
 
     def say(self, text: str) -> None:
-        self.console.print(text, markup=False, highlight=False)
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
     def note(self, text: str) -> None:
-        self.console.print(text, style="dim", markup=False, highlight=False)
+        self.console.print(text, style="dim", markup=False, highlight=False, soft_wrap=True)
 
     def error(self, text: str) -> None:
-        self.console.print(f"error: {text}", style="red", markup=False, highlight=False)
+        self.console.print(f"error: {text}", style="red", markup=False, highlight=False, soft_wrap=True)
 
     def ask(self, question: str) -> str:
         try:
@@ -2290,6 +2324,11 @@ class Repl:
             for message in conversation.history[-2:]:
                 mark = f" [{message.flags}]" if message.flags else ""
                 self.note(f"  {message.role}{mark}: {one_line(message.content, 200)}")
+            if conversation.history and conversation.history[-1].role == "user":
+                # The last run ended before any reply: offer the message again instead of leaving it dangling.
+                self.pending_text = conversation.history[-1].content
+                chat.drop_last_user()
+                self.note("  (that message got no reply: it is back in the prompt, Enter sends it)")
         else:
             chat.conversation = Conversation(chat.conversation.system)
             chat.turns = []

@@ -1,0 +1,300 @@
+"""Saved conversations in real SQLite files: resume, scripts, export, crashes, concurrency, migrations."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pexpect
+import pytest
+
+import chatbot
+from conftest import CHATBOT, assert_clean
+from server import chat_reply
+
+PROMPT = "❯"
+
+
+@pytest.fixture
+def db(tmp_path):
+    return str(tmp_path / "sessions.db")
+
+
+def rows(db_path, session):
+    with sqlite3.connect(db_path) as connection:
+        return connection.execute(
+            "SELECT m.role, m.content, m.flags FROM messages m JOIN sessions s ON s.id = m.session_id "
+            "WHERE s.name = ? ORDER BY m.id", (session,)).fetchall()
+
+
+def test_multi_invocation_script_holds_one_conversation(run, server, db):
+    server.push(chat_reply("Step one noted."), chat_reply("Next comes step two."))
+    first = run("--db", db, "--session", "plan", "step one")
+    second = run("--db", db, "--session", "plan", "and next?")
+    assert first.returncode == second.returncode == 0
+    assert second.out == "Next comes step two.\n"
+    sent = server.posts[-1].body["messages"]
+    assert [(m["role"], m["content"]) for m in sent[1:]] == [
+        ("user", "step one"), ("assistant", "Step one noted."), ("user", "and next?")]
+    assert [r[:2] for r in rows(db, "plan")] == [
+        ("user", "step one"), ("assistant", "Step one noted."), ("user", "and next?"),
+        ("assistant", "Next comes step two.")]
+
+
+def test_one_shot_without_session_saves_nothing(run, server, db):
+    run("--db", db, "q")
+    assert not os.path.exists(db) or rows(db, "anything") == []
+
+
+def test_continue_resumes_the_most_recent(run, server, db):
+    run("--db", db, "--session", "old", "first")
+    time.sleep(0.01)
+    run("--db", db, "--session", "recent", "second")
+    run("--db", db, "-c", "third")
+    assert [r[1] for r in rows(db, "recent") if r[0] == "user"] == ["second", "third"]
+
+
+def test_repl_saves_by_default_and_resumes(spawn, server, db):
+    child = spawn("--db", db, "--session", "talk")
+    child.expect_exact(PROMPT)
+    child.send("remember the word pineapple\r")
+    child.expect_exact("Hello from the test server.")
+    child.expect_exact(PROMPT)
+    child.sendcontrol("d")
+    child.expect(pexpect.EOF)
+    child = spawn("--db", db, "--session", "talk")
+    child.expect_exact("resumed session 'talk': 2 messages")
+    child.expect_exact(PROMPT)
+    child.send("/stats\r")
+    child.expect("session: 1 turns · 12 in · 6 out")
+    child.expect_exact(PROMPT)
+    child.send("what was the word?\r")
+    child.expect_exact("Hello from the test server.")
+    child.expect_exact(PROMPT)
+    contents = [m["content"] for m in server.posts[-1].body["messages"]]
+    assert "remember the word pineapple" in contents
+
+
+def test_automatic_name_and_no_save(spawn, server, db):
+    child = spawn("--db", db)
+    child.expect_exact(PROMPT)
+    child.send("hi\r")
+    child.expect_exact("Hello from the test server.")
+    child.expect_exact(PROMPT)
+    child.send("/sessions\r")
+    child.expect(r"\* chat-\d{8}-\d{6}\s+test-model\s+1 turns")
+    child.expect_exact(PROMPT)
+    child.sendcontrol("d")
+    child.expect(pexpect.EOF)
+    unsaved = spawn("--db", db + ".2", "--no-save")
+    unsaved.expect_exact(PROMPT)
+    unsaved.send("hi\r")
+    unsaved.expect_exact("Hello from the test server.")
+    unsaved.expect_exact(PROMPT)
+    unsaved.sendcontrol("d")
+    unsaved.expect(pexpect.EOF)
+    assert not os.path.exists(db + ".2")
+
+
+def test_session_commands(spawn, server, db, tmp_path):
+    child = spawn("--db", db, "--session", "first")
+    child.expect_exact(PROMPT)
+    child.send("hello\r")
+    child.expect_exact("Hello from the test server.")
+    child.expect_exact(PROMPT)
+    child.send("/rename renamed\r")
+    child.expect_exact("session renamed to 'renamed'")
+    child.send("/session second\r")
+    child.expect_exact("new session 'second'")
+    child.expect_exact(PROMPT)
+    child.send("/sessions\r")
+    child.expect_exact("second")  # most recent first
+    child.expect_exact("renamed")
+    child.send("/delete renamed\r")
+    child.expect_exact("Delete session 'renamed' for good? [y/N]")
+    child.send("n\r")
+    child.expect_exact("kept")
+    child.send("/delete renamed\r")
+    child.expect_exact("[y/N]")
+    child.send("y\r")
+    child.expect_exact("deleted 'renamed'")
+    child.send("/session renamed\r")  # gone: starts empty
+    child.expect_exact(PROMPT)
+    child.send("/stats\r")
+    child.expect("messages in memory: 1")
+    export_md = tmp_path / "out.md"
+    child.send(f"/save {export_md}\r")
+    child.expect_exact("saved 0 messages")
+    child.expect_exact(PROMPT)
+    child.sendcontrol("d")
+    child.expect(pexpect.EOF)
+    assert export_md.read_text().startswith("# renamed")
+
+
+def test_export_round_trip(run, server, db, tmp_path):
+    run("--db", db, "--session", "trip", "one")
+    run("--db", db, "--session", "trip", "two")
+    exported = tmp_path / "trip.json"
+    result = run("--db", db, "--export", "trip", str(exported))
+    assert result.returncode == 0, result.err
+    data = json.loads(exported.read_text())
+    data["name"] = "trip-copy"
+    copy = tmp_path / "copy.json"
+    copy.write_text(json.dumps(data))
+    assert run("--db", db, "--import", str(copy)).returncode == 0
+    again = tmp_path / "again.json"
+    run("--db", db, "--export", "trip-copy", str(again))
+    reimported = json.loads(again.read_text())
+    assert reimported == data
+    markdown = tmp_path / "trip.md"
+    run("--db", db, "--export", "trip", str(markdown))
+    assert "## User" in markdown.read_text() and "two" in markdown.read_text()
+    listing = run("--db", db, "--list-sessions")
+    assert "trip-copy" in listing.out and "2 turns" in listing.out
+
+
+def test_sigkill_mid_reply_loses_nothing_committed(env, server, db, spawn):
+    server.push(chat_reply("partial " * 200, size=8, delay=0.05))
+    full_env = dict(env, OPENAI_BASE_URL=server.base_url, OPENAI_MODEL="test-model")
+    process = subprocess.Popen([sys.executable, CHATBOT, "--db", db, "--session", "crash", "tell me a story"],
+                               env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen = process.stdout.read(200)
+    time.sleep(0.8)  # past a checkpoint
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=10)
+    saved = rows(db, "crash")
+    assert saved[0] == ("user", "tell me a story", "")
+    assert saved[1][0] == "assistant" and saved[1][2] == "cut short"
+    assert saved[1][1].startswith(seen.decode()[:100])
+    with sqlite3.connect(db) as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    child = spawn("--db", db, "--session", "crash")
+    child.expect_exact("resumed session 'crash': 2 messages, 1 marked interrupted or cut short")
+    child.expect_exact("assistant [cut short]: partial partial")
+    child.expect_exact(PROMPT)
+
+
+def test_kill_before_any_reply_puts_the_message_back(env, server, db, spawn):
+    server.push(chat_reply("late", keepalives=100))
+    full_env = dict(env, OPENAI_BASE_URL=server.base_url, OPENAI_MODEL="test-model")
+    process = subprocess.Popen([sys.executable, CHATBOT, "--db", db, "--session", "early", "unanswered"],
+                               env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while not server.posts and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=10)
+    assert rows(db, "early") == [("user", "unanswered", "")]  # written ahead of the request
+    child = spawn("--db", db, "--session", "early")
+    child.expect_exact("back in the prompt")
+    child.expect_exact(PROMPT)
+    child.expect_exact("unanswered")
+    child.send("\r")
+    child.expect_exact("Hello from the test server.")
+    child.expect_exact(PROMPT)
+    assert [r[:2] for r in rows(db, "early")] == [("user", "unanswered"), ("assistant", "Hello from the test server.")]
+
+
+def test_two_processes_write_at_once(env, server, db):
+    full_env = dict(env, OPENAI_BASE_URL=server.base_url, OPENAI_MODEL="test-model")
+    processes = []
+    for round_number in range(4):
+        for name in ("alpha", "beta"):
+            processes.append(subprocess.Popen(
+                [sys.executable, CHATBOT, "--db", db, "--session", f"{name}{round_number}", f"{name} {round_number}"],
+                env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    for process in processes:
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 0, err
+    for round_number in range(4):
+        for name in ("alpha", "beta"):
+            assert [r[:2] for r in rows(db, f"{name}{round_number}")] == [
+                ("user", f"{name} {round_number}"), ("assistant", "Hello from the test server.")]
+
+
+def test_same_session_in_two_processes_is_refused(spawn, run, server, db):
+    child = spawn("--db", db, "--session", "busy")
+    child.expect_exact(PROMPT)
+    result = run("--db", db, "--session", "busy", "hello")
+    assert_clean(result)
+    assert result.returncode == 2 and "in use by another chatbot" in result.err
+    other = run("--db", db, "--session", "free", "hello")
+    assert other.returncode == 0
+    child.sendcontrol("d")
+    child.expect(pexpect.EOF)
+    after = run("--db", db, "--session", "busy", "hello")  # released on exit
+    assert after.returncode == 0
+
+
+def test_migration_from_version_1(run, server, db):
+    connection = sqlite3.connect(db)
+    connection.executescript(chatbot.MIGRATIONS[0])
+    connection.execute("PRAGMA user_version = 1")
+    connection.execute("INSERT INTO sessions (name, model, host, system, created, updated) "
+                       "VALUES ('legacy', 'test-model', 'h', 'old system', 1, 1)")
+    connection.execute("INSERT INTO messages (session_id, role, content, created) VALUES (1, 'user', 'old q', 1)")
+    connection.execute("INSERT INTO messages (session_id, role, content, created) VALUES (1, 'assistant', 'old a', 1)")
+    connection.commit()
+    connection.close()
+    result = run("--db", db, "--session", "legacy", "new q")
+    assert result.returncode == 0, result.err
+    with sqlite3.connect(db) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == chatbot.SCHEMA_VERSION
+    sent = server.posts[-1].body["messages"]
+    assert sent[0]["content"] == "old system"
+    assert [m["content"] for m in sent[1:]] == ["old q", "old a", "new q"]
+
+
+def test_future_version_is_refused_untouched(run, server, db, spawn):
+    connection = sqlite3.connect(db)
+    connection.execute("CREATE TABLE future (x)")
+    connection.execute("PRAGMA user_version = 99")
+    connection.commit()
+    connection.close()
+    before = hashlib.sha256(open(db, "rb").read()).hexdigest()
+    result = run("--db", db, "--session", "s", "q")
+    assert_clean(result)
+    assert result.returncode == 2 and "newer chatbot" in result.err
+    child = spawn("--db", db)
+    child.expect_exact("newer chatbot")
+    child.expect_exact(PROMPT)
+    child.send("still chatting\r")
+    child.expect_exact("Hello from the test server.")
+    child.expect_exact(PROMPT)
+    child.sendcontrol("d")
+    child.expect(pexpect.EOF)
+    assert hashlib.sha256(open(db, "rb").read()).hexdigest() == before
+
+
+def test_corrupt_file_gets_a_message_and_chat_goes_on(run, server, db, spawn):
+    with open(db, "wb") as corrupt:
+        corrupt.write(b"this is not a database" * 100)
+    before = open(db, "rb").read()
+    result = run("--db", db, "--session", "s", "q")
+    assert_clean(result)
+    assert result.returncode == 2 and "unreadable" in result.err
+    child = spawn("--db", db)
+    child.expect_exact("unreadable")
+    child.expect_exact("chatting without saving")
+    child.expect_exact(PROMPT)
+    child.send("hello\r")
+    child.expect_exact("Hello from the test server.")
+    child.expect_exact(PROMPT)
+    child.sendcontrol("d")
+    child.expect(pexpect.EOF)
+    assert open(db, "rb").read() == before
+
+
+def test_session_never_stores_the_key(run, server, db):
+    secret = "sk-test-" + "s" * 30
+    run("--db", db, "--session", "s", "q", extra_env={"OPENAI_API_KEY": secret})
+    assert secret.encode() not in open(db, "rb").read()
+    for extra in (db + "-wal",):
+        if os.path.exists(extra):
+            assert secret.encode() not in open(extra, "rb").read()
