@@ -170,6 +170,18 @@ def env_example() -> str:
     return "\n".join(lines)
 
 
+def settings_table() -> str:
+    """The README's configuration table, generated from the settings table (a test keeps it in step)."""
+    lines = ["| variable | flag | default | what it does |", "|---|---|---|---|"]
+    for setting in SETTINGS:
+        flags = ", ".join(f"`{f}`" for f in setting.flags) or "—"
+        default = "—" if setting.default in (None, "", False) else f"`{setting.default}`"
+        if setting.name == "system":
+            default = "a short, neutral assistant prompt"
+        lines.append(f"| `{setting.env}` | {flags} | {default} | {setting.help} |")
+    return "\n".join(lines)
+
+
 LOCAL_PORTS = (11434, 1234, 8080, 8000)  # Ollama, LM Studio, llama.cpp, vLLM
 
 
@@ -299,6 +311,26 @@ class Conversation:
     history: list[Message] = field(default_factory=list)
     summary: str | None = None  # summary of turns dropped by trimming
     summary_covers: int = 0  # how many of the oldest history messages the summary covers
+    _running: tuple | None = field(default=None, repr=False, compare=False)  # see tokens_before
+
+    def tokens_before(self, n: int, counter: "TokenCounter | None") -> int:
+        """Tokens in the oldest n history messages (character estimate without a counter).
+
+        Kept as a running total, so a long conversation that drops a little more each turn
+        adds only the newly dropped messages instead of re-summing the whole history.
+        """
+        if n <= 0:
+            return 0
+        key = counter.key if counter is not None else "estimate"
+        start, total = 0, 0
+        cached = self._running
+        if cached and cached[0] == key and 0 < cached[1] <= n and self.history[cached[1] - 1] is cached[3]:
+            start, total = cached[1], cached[2]
+        for message in self.history[start:n]:
+            total += counter.count_message(message) if counter is not None else \
+                TokenCounter.TOKENS_PER_MESSAGE + estimate_tokens(message.content)
+        self._running = (key, n, total, self.history[n - 1])
+        return total
 
     def clear(self) -> None:
         self.history.clear()
@@ -461,15 +493,13 @@ class Request:
         return [{"role": "system", "content": self.system}] + [m.as_dict() for m in self.turns]
 
 
-def exchanges(history: list[Message]) -> list[list[Message]]:
-    """Group history into exchanges, each starting with a user message."""
-    groups: list[list[Message]] = []
-    for message in history:
-        if message.role == "user" or not groups:
-            groups.append([message])
-        else:
-            groups[-1].append(message)
-    return groups
+def newest_exchanges(history: list[Message]) -> Iterator[list[Message]]:
+    """Exchanges from the newest back, each starting with a user message; walks only as far as asked."""
+    end = len(history)
+    for index in range(len(history) - 1, -1, -1):
+        if history[index].role == "user" or index == 0:
+            yield history[index:end]
+            end = index
 
 
 def system_with_summary(system: str, summary: str | None) -> str:
@@ -485,52 +515,60 @@ def build_request(conversation: Conversation, max_messages: int, budget: int,
 
     The system prompt always goes first; the kept window starts with a user turn and
     never splits an exchange; the newest user message is always sent, or PromptTooLarge.
-    Only when a cheap byte bound says the request might not fit is anything tokenised.
+    Only when a cheap byte bound says the request might not fit is anything tokenised,
+    and the work done is bounded by what is kept, not by the length of the history.
     """
     history = conversation.history
-    groups = exchanges(history)
-    use_summary = conversation.summary is not None
     system = system_with_summary(conversation.system, conversation.summary)
     system_message = Message("system", system)
+    newest = history[-1].content if history else ""
+    if len(newest) > 2 * budget and estimate_tokens(newest) // 2 > budget:
+        # Far too large to be worth tokenising (10 MB on stdin): say so at once.
+        raise PromptTooLarge(estimate_tokens(newest), budget, True)
+
+    key = counter.key if counter is not None else None
 
     def size(message: Message, exact: bool) -> int:
-        if exact and counter is not None:
-            return counter.count_message(message)
-        return upper_bound_tokens(message)
+        if not exact or counter is None:
+            return upper_bound_tokens(message)
+        cached = message.tokens  # the common case, inlined: every message is counted only once
+        return cached[1] if cached is not None and cached[0] == key else counter.count_message(message)
 
-    def select(exact: bool) -> tuple[list[Message], int]:
+    def select(exact: bool) -> tuple[list[Message], int, bool]:
         used = size(system_message, exact) + TokenCounter.REPLY_PRIMING
         kept: list[list[Message]] = []
-        count = 0
-        for number, group in enumerate(reversed(groups)):
+        count, by_budget = 0, False
+        for number, group in enumerate(newest_exchanges(history)):
             group_size = sum(size(m, exact) for m in group)
             if number == 0:
-                if used + group_size > budget and exact:
+                if exact and used + group_size > budget:
                     raise PromptTooLarge(group_size + used, budget, counter is None or counter.estimated)
-            elif count + len(group) > max_messages or used + group_size > budget:
+            elif group[0].role != "user" or count + len(group) > max_messages:
+                break
+            elif used + group_size > budget:
+                by_budget = True
                 break
             kept.append(group)
             used += group_size
             count += len(group)
-        return [m for group in reversed(kept) for m in group], used
+        return [m for group in reversed(kept) for m in group], used, by_budget
 
-    turns, used = select(exact=False)
+    turns, used, by_budget = select(exact=False)
     exact = False
-    if used > budget or (len(turns) < len(history) and counter is not None and
-                         sum(len(g) for g in groups[-1:]) <= max_messages and len(groups) > 1 and
-                         len(turns) < min(len(history), max_messages)):
-        # The byte bound is too pessimistic to decide: count for real.
-        if counter is None:
-            if used > budget:
-                raise PromptTooLarge(used, budget, True)
-        else:
-            turns, used = select(exact=True)
-            exact = True
-    dropped_messages = history[: len(history) - len(turns)]
-    if use_summary:
-        dropped_messages = dropped_messages[conversation.summary_covers:]
-    dropped_tokens = sum(size(m, exact) for m in dropped_messages) if dropped_messages else 0
-    return Request(system=system, turns=turns, dropped=len(dropped_messages), dropped_tokens=dropped_tokens,
+    if counter is not None and (used > budget or by_budget):
+        turns, used, _ = select(exact=True)  # the byte bound is too pessimistic to decide: count for real
+        exact = True
+    elif counter is None and used > budget:
+        raise PromptTooLarge(used, budget, True)
+    not_sent = len(history) - len(turns)
+    covered = min(conversation.summary_covers, not_sent) if conversation.summary is not None else 0
+    dropped = not_sent - covered
+    dropped_tokens = 0
+    if dropped:
+        count_with = counter if exact else None
+        dropped_tokens = conversation.tokens_before(not_sent, count_with) - \
+            conversation.tokens_before(covered, count_with)
+    return Request(system=system, turns=turns, dropped=dropped, dropped_tokens=dropped_tokens,
                    tokens=used if exact else None, estimated=not exact or counter is None or counter.estimated)
 
 
@@ -1168,10 +1206,21 @@ def stream_turn(provider: Provider, request: Request, model: str, on_event: Call
 
 
 class PlainView:
-    """Writes the model's text byte for byte; reasoning (if shown) goes dimmed to stderr or the terminal."""
+    """Writes the model's text byte for byte; reasoning (if shown) goes dimmed to stderr or the terminal.
+
+    Into a pipe, output is flushed at most every FLUSH_SECONDS rather than per chunk: a reader sees
+    no difference, and thousands of chunks a second no longer cost a system call each.
+    """
+
+    FLUSH_SECONDS = 0.02
 
     def __init__(self, out: Any, show_reasoning: bool = False, reasoning_out: Any = None, dim: bool = False):
         self.out = out
+        try:
+            self.batch = not out.isatty()
+        except (AttributeError, ValueError):
+            self.batch = False
+        self.flushed_at = 0.0
         self.show_reasoning = show_reasoning
         self.reasoning_out = reasoning_out
         self.dim = dim
@@ -1184,7 +1233,13 @@ class PlainView:
             if self._reasoning_open:
                 self._close_reasoning()
             self.out.write(text)
-            self.out.flush()
+            if self.batch:
+                now = time.monotonic()
+                if now - self.flushed_at >= self.FLUSH_SECONDS:
+                    self.flushed_at = now
+                    self.out.flush()
+            else:
+                self.out.flush()
             self.wrote_text = True
             self.ends_with_newline = text.endswith("\n")
         elif self.reasoning_out is not None:
@@ -1341,7 +1396,8 @@ class Chat:
         while True:
             request = self.prepare(cap)
             if request.dropped:
-                tokens = f" ({request.dropped_tokens:,} tokens)" if request.dropped_tokens else ""
+                about = "about " if request.estimated else ""
+                tokens = f" ({about}{request.dropped_tokens:,} tokens)" if request.dropped_tokens else ""
                 self.notify(f"{request.dropped} older message{'s' if request.dropped != 1 else ''} not sent{tokens}")
             self.last_request = request
             try:
@@ -1510,7 +1566,7 @@ class MarkdownView:
     LIST_ITEM = re.compile(r"^ {0,3}(?:[-*+]|\d{1,9}[.)])(?:\s|$)")
 
     def __init__(self, out: Any, console: Any, show_reasoning: bool = False, fps: float = 20.0,
-                 live_lines: int = 6, code_theme: str = "monokai"):
+                 live_lines: int = 6, code_theme: str = "monokai", clock: Callable[[], float] = time.monotonic):
         self.out = out
         self.console = console  # a rich Console: its width, colour system and theme
         self.show_reasoning = show_reasoning
@@ -1524,7 +1580,8 @@ class MarkdownView:
         self.previous_new_line: bool | None = None  # does the last committed block want a blank line after it?
         self.live: list[str] = []  # lines now drawn in the live region (cursor at the end of the last)
         self.live_width = 0
-        self.last_draw = 0.0
+        self.last_draw = -1e9
+        self.clock = clock
         self.reasoning_chars = 0
         self.wrote_text = False
         self._capture: Any = None
@@ -1662,15 +1719,31 @@ class MarkdownView:
             tail = opening + tail
         return tail
 
+    CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+    def _code_lines(self, width: int) -> list[str]:
+        """The tail of an unfinished code block as plain text, each line cropped to one terminal row."""
+        from rich.cells import cell_len, set_cell_size
+
+        lines = []
+        for line in self.pending.split("\n")[1:][-self.max_live:]:
+            line = self.CONTROL.sub("", line.replace("\t", "    "))
+            if cell_len(line) >= width:
+                line = set_cell_size(line, width - 1)
+            lines.append(line.rstrip())
+        return lines
+
     def _draw_live(self, force: bool = False) -> None:
         """Redraw the live region, rewriting only the lines that changed."""
-        now = time.monotonic()
+        now = self.clock()
         if not force and now - self.last_draw < self.interval:
             return
         self.last_draw = now
         width = self._width()
         source = self._live_source()
-        if source.strip():
+        if self.fence is not None:
+            lines = self._code_lines(width)  # unfinished code: plain lines, highlighted once it is committed
+        elif source.strip():
             lines, _ = self._render(source, width)
         elif self.reasoning_chars and not self.show_reasoning and not self.wrote_text:
             lines = [f"\x1b[2mthinking… ({self.reasoning_chars:,} characters of reasoning)\x1b[0m"]

@@ -66,6 +66,7 @@ def test_env_example_and_readme_list_every_setting():
     example = open(os.path.join(root, ".env.example")).read()
     readme = open(os.path.join(root, "README.md")).read()
     assert example == chatbot.env_example()
+    assert chatbot.settings_table() in readme
     for setting in chatbot.SETTINGS:
         if setting.env:
             assert setting.env in readme
