@@ -526,13 +526,15 @@ def build_request(conversation: Conversation, max_messages: int, budget: int,
         # Far too large to be worth tokenising (10 MB on stdin): say so at once.
         raise PromptTooLarge(estimate_tokens(newest), budget, True)
 
-    key = counter.key if counter is not None else None
+    keys: list[str] = []  # the counter's key, looked up only once counting is needed (it loads tiktoken)
 
     def size(message: Message, exact: bool) -> int:
         if not exact or counter is None:
             return upper_bound_tokens(message)
+        if not keys:
+            keys.append(counter.key)
         cached = message.tokens  # the common case, inlined: every message is counted only once
-        return cached[1] if cached is not None and cached[0] == key else counter.count_message(message)
+        return cached[1] if cached is not None and cached[0] == keys[0] else counter.count_message(message)
 
     def select(exact: bool) -> tuple[list[Message], int, bool]:
         used = size(system_message, exact) + TokenCounter.REPLY_PRIMING
@@ -1007,9 +1009,19 @@ class Provider:
         return params
 
     def open(self, params: dict[str, Any]) -> Any:
-        """Send the request (the SDK retries what can be retried); the raw streaming response."""
-        resource = self.client.responses if self.settings.api == "responses" else self.client.chat.completions
-        return resource.with_streaming_response.create(**params)
+        """Send the request; the raw streaming HTTP response, to be closed by the caller.
+
+        The SDK does the request, authentication, retries and error mapping; the body is ours to
+        parse. `client.post` (the SDK's way to call any endpoint) also skips importing the typed
+        resource classes, which costs tens of milliseconds before the first token.
+        """
+        import contextlib
+
+        import httpx2
+
+        path = "/responses" if self.settings.api == "responses" else "/chat/completions"
+        response = self.client.post(path, cast_to=httpx2.Response, body=params, stream=bool(params.get("stream")))
+        return contextlib.closing(response)
 
     def list_models(self) -> list[str]:
         try:
@@ -1018,8 +1030,7 @@ class Provider:
             return []
 
 
-def events_from_response(response: Any, api: str) -> Iterator[tuple]:
-    http = response.http_response
+def events_from_response(http: Any, api: str) -> Iterator[tuple]:
     content_type = http.headers.get("content-type", "")
     if "event-stream" in content_type:
         yield from parse_stream(http.iter_lines(), api)

@@ -8,6 +8,7 @@ exactly as they do on the wire.
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
 import threading
@@ -140,7 +141,7 @@ def responses_openai(text: str = "Hello from OpenAI.", size: int = 4, terminal: 
                      extra_events: list[dict] | None = None, reasoning: str | None = None,
                      done: bool = False, end: bool = True, delay: float = 0.0) -> Behaviour:
     """OpenAI's own sequence, with sequence_number, no `event:` needed; `terminal` replaces completion."""
-    seq = iter(range(10_000))
+    seq = itertools.count()
     resp = {"id": "resp_abc", "object": "response", "created_at": 1, "status": "in_progress", "model": "gpt-test",
             "output": [], "usage": None}
     events: list[dict] = [{"type": "response.created", "response": resp},

@@ -195,3 +195,22 @@ def test_installed_console_script_exists():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     text = open(os.path.join(root, "pyproject.toml")).read()
     assert 'chatbot = "chatbot:main"' in text and 'py-modules = ["chatbot"]' in text
+
+
+def test_piped_one_shot_imports_only_what_it_uses(run, server, env):
+    """Piped output never loads rich, prompt_toolkit, tiktoken, genai-prices or the SDK's typed resources."""
+    import subprocess
+    import sys
+
+    from conftest import CHATBOT
+
+    code = ("import runpy, sys, atexit\n"
+            "atexit.register(lambda: print('MODULES', ' '.join(sorted(sys.modules)), file=sys.stderr))\n"
+            f"sys.argv = ['chatbot', 'hi']\nrunpy.run_path({CHATBOT!r}, run_name='__main__')\n")
+    full_env = dict(env, OPENAI_BASE_URL=server.base_url, OPENAI_MODEL="test-model")
+    out = subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True, text=True, timeout=30)
+    assert out.stdout == "Hello from the test server.\n", out.stderr
+    modules = set(out.stderr.split("MODULES", 1)[1].split())
+    for heavy in ("rich", "prompt_toolkit", "tiktoken", "genai_prices", "requests", "dotenv",
+                  "openai.resources.chat", "openai.resources.responses"):
+        assert heavy not in modules, heavy
