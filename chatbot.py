@@ -1339,12 +1339,15 @@ class Chat:
 
     # -- summaries of dropped turns -------------------------------------------
 
+    SUMMARY_BATCH = 4  # messages that must drop out before a stored summary is brought up to date
+
     def summarize_dropped(self, request: Request) -> Request | None:
         """Summarise the turns trimming drops, once; the summary is stored and reused."""
         conversation = self.conversation
         covered = len(conversation.history) - len(request.turns)
-        if covered <= conversation.summary_covers:
-            return None
+        if covered <= conversation.summary_covers or (
+                conversation.summary and covered - conversation.summary_covers < self.SUMMARY_BATCH):
+            return None  # reuse the stored summary until enough new turns have dropped out of the window
         new_turns = conversation.history[conversation.summary_covers:covered]
         transcript = "\n".join(f"{m.role}: {m.content}" for m in new_turns)
         previous = f"Earlier summary: {conversation.summary}\n\n" if conversation.summary else ""

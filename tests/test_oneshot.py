@@ -214,3 +214,25 @@ def test_piped_one_shot_imports_only_what_it_uses(run, server, env):
     for heavy in ("rich", "prompt_toolkit", "tiktoken", "genai_prices", "requests", "dotenv",
                   "openai.resources.chat", "openai.resources.responses"):
         assert heavy not in modules, heavy
+
+
+def test_summary_of_dropped_turns_is_sent_stored_and_reused(run, server, tmp_path):
+    db = str(tmp_path / "s.db")
+    summary_system = "Summarise this conversation"
+    server.push(chat_reply("A1"))
+    args = ("--db", db, "--session", "s", "--max-messages", "2", "--summarize")
+    run(*args, "my name is Ada")
+    server.push(chat_reply("SUMMARY: the user is called Ada."), chat_reply("A2"))
+    second = run(*args, "question two")
+    assert second.returncode == 0, second.err
+    summary_call, main_call = server.posts[-2:]
+    assert summary_call.body["messages"][0]["content"].startswith(summary_system)
+    assert "my name is Ada" in summary_call.body["messages"][1]["content"]
+    system = main_call.body["messages"][0]["content"]
+    assert "SUMMARY: the user is called Ada." in system
+    assert [m["role"] for m in main_call.body["messages"]] == ["system", "user"]  # one system message
+    third = run(*args, "question three")  # two more messages dropped: the stored summary is reused
+    assert third.returncode == 0
+    assert not server.posts[-1].body["messages"][0]["content"].startswith(summary_system)
+    assert "SUMMARY: the user is called Ada." in server.posts[-1].body["messages"][0]["content"]
+    assert sum(p.body["messages"][0]["content"].startswith(summary_system) for p in server.posts) == 1
