@@ -718,9 +718,9 @@ class Failure(Exception):
     """A provider or network failure, already turned into one readable line."""
 
     def __init__(self, message: str, kind: str = "error", status: int | None = None,
-                 retryable: bool = False, code: str | None = None):
+                 retryable: bool = False, code: str | None = None, param: str | None = None):
         super().__init__(message)
-        self.kind, self.status, self.retryable, self.code = kind, status, retryable, code
+        self.kind, self.status, self.retryable, self.code, self.param = kind, status, retryable, code, param
 
 
 def chat_events(data: str) -> Iterator[tuple]:
@@ -1040,7 +1040,7 @@ def events_from_response(http: Any, api: str) -> Iterator[tuple]:
 
 def describe_status_error(exc: Any, settings: Settings, model: str) -> Failure:
     status = getattr(exc, "status_code", None)
-    code, message, _ = error_details(exc)
+    code, message, param = error_details(exc)
     detail = one_line(redact(message, settings.api_key)) if message else ""
     suffix = f": {detail}" if detail else ""
     retries = f" after {settings.retries} retries" if settings.retries else ""
@@ -1069,7 +1069,8 @@ def describe_status_error(exc: Any, settings: Settings, model: str) -> Failure:
                        f"use /clear or lower --max-messages", "context_length", status, code=code)
     if "alternate" in message.lower():
         return Failure(f"the server rejected the message order ({status}){suffix}", "roles", status)
-    return Failure(f"the provider rejected the request ({status}){suffix}", "bad_request", status, code=code)
+    return Failure(f"the provider rejected the request ({status}){suffix}", "bad_request", status, code=code,
+                   param=param)
 
 
 def describe_exception(exc: BaseException, settings: Settings, model: str) -> Failure:
@@ -1456,7 +1457,7 @@ class Chat:
         if failure.status not in (400, 422):
             return None
         quirks = self.provider.quirks
-        parameter = rejected_parameter(failure.code, str(failure), None)
+        parameter = rejected_parameter(failure.code, str(failure), failure.param)
         if parameter == "stream_options" and not quirks.no_stream_options:
             quirks.no_stream_options = True
         elif parameter == "max_tokens" and not quirks.max_completion_tokens and self.settings.api == "chat":
@@ -1523,7 +1524,7 @@ class Chat:
         if self.store is not None and self.session_id is not None:
             self.store.add_usage(self.session_id, stats, result.finish_reason)
         status = "interrupted" if result.interrupted else (result.failure.kind if result.failure else "ok")
-        self.log(result.model, 200, result.ttft, result.latency, usage, None if status == "ok" else status)
+        self.log(result.model, 200, result.ttft, result.latency, usage, None if status == "ok" else status, cost)
 
     wants_cost = True
 
@@ -1538,13 +1539,13 @@ class Chat:
             pass  # the real use will report any problem
 
     def log(self, model: str, status: Any, ttft: float | None, latency: float, usage: Usage | None,
-            error: str | None) -> None:
-        """One line per request: no content, never the key."""
+            error: str | None, cost: float | None = None) -> None:
+        """One line per request: no content, never the key. Estimated token counts end in "~"."""
         tokens = "-" if usage is None else f"{usage.input_tokens}/{usage.output_tokens}" + (
             "~" if usage.estimated else "")
         line = (f"{time.strftime('%Y-%m-%dT%H:%M:%S')} model={model} host={self.settings.host} status={status} "
                 f"ttft={'-' if ttft is None else f'{ttft:.3f}'} latency={latency:.3f} tokens={tokens} "
-                f"error={error or '-'}")
+                f"cost={'-' if cost is None else f'{cost:.6f}'} error={error or '-'}")
         write_log(line, self.verbose)
 
     verbose = False
@@ -2426,7 +2427,8 @@ class Repl:
     def view(self) -> Any:
         if self.markdown:
             return MarkdownView(sys.stdout, self.console, show_reasoning=self.chat.settings.show_reasoning)
-        return PlainView(sys.stdout, self.chat.settings.show_reasoning, sys.stdout, dim=True)
+        return PlainView(sys.stdout, self.chat.settings.show_reasoning, sys.stdout,
+                         dim=not os.environ.get("NO_COLOR"))
 
     def run_turn(self, text: str | None) -> None:
         """Send `text` (or, for /retry, the history as it is) and show the reply."""
@@ -2461,6 +2463,7 @@ class Repl:
             self.note(f"[{FINISH_NOTES[result.finish_reason]}]")
         if self.chat.settings.show_usage and chat.turns:
             self.note(usage_line(chat.turns[-1]))
+        self.say("")  # a blank line between the reply and the next prompt
 
     # -- the loop --------------------------------------------------------------------
 
@@ -2540,7 +2543,12 @@ class Repl:
                 except KeyboardInterrupt:
                     self.note("[interrupted]")
                 continue
-            self.run_turn(text[1:] if text.startswith("//") else text)
+            try:
+                self.run_turn(text[1:] if text.startswith("//") else text)
+            except KeyboardInterrupt:  # outside the stream (preparing the request): nothing was sent
+                self.chat.drop_last_user()
+                self.pending_text = text
+                self.note("[interrupted]")
         if self.chat.store is not None:
             self.chat.store.close()
         return 0

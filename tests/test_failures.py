@@ -412,7 +412,7 @@ def test_ctrl_c_mid_stream_closes_the_connection(env, server, db):
     deadline = time.monotonic() + 3
     while not server.disconnects and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert server.disconnects and server.disconnects[0] - sent_at < 1.0
+    assert server.disconnects and server.disconnects[0] - sent_at < 2.0
     assert not server.finished
     rows = saved(db)
     assert rows[0][:2] == ("user", "q") and rows[1][0] == "assistant" and rows[1][2] == "interrupted"

@@ -236,3 +236,23 @@ def test_summary_of_dropped_turns_is_sent_stored_and_reused(run, server, tmp_pat
     assert not server.posts[-1].body["messages"][0]["content"].startswith(summary_system)
     assert "SUMMARY: the user is called Ada." in server.posts[-1].body["messages"][0]["content"]
     assert sum(p.body["messages"][0]["content"].startswith(summary_system) for p in server.posts) == 1
+
+
+def test_one_shot_in_a_terminal_renders_markdown_unless_no_color(env, server):
+    import pexpect
+    import sys
+
+    from conftest import CHATBOT
+
+    reply = "# Title\n\nSome **bold** words.\n"
+    full_env = dict(env, OPENAI_BASE_URL=server.base_url, OPENAI_MODEL="test-model")
+    server.push(chat_reply(reply))
+    child = pexpect.spawn(sys.executable, [CHATBOT, "q"], env=full_env, encoding="utf-8", timeout=15)
+    rendered = child.read()
+    assert "\x1b[" in rendered and "**bold**" not in rendered and "Title" in rendered
+    server.push(chat_reply(reply))
+    child = pexpect.spawn(sys.executable, [CHATBOT, "q"], env=dict(full_env, NO_COLOR="1"), encoding="utf-8",
+                          timeout=15)
+    plain = child.read()
+    assert "\x1b" not in plain
+    assert plain.replace("\r\n", "\n") == reply
