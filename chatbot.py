@@ -149,7 +149,6 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("raw", "CHATBOT_RAW", ("--raw", "--no-markdown"), False, _parse_bool,
             "print replies as plain text, not rendered Markdown"),
 )
-SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 BOOL_SETTINGS = {s.name for s in SETTINGS if s.parse is _parse_bool}
 
 def env_example() -> str:
@@ -721,6 +720,7 @@ class Failure(Exception):
                  retryable: bool = False, code: str | None = None, param: str | None = None):
         super().__init__(message)
         self.kind, self.status, self.retryable, self.code, self.param = kind, status, retryable, code, param
+        self.latency = 0.0  # how long the failed attempt took, for the log
 
 
 def chat_events(data: str) -> Iterator[tuple]:
@@ -1150,7 +1150,7 @@ def stream_turn(provider: Provider, request: Request, model: str, on_event: Call
     import httpx2
     import openai
 
-    provider.client  # build the client before the clock starts
+    _ = provider.client  # build the client before the clock starts
     started = time.monotonic()
     first_token_by = started + settings.first_token_timeout
     done_by = started + settings.total_timeout
@@ -1207,7 +1207,7 @@ def stream_turn(provider: Provider, request: Request, model: str, on_event: Call
     result.latency = time.monotonic() - started
     result.reply = "".join(parts)
     if result.failure is not None and not result.reply and not result.interrupted:
-        result.failure.latency = result.latency  # type: ignore[attr-defined]
+        result.failure.latency = result.latency
         raise result.failure
     return result
 
@@ -1300,6 +1300,9 @@ class Chat:
         self._context_known = settings.context_tokens is not None
         self.store: Any = None  # a SessionStore when saving
         self.session_id: int | None = None
+        self.wants_cost = True  # plain one-shot output shows no cost: skip loading the price table
+        self.verbose = False
+        self._partial: dict[str, Any] = {}  # the reply being checkpointed, while it streams
 
     @property
     def counter(self) -> TokenCounter:
@@ -1419,8 +1422,7 @@ class Chat:
                 result = stream_turn(self.provider, request, model, on_event, stream)
                 break
             except Failure as failure:
-                latency = getattr(failure, "latency", 0.0)
-                self.log(model, failure.status or "error", None, latency, None, failure.kind)
+                self.log(model, failure.status or "error", None, failure.latency, None, failure.kind)
                 parameter = self.unsupported_parameter(failure)
                 if parameter and parameter not in fixed:
                     fixed.add(parameter)
@@ -1495,8 +1497,6 @@ class Chat:
 
         return on_event_saving
 
-    _partial: dict[str, Any] = {}
-
     def record(self, result: TurnResult, request: Request) -> None:
         """Append the reply (partial replies marked) and account for usage and cost."""
         history = self.conversation.history
@@ -1526,12 +1526,10 @@ class Chat:
         status = "interrupted" if result.interrupted else (result.failure.kind if result.failure else "ok")
         self.log(result.model, 200, result.ttft, result.latency, usage, None if status == "ok" else status, cost)
 
-    wants_cost = True
-
     def warm_up(self) -> None:
         """Load the SDK and build the client (and, when it will be needed, the price table)."""
         try:
-            self.provider.client
+            _ = self.provider.client
             settings = self.settings
             if settings.price_in is None and settings.price_out is None and not is_local_url(settings.base_url):
                 import genai_prices  # noqa: F401
@@ -1547,8 +1545,6 @@ class Chat:
                 f"ttft={'-' if ttft is None else f'{ttft:.3f}'} latency={latency:.3f} tokens={tokens} "
                 f"cost={'-' if cost is None else f'{cost:.6f}'} error={error or '-'}")
         write_log(line, self.verbose)
-
-    verbose = False
 
 
 def user_dir(kind: str) -> str:
@@ -1936,6 +1932,11 @@ class SessionStore:
             self.db.execute("ROLLBACK")
             raise
         return session_id, existed
+
+    def drop_if_empty(self, session_id: int) -> None:
+        """Forget a session that never got a message, so /sessions lists only real conversations."""
+        self.db.execute("DELETE FROM sessions WHERE id = ? AND owner_pid = ? AND NOT EXISTS "
+                        "(SELECT 1 FROM messages WHERE session_id = ?)", (session_id, self.pid, session_id))
 
     def release(self, session_id: int) -> None:
         self.db.execute("UPDATE sessions SET owner_pid = NULL WHERE id = ? AND owner_pid = ?",
@@ -2399,6 +2400,7 @@ class Repl:
             self.error(str(exc))
             return False
         if chat.session_id is not None and chat.session_id != session_id:
+            store.drop_if_empty(chat.session_id)
             store.release(chat.session_id)
         chat.session_id, self.session_name = session_id, name
         if existed:
@@ -2550,6 +2552,8 @@ class Repl:
                 self.pending_text = text
                 self.note("[interrupted]")
         if self.chat.store is not None:
+            if self.chat.session_id is not None:
+                self.chat.store.drop_if_empty(self.chat.session_id)
             self.chat.store.close()
         return 0
 

@@ -8,7 +8,6 @@ ratio, target, pass/fail. Numbers live here, never in timed tests.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform

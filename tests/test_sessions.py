@@ -298,3 +298,11 @@ def test_session_never_stores_the_key(run, server, db):
     for extra in (db + "-wal",):
         if os.path.exists(extra):
             assert secret.encode() not in open(extra, "rb").read()
+
+
+def test_a_chat_with_no_messages_leaves_no_session(spawn, run, server, db):
+    child = spawn("--db", db)
+    child.expect_exact(PROMPT)
+    child.sendcontrol("d")
+    child.expect(pexpect.EOF)
+    assert run("--db", db, "--list-sessions").out.strip() == "no saved sessions"
