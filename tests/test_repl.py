@@ -232,3 +232,23 @@ def test_trimming_is_shown(spawn, server):
     child.expect(re.escape("4 older messages not sent"))
     child.expect_exact(PROMPT)
     assert [m["content"] for m in server.posts[-1].body["messages"][1:]] == ["three"]
+
+
+def test_interactive_flag_sends_the_prompt_then_stays(spawn, server):
+    child = spawn("--no-save", "-i", "first question")
+    child.expect_exact("Hello from the test server.")
+    child.expect_exact(PROMPT)
+    assert server.posts[0].body["messages"][-1]["content"] == "first question"
+    send(child, "follow-up")
+    child.expect_exact("Hello from the test server.")
+    child.expect_exact(PROMPT)
+    assert [m["role"] for m in server.posts[-1].body["messages"]] == ["system", "user", "assistant", "user"]
+
+
+def test_zero_config_banner_names_the_local_server(spawn, server):
+    child = spawn("--no-save", extra_env={"OPENAI_BASE_URL": "", "OPENAI_MODEL": "",
+                                          "CHATBOT_LOCAL_PORTS": f"1,{server.port}"})
+    child.expect(f"chatbot .* · test-model · 127.0.0.1:{server.port} · found a local server")
+    child.expect_exact(PROMPT)
+    send(child, "hi")
+    child.expect_exact("Hello from the test server.")
