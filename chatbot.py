@@ -1565,6 +1565,16 @@ def write_log(line: str, verbose: bool) -> None:
         pass
 
 
+def tail_lines(text: str, count: int) -> str:
+    """The last `count` lines of text, found from the end: the cost does not grow with the text."""
+    position = len(text)
+    for _ in range(count):
+        position = text.rfind("\n", 0, position)
+        if position < 0:
+            return text
+    return text[position + 1:]
+
+
 class MarkdownView:
     """Streams Markdown into a terminal: finished blocks are rendered once into the scrollback,
     only the unfinished block is redrawn, in a live region of a few lines, at most `fps` times a second.
@@ -1658,7 +1668,9 @@ class MarkdownView:
                 self._draw_live(force=True)
             return
         self.wrote_text = True
-        self.pending += text
+        pending, self.pending = self.pending, ""
+        pending += text  # with the only reference held here, CPython appends in place: no copy per delta
+        self.pending = pending
         if "\n" in text:
             self._scan()
         self._draw_live()
@@ -1722,13 +1734,7 @@ class MarkdownView:
 
     def _live_source(self) -> str:
         """The tail of the unfinished block: enough to fill the live region, bounded in size."""
-        pending = self.pending
-        lines = pending.split("\n")
-        tail = "\n".join(lines[-self.max_live:])[-4000:]
-        if self.fence is not None and not self.FENCE.match(tail):
-            opening = pending[: pending.find("\n") + 1] if "\n" in pending else ""
-            tail = opening + tail
-        return tail
+        return tail_lines(self.pending, self.max_live)[-4000:]
 
     CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
@@ -1737,7 +1743,9 @@ class MarkdownView:
         from rich.cells import cell_len, set_cell_size
 
         lines = []
-        for line in self.pending.split("\n")[1:][-self.max_live:]:
+        first_newline = self.pending.find("\n")
+        tail = tail_lines(self.pending[first_newline + 1:] if first_newline >= 0 else "", self.max_live)
+        for line in tail.split("\n")[-self.max_live:]:
             line = self.CONTROL.sub("", line.replace("\t", "    "))
             if cell_len(line) >= width:
                 line = set_cell_size(line, width - 1)
