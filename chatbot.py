@@ -935,13 +935,15 @@ class Provider:
         self.quirks = Quirks()
         self.notify = notify
         self._client: Any = None
+        self._client_lock = threading.Lock()
         self._retry_reason = ""
 
     @property
     def client(self) -> Any:
-        if self._client is None:
-            self._client = self._make_client()
-        return self._client
+        with self._client_lock:  # the REPL builds it in the background while the user types
+            if self._client is None:
+                self._client = self._make_client()
+            return self._client
 
     def _make_client(self) -> Any:
         import logging
