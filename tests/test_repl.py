@@ -252,3 +252,31 @@ def test_zero_config_banner_names_the_local_server(spawn, server):
     child.expect_exact(PROMPT)
     send(child, "hi")
     child.expect_exact("Hello from the test server.")
+
+
+def test_ctrl_c_mid_markdown_reply_leaves_a_clean_screen(spawn, server):
+    import io
+
+    import pyte
+
+    paragraphs = [f"Paragraph {i} says something rather long about streaming." for i in range(40)]
+    server.push(chat_reply("\n\n".join(paragraphs), size=6, delay=0.02))
+    child = spawn("--no-save", dimensions=(30, 100))
+    log = io.StringIO()
+    child.logfile_read = log
+    child.expect_exact(PROMPT)
+    send(child, "go")
+    child.expect_exact("Paragraph 5 says")
+    child.sendcontrol("c")
+    child.expect_exact("[interrupted]")
+    child.expect_exact(PROMPT)
+    screen = pyte.HistoryScreen(100, 30, history=1000)
+    stream = pyte.Stream(screen)
+    stream.feed(log.getvalue())
+    rows = ["".join(line[x].data for x in range(100)).rstrip() for line in screen.history.top]
+    rows += [line.rstrip() for line in screen.display]
+    shown = [row for row in rows if row.startswith("Paragraph")]
+    numbers = [int(row.split()[1]) for row in shown]
+    assert numbers == list(range(len(numbers))) and len(numbers) >= 5  # each once, in order, no leftovers
+    assert all(row in paragraphs or paragraphs[n].startswith(row) for n, row in zip(numbers, shown))
+    assert any("[interrupted]" in row for row in rows)

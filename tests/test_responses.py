@@ -208,3 +208,16 @@ def test_event_name_only_dispatch_is_not_needed(run, server):
         sse({"type": "response.completed", "response": {"status": "completed"}}, "whatever")]))
     result = run("--api", "responses", "q")
     assert result.returncode == 0 and result.out == "Typed.\n"
+
+
+def test_no_stream_responses_body(run, server):
+    body = {"id": "resp_1", "object": "response", "status": "completed", "output": [
+        {"type": "reasoning", "id": "rs", "summary": []},
+        {"type": "message", "id": "m", "role": "assistant",
+         "content": [{"type": "output_text", "text": "Whole answer.", "annotations": []}]}],
+        "usage": {"input_tokens": 8, "output_tokens": 3}}
+    server.push(Behaviour(headers={"Content-Type": "application/json"}, pieces=[json.dumps(body).encode()]))
+    result = run("--api", "responses", "--no-stream", "--json", "q")
+    payload = json.loads(result.out)
+    assert result.returncode == 0 and payload["reply"] == "Whole answer."
+    assert payload["usage"]["input_tokens"] == 8 and server.posts[0].body["stream"] is False
