@@ -2554,6 +2554,8 @@ class Repl:
                     break
                 except KeyboardInterrupt:
                     self.note("[interrupted]")
+                except Exception as exc:
+                    self.error(f"internal error: {report_bug(exc)}")
                 continue
             try:
                 self.run_turn(text[1:] if text.startswith("//") else text)
@@ -2561,6 +2563,10 @@ class Repl:
                 self.chat.drop_last_user()
                 self.pending_text = text
                 self.note("[interrupted]")
+            except Exception as exc:  # a bug of ours must not end the chat or lose the message
+                self.chat.drop_last_user()
+                self.pending_text = text
+                self.error(f"internal error: {report_bug(exc)}")
         if self.chat.store is not None:
             if self.chat.session_id is not None:
                 self.chat.store.drop_if_empty(self.chat.session_id)
@@ -2823,6 +2829,18 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:
             pass
         return EXIT_FAILED
+    except Exception as exc:  # a bug of ours: one line for the user, the traceback in the log
+        sys.stderr.write(f"chatbot: internal error: {report_bug(exc)}\n")
+        return EXIT_FAILED
+
+
+def report_bug(exc: BaseException) -> str:
+    """Log the traceback of an unexpected exception; return one line that says where to find it."""
+    import traceback
+
+    details = "".join(traceback.format_exception(exc))
+    write_log("internal error\n" + details.rstrip(), False)
+    return f"{type(exc).__name__}: {one_line(str(exc), 160)} (traceback in {os.path.join(user_dir('log'), 'chatbot.log')})"
 
 
 def _main(argv: list[str]) -> int:

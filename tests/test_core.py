@@ -291,3 +291,18 @@ def test_redaction_hides_keys():
     assert key not in chatbot.redact(f"Incorrect API key provided: {key}", key)
     fake = "sk-" + "abcdefghijklmnopqrstu"  # built at run time: no key-shaped literal in the source
     assert fake[:19] not in chatbot.redact(f"key {fake}", None)
+
+
+def test_a_bug_of_ours_is_one_line_and_a_logged_traceback(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+
+    def broken(self):
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(chatbot.SessionStore, "listing", broken)
+    status = chatbot.main(["--list-sessions", "--db", str(tmp_path / "s.db")])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err.startswith("chatbot: internal error: RuntimeError: simulated bug") and "Traceback" not in err
+    log = next((tmp_path / "state").rglob("chatbot.log")).read_text()
+    assert "Traceback" in log and "simulated bug" in log
