@@ -910,7 +910,7 @@ def is_context_error(code: str | None, message: str) -> bool:
 def rejected_parameter(code: str | None, message: str, param: str | None) -> str | None:
     """Which optional parameter a 400/422 rejects: stream_options, max_tokens or temperature."""
     text = f"{param or ''} {message or ''}".lower()
-    for name in ("stream_options", "max_tokens", "temperature"):
+    for name in ("stream_options", "max_tokens", "temperature", "store"):
         if name in text and ("unsupported" in text or "not support" in text or "unknown" in text or
                              "not allowed" in text or "extra" in text or "invalid" in text or
                              "unrecognized" in text or "not permitted" in text or param == name):
@@ -925,6 +925,7 @@ class Quirks:
     no_stream_options: bool = False
     max_completion_tokens: bool = False
     no_temperature: bool = False
+    no_store: bool = False  # Responses API: `store: false` keeps the provider from keeping our turns
 
 
 class Provider:
@@ -999,8 +1000,9 @@ class Provider:
                 "input": [{"role": m.role, "content": m.content} for m in request.turns],
                 "max_output_tokens": settings.max_tokens,
                 "stream": stream,
-                "store": False,
             }
+            if not quirks.no_store:
+                params["store"] = False
         else:
             params = {"model": model, "messages": request.messages(), "stream": stream}
             params["max_completion_tokens" if quirks.max_completion_tokens else "max_tokens"] = settings.max_tokens
@@ -1468,6 +1470,8 @@ class Chat:
             quirks.max_completion_tokens = True
         elif parameter == "temperature" and not quirks.no_temperature:
             quirks.no_temperature = True
+        elif parameter == "store" and not quirks.no_store and self.settings.api == "responses":
+            quirks.no_store = True
         else:
             return None
         self.notify(f"the provider rejected {parameter}: retrying without it (remembered for this session)")

@@ -221,3 +221,10 @@ def test_no_stream_responses_body(run, server):
     payload = json.loads(result.out)
     assert result.returncode == 0 and payload["reply"] == "Whole answer."
     assert payload["usage"]["input_tokens"] == 8 and server.posts[0].body["stream"] is False
+
+
+def test_gateway_rejecting_store_is_retried_without_it(run, server):
+    server.push(error_status(400, "Unrecognized request argument supplied: store", param="store"))
+    result = run("--api", "responses", "q")
+    assert result.returncode == 0 and result.out == "Hello from the router.\n"
+    assert server.posts[0].body["store"] is False and "store" not in server.posts[1].body
