@@ -2237,7 +2237,8 @@ def session_lines(rows: list[tuple], current: str | None = None) -> list[str]:
     for name, model, turns, updated, cost in rows:
         mark = "*" if name == current else " "
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(updated))
-        lines.append(f"{mark} {name:<28} {model or '-':<28} {turns:>4} turns  {when}  {format_money(cost)}")
+        money = "-" if cost is None else format_money(cost)
+        lines.append(f"{mark} {name:<24} {(model or '-')[:24]:<24} {turns:>4} turns  {when}  {money}")
     return lines
 
 
@@ -2369,6 +2370,7 @@ class Repl:
         self.saving = False
         self._store_error: str | None = None
         self.prompt_session: Any = None
+        self.startup_notes: list[tuple[Callable[[str], None], str]] = []  # shown under the banner
         chat.notify = chat.provider.notify = self.note
 
     # -- output ------------------------------------------------------------------
@@ -2381,6 +2383,13 @@ class Repl:
 
     def error(self, text: str) -> None:
         self.console.print(f"error: {text}", style="red", markup=False, highlight=False, soft_wrap=True)
+
+    def early(self, show: Callable[[str], None], text: str) -> None:
+        """Show now, or under the banner if the chat has not started yet."""
+        if self.prompt_session is None:
+            self.startup_notes.append((show, text))
+        else:
+            show(text)
 
     def ask(self, question: str) -> str:
         try:
@@ -2400,7 +2409,7 @@ class Repl:
             self.chat.store = SessionStore(default_db_path(self.chat.settings))
         except StoreError as exc:
             self._store_error = str(exc)
-            self.error(f"{exc}; chatting without saving")
+            self.early(self.error, f"{exc}; chatting without saving")
 
     def start_session(self, name: str | None) -> bool:
         """Switch to a named session (resuming it if it exists) or start an automatic one."""
@@ -2424,15 +2433,17 @@ class Repl:
                 chat.set_model(model)
             flagged = sum(1 for m in conversation.history if m.flags)
             extra = f", {flagged} marked interrupted or cut short" if flagged else ""
-            self.note(f"resumed session {name!r}: {len(conversation.history)} messages{extra}")
+            notes = [f"resumed session {name!r}: {len(conversation.history)} messages{extra}"]
             for message in conversation.history[-2:]:
                 mark = f" [{message.flags}]" if message.flags else ""
-                self.note(f"  {message.role}{mark}: {one_line(message.content, 200)}")
+                notes.append(f"  {message.role}{mark}: {one_line(message.content, 200)}")
             if conversation.history and conversation.history[-1].role == "user":
                 # The last run ended before any reply: offer the message again instead of leaving it dangling.
                 self.pending_text = conversation.history[-1].content
                 chat.drop_last_user()
-                self.note("  (that message got no reply: it is back in the prompt, Enter sends it)")
+                notes.append("  (that message got no reply: it is back in the prompt, Enter sends it)")
+            for text in notes:
+                self.early(self.note, text)
         else:
             chat.conversation = Conversation(chat.conversation.system)
             chat.turns = []
@@ -2533,6 +2544,8 @@ class Repl:
 
     def run(self, first_prompt: str | None = None) -> int:
         self.say(self.banner())
+        for show, text in self.startup_notes:
+            show(text)
         self.prompt_session = self.make_prompt()
         if first_prompt:
             self.run_turn(first_prompt)
