@@ -907,10 +907,14 @@ def is_context_error(code: str | None, message: str) -> bool:
     return code == "context_length_exceeded" or bool(CONTEXT_PATTERNS.search(message or ""))
 
 
+OPTIONAL_PARAMETERS = ("stream_options", "max_tokens", "temperature", "store")  # what a server may reject
+RENAMED_PARAMETERS = {"max_tokens": "max_completion_tokens"}  # sent under this name once the old is rejected
+
+
 def rejected_parameter(code: str | None, message: str, param: str | None) -> str | None:
-    """Which optional parameter a 400/422 rejects: stream_options, max_tokens or temperature."""
+    """Which optional parameter a 400/422 rejects, if the error says so."""
     text = f"{param or ''} {message or ''}".lower()
-    for name in ("stream_options", "max_tokens", "temperature", "store"):
+    for name in OPTIONAL_PARAMETERS:
         if name in text and ("unsupported" in text or "not support" in text or "unknown" in text or
                              "not allowed" in text or "extra" in text or "invalid" in text or
                              "unrecognized" in text or "not permitted" in text or param == name):
@@ -918,22 +922,12 @@ def rejected_parameter(code: str | None, message: str, param: str | None) -> str
     return None
 
 
-@dataclass
-class Quirks:
-    """What this provider rejected, remembered for the rest of the session."""
-
-    no_stream_options: bool = False
-    max_completion_tokens: bool = False
-    no_temperature: bool = False
-    no_store: bool = False  # Responses API: `store: false` keeps the provider from keeping our turns
-
-
 class Provider:
     """The SDK client and request shape for one base URL. The SDK is imported on first use."""
 
     def __init__(self, settings: Settings, notify: Callable[[str], None] = lambda text: None):
         self.settings = settings
-        self.quirks = Quirks()
+        self.rejected: set[str] = set()  # optional parameters this server rejected, for the rest of the session
         self.notify = notify
         self._client: Any = None
         self._client_lock = threading.Lock()
@@ -992,7 +986,7 @@ class Provider:
         logger.propagate = False
 
     def request_params(self, request: Request, model: str, stream: bool = True) -> dict[str, Any]:
-        settings, quirks = self.settings, self.quirks
+        settings = self.settings
         if settings.api == "responses":
             params: dict[str, Any] = {
                 "model": model,
@@ -1000,17 +994,26 @@ class Provider:
                 "input": [{"role": m.role, "content": m.content} for m in request.turns],
                 "max_output_tokens": settings.max_tokens,
                 "stream": stream,
+                "store": False,  # the conversation is ours; the provider need not keep it
             }
-            if not quirks.no_store:
-                params["store"] = False
         else:
-            params = {"model": model, "messages": request.messages(), "stream": stream}
-            params["max_completion_tokens" if quirks.max_completion_tokens else "max_tokens"] = settings.max_tokens
-            if stream and not quirks.no_stream_options:
+            params = {"model": model, "messages": request.messages(), "stream": stream,
+                      "max_tokens": settings.max_tokens}
+            if stream:
                 params["stream_options"] = {"include_usage": True}
-        if not quirks.no_temperature:
-            params["temperature"] = settings.temperature
+        params["temperature"] = settings.temperature
+        for name in self.rejected & params.keys():
+            value = params.pop(name)
+            if name in RENAMED_PARAMETERS:
+                params[RENAMED_PARAMETERS[name]] = value
         return params
+
+    def reject(self, parameter: str | None, sent: dict[str, Any]) -> bool:
+        """Stop sending a parameter the server rejected; False if that cannot help."""
+        if parameter is None or parameter not in sent or parameter in self.rejected:
+            return False
+        self.rejected.add(parameter)
+        return True
 
     def open(self, params: dict[str, Any]) -> Any:
         """Send the request; the raw streaming HTTP response, to be closed by the caller.
@@ -1412,7 +1415,6 @@ class Chat:
         model = self.model
         cap: int | None = None  # a tighter token budget, after the server said the context overflowed
         tried_fallback = False
-        fixed: set[str] = set()
         if self.store is not None and self.session_id is not None:
             on_event = self.checkpointing(on_event)
         while True:
@@ -1427,9 +1429,7 @@ class Chat:
                 break
             except Failure as failure:
                 self.log(model, failure.status or "error", None, failure.latency, None, failure.kind)
-                parameter = self.unsupported_parameter(failure)
-                if parameter and parameter not in fixed:
-                    fixed.add(parameter)
+                if self.unsupported_parameter(failure, request, model, stream):
                     continue
                 if failure.kind == "context_length" and cap is None and len(request.turns) > 1:
                     window = MAX_CONTEXT_NUMBER.search(str(failure))
@@ -1459,23 +1459,35 @@ class Chat:
         self.record(result, request)
         return result
 
-    def unsupported_parameter(self, failure: Failure) -> str | None:
+    def unsupported_parameter(self, failure: Failure, request: Request, model: str, stream: bool) -> bool:
+        """True when the failure rejected an optional parameter we sent: the retry goes without it."""
         if failure.status not in (400, 422):
-            return None
-        quirks = self.provider.quirks
+            return False
         parameter = rejected_parameter(failure.code, str(failure), failure.param)
-        if parameter == "stream_options" and not quirks.no_stream_options:
-            quirks.no_stream_options = True
-        elif parameter == "max_tokens" and not quirks.max_completion_tokens and self.settings.api == "chat":
-            quirks.max_completion_tokens = True
-        elif parameter == "temperature" and not quirks.no_temperature:
-            quirks.no_temperature = True
-        elif parameter == "store" and not quirks.no_store and self.settings.api == "responses":
-            quirks.no_store = True
-        else:
-            return None
+        if not self.provider.reject(parameter, self.provider.request_params(request, model, stream)):
+            return False
         self.notify(f"the provider rejected {parameter}: retrying without it (remembered for this session)")
-        return parameter
+        return True
+
+    def use_session(self, name: str) -> bool:
+        """Claim a saved session (StoreError if another process has it) and load it; True if it existed."""
+        store = self.store
+        session_id, existed = store.open(name, self.model, self.settings.host, self.conversation.system)
+        if self.session_id is not None and self.session_id != session_id:
+            store.drop_if_empty(self.session_id)
+            store.release(self.session_id)
+        self.session_id = session_id
+        if not existed:
+            self.conversation, self.turns = Conversation(self.conversation.system), []
+            return False
+        conversation, turns, model = store.load(session_id)
+        if "system" in self.settings.sources and conversation.system != self.settings.system:
+            conversation.system = self.settings.system  # -s given: it replaces the saved prompt
+            store.set_meta(session_id, system=self.settings.system)
+        self.conversation, self.turns = conversation, turns
+        if model and model != self.model and "model" not in self.settings.sources:
+            self.set_model(model)
+        return True
 
     CHECKPOINT_SECONDS = 0.5
 
@@ -1721,8 +1733,7 @@ class MarkdownView:
         """Render pending[:upto] once into the scrollback; keep the rest pending."""
         block, self.pending = self.pending[:upto], self.pending[upto:]
         self.scanned -= upto
-        if self.blank_at is not None:
-            self.blank_at = None
+        self.blank_at = None
         if not block.strip():
             return
         width = self._width()
@@ -2042,19 +2053,7 @@ class SessionStore:
         if row is None:
             raise StoreError(f"no session named {name!r}: see --list-sessions")
         conversation, turns, model = self.load(row[0])
-        return {
-            "format": "chatbot-session", "version": 1, "name": row[1], "model": model, "host": row[3],
-            "system": conversation.system, "summary": conversation.summary,
-            "summary_covers": conversation.summary_covers,
-            "messages": [{"role": m.role, "content": m.content, "created": m.created, "flags": m.flags,
-                          "tokens": m.tokens[1] if m.tokens else None,
-                          "token_key": m.tokens[0] if m.tokens else None} for m in conversation.history],
-            "turns": [{"model": t.model, "input_tokens": t.usage.input_tokens,
-                       "output_tokens": t.usage.output_tokens, "cached_tokens": t.usage.cached_tokens,
-                       "reasoning_tokens": t.usage.reasoning_tokens, "estimated": t.usage.estimated,
-                       "cost_usd": t.cost, "ttft": t.ttft, "latency": t.latency,
-                       "sent_messages": t.sent_messages} for t in turns],
-        }
+        return export_data(row[1], model, row[3], conversation, turns)
 
     def import_session(self, data: dict[str, Any], name: str | None = None) -> str:
         if data.get("format") != "chatbot-session":
@@ -2078,6 +2077,24 @@ class SessionStore:
         self.db.execute("COMMIT")
         self.release(session_id)
         return name
+
+
+def export_data(name: str, model: str, host: str, conversation: Conversation,
+                turns: list[TurnStats]) -> dict[str, Any]:
+    """A conversation as the JSON that /save and --export write and --import reads."""
+    return {
+        "format": "chatbot-session", "version": 1, "name": name, "model": model, "host": host,
+        "system": conversation.system, "summary": conversation.summary,
+        "summary_covers": conversation.summary_covers,
+        "messages": [{"role": m.role, "content": m.content, "created": m.created, "flags": m.flags,
+                      "tokens": m.tokens[1] if m.tokens else None,
+                      "token_key": m.tokens[0] if m.tokens else None} for m in conversation.history],
+        "turns": [{"model": t.model, "input_tokens": t.usage.input_tokens,
+                   "output_tokens": t.usage.output_tokens, "cached_tokens": t.usage.cached_tokens,
+                   "reasoning_tokens": t.usage.reasoning_tokens, "estimated": t.usage.estimated,
+                   "cost_usd": t.cost, "ttft": t.ttft, "latency": t.latency,
+                   "sent_messages": t.sent_messages} for t in turns],
+    }
 
 
 def export_markdown(data: dict[str, Any]) -> str:
@@ -2284,25 +2301,14 @@ def cmd_delete(repl: "Repl", arg: str) -> None:
 
 def cmd_save(repl: "Repl", arg: str) -> None:
     chat = repl.chat
-    data = conversation_export(chat, repl.session_name or "conversation")
+    data = export_data(repl.session_name or "conversation", chat.model, chat.settings.host, chat.conversation,
+                       chat.turns)
     try:
         write_export(data, arg)
     except (OSError, ValueError) as exc:
         repl.error(f"cannot save to {arg}: {getattr(exc, 'strerror', None) or exc}")
         return
     repl.say(f"saved {len(data['messages'])} messages to {arg}")
-
-
-def conversation_export(chat: Chat, name: str) -> dict[str, Any]:
-    if chat.store is not None and chat.session_id is not None:
-        return chat.store.export(name)
-    conversation = chat.conversation
-    return {"format": "chatbot-session", "version": 1, "name": name, "model": chat.model,
-            "host": chat.settings.host, "system": conversation.system, "summary": conversation.summary,
-            "summary_covers": conversation.summary_covers,
-            "messages": [{"role": m.role, "content": m.content, "created": m.created, "flags": m.flags,
-                          "tokens": None, "token_key": None} for m in conversation.history],
-            "turns": []}
 
 
 def write_export(data: dict[str, Any], path: str) -> None:
@@ -2413,24 +2419,18 @@ class Repl:
 
     def start_session(self, name: str | None) -> bool:
         """Switch to a named session (resuming it if it exists) or start an automatic one."""
-        chat, store = self.chat, self.chat.store
-        if store is None:
+        chat = self.chat
+        if chat.store is None:
             return False
         name = name or time.strftime("chat-%Y%m%d-%H%M%S")
         try:
-            session_id, existed = store.open(name, chat.model, chat.settings.host, chat.conversation.system)
+            existed = chat.use_session(name)
         except StoreError as exc:
             self.error(str(exc))
             return False
-        if chat.session_id is not None and chat.session_id != session_id:
-            store.drop_if_empty(chat.session_id)
-            store.release(chat.session_id)
-        chat.session_id, self.session_name = session_id, name
+        self.session_name = name
         if existed:
-            conversation, turns, model = store.load(session_id)
-            chat.conversation, chat.turns = conversation, turns
-            if model and model != chat.model and "model" not in chat.settings.sources:
-                chat.set_model(model)
+            conversation = chat.conversation
             flagged = sum(1 for m in conversation.history if m.flags)
             extra = f", {flagged} marked interrupted or cut short" if flagged else ""
             notes = [f"resumed session {name!r}: {len(conversation.history)} messages{extra}"]
@@ -2444,9 +2444,6 @@ class Repl:
                 notes.append("  (that message got no reply: it is back in the prompt, Enter sends it)")
             for text in notes:
                 self.early(self.note, text)
-        else:
-            chat.conversation = Conversation(chat.conversation.system)
-            chat.turns = []
         return True
 
     # -- turns ---------------------------------------------------------------------
@@ -2695,32 +2692,13 @@ def read_prompt(args: Any, stdin: Any) -> str:
     return prompt
 
 
-def open_session(chat: Chat, args: Any, required: bool) -> None:
-    """Attach the sessions store and resume or start the session the flags ask for."""
-    try:
-        chat.store = SessionStore(default_db_path(chat.settings))
-    except StoreError:
-        if required:
-            raise
-        return
-    store = chat.store
-    name = args.session
-    if args.continue_:
-        name = store.latest()
-        if name is None:
-            raise StoreError("no saved conversation to continue")
+def open_session(chat: Chat, args: Any) -> None:
+    """Attach the sessions store and resume or start the session --session or -c asks for."""
+    chat.store = SessionStore(default_db_path(chat.settings))
+    name = chat.store.latest() if args.continue_ else args.session
     if name is None:
-        return
-    session_id, existed = store.open(name, chat.model, chat.settings.host, chat.conversation.system)
-    chat.session_id = session_id
-    if existed:
-        conversation, turns, model = store.load(session_id)
-        if "system" in chat.settings.sources and conversation.system != chat.settings.system:
-            conversation.system = chat.settings.system
-            store.set_meta(session_id, system=chat.settings.system)
-        chat.conversation, chat.turns = conversation, turns
-        if model and "model" not in chat.settings.sources:
-            chat.set_model(model)
+        raise StoreError("no saved conversation to continue")
+    chat.use_session(name)
 
 
 def run_once(chat: Chat, prompt: str, args: Any) -> int:
@@ -2877,7 +2855,7 @@ def _main(argv: list[str]) -> int:
         chat = Chat(settings, lambda text: sys.stderr.write(f"chatbot: {text}\n"))
         chat.verbose = args.verbose
         if args.session or args.continue_:
-            open_session(chat, args, required=True)
+            open_session(chat, args)
         try:
             return run_once(chat, prompt or "", args)
         finally:
