@@ -26,8 +26,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-import chatbot  # noqa: E402
 from server import Behaviour, FakeServer, chat_reply, responses_openai  # noqa: E402
+
+from chatcore.conversation import Conversation, Message, build_request, token_budget  # noqa: E402
+from chatcore.store import SessionStore  # noqa: E402
+from chatcore.streams import TEXT  # noqa: E402
+from chatcore.tokens import TokenCounter  # noqa: E402
+from terminal_render import MarkdownView, PlainView  # noqa: E402
 
 PY = sys.executable
 CHATBOT = str(ROOT / "chatbot.py")
@@ -224,9 +229,9 @@ class PtySink:
 
 
 def render_plain(text, deltas, sink, clock):
-    view = chatbot.PlainView(sink.file)
+    view = PlainView(sink.file)
     for delta in deltas:
-        view.on_event(chatbot.TEXT, delta)
+        view.on_event(TEXT, delta)
         clock.tick()
     view.finish()
 
@@ -235,9 +240,9 @@ def render_ours(text, deltas, sink, clock):
     from rich.console import Console
 
     console = Console(file=sink.file, force_terminal=True, color_system="truecolor", width=100)
-    view = chatbot.MarkdownView(sink.file, console, clock=clock.now)
+    view = MarkdownView(sink.file, console, clock=clock.now)
     for delta in deltas:
-        view.on_event(chatbot.TEXT, delta)
+        view.on_event(TEXT, delta)
         clock.tick()
     view.finish()
 
@@ -345,7 +350,7 @@ def real_counter():
     except ImportError:
         pass
     os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
-    counter = chatbot.TokenCounter("gpt-4")
+    counter = TokenCounter("gpt-4")
     return counter, ("cl100k_base" if not counter.estimated else "character estimate")
 
 
@@ -353,9 +358,9 @@ def make_history(turns: int, seed=3) -> list:
     rng = random.Random(seed)
     words = "the model reads every earlier message again on each turn so cost grows with history".split()
     history = []
-    for index in range(turns):
-        history.append(chatbot.Message("user", " ".join(rng.choice(words) for _ in range(rng.randint(10, 60)))))
-        history.append(chatbot.Message("assistant", " ".join(rng.choice(words) for _ in range(rng.randint(40, 250)))))
+    for _ in range(turns):
+        history.append(Message("user", " ".join(rng.choice(words) for _ in range(rng.randint(10, 60)))))
+        history.append(Message("assistant", " ".join(rng.choice(words) for _ in range(rng.randint(40, 250)))))
     return history
 
 
@@ -364,16 +369,16 @@ def bench_trimming(repeats):
     full = make_history(1000)
     results = {}
     for label, max_messages, context in (("default limits", 20, 400_000), ("token budget only", 100_000, 128_000)):
-        budget = chatbot.token_budget(context, 1000)
+        budget = token_budget(context, 1000)
         for turns in (10, 100, 1000):
-            conversation = chatbot.Conversation("You are a helpful assistant.", list(full[: 2 * turns - 1]))
+            conversation = Conversation("You are a helpful assistant.", list(full[: 2 * turns - 1]))
             for message in conversation.history:
                 counter.count_message(message)  # earlier turns were counted when they were sent
             times, naive = [], []
             for rep in range(repeats):
-                conversation.history.append(chatbot.Message("user", f"question number {rep} about the history"))
+                conversation.history.append(Message("user", f"question number {rep} about the history"))
                 started = time.perf_counter()
-                chatbot.build_request(conversation, max_messages, budget, counter)
+                build_request(conversation, max_messages, budget, counter)
                 times.append(time.perf_counter() - started)
                 if rep < 5:
                     started = time.perf_counter()
@@ -405,7 +410,7 @@ def bench_session_load(repeats):
     counter, kind = real_counter()
     directory = Path(tempfile.mkdtemp())
     path = str(directory / "long.db")
-    store = chatbot.SessionStore(path)
+    store = SessionStore(path)
     session_id, _ = store.open("long", "gpt-4", "h", "system")
     store.db.execute("BEGIN")
     for message in make_history(2500):
@@ -416,16 +421,16 @@ def bench_session_load(repeats):
     ours, naive = [], []
     for _ in range(repeats):
         started = time.perf_counter()
-        store = chatbot.SessionStore(path)
+        store = SessionStore(path)
         sid, _ = store.open("long", "gpt-4", "h", "system")
         conversation, _, _ = store.load(sid)
         total = sum(counter.count_message(m) for m in conversation.history)
-        conversation.history.append(chatbot.Message("user", "next"))
-        chatbot.build_request(conversation, 20, chatbot.token_budget(128_000, 1000), counter)
+        conversation.history.append(Message("user", "next"))
+        build_request(conversation, 20, token_budget(128_000, 1000), counter)
         ours.append(time.perf_counter() - started)
         store.close()
         started = time.perf_counter()
-        store = chatbot.SessionStore(path)
+        store = SessionStore(path)
         sid, _ = store.open("long", "gpt-4", "h", "system")
         conversation, _, _ = store.load(sid)
         for message in conversation.history:
@@ -466,11 +471,11 @@ def main():
     print()
     header = ("measurement", "ours", "baseline", "ratio", "target", "result")
     for line in [header, tuple("-" * w for w in widths)] + ROWS:
-        print(" | ".join(cell.ljust(width) for cell, width in zip(line, widths)))
+        print(" | ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
     print(f"\n{sum(r[5] == 'pass' for r in ROWS)} of {len(ROWS)} targets met; "
           f"bench took {time.time() - started:.0f}s")
     if args.json:
-        Path(args.json).write_text(json.dumps([dict(zip(header, r)) for r in ROWS], indent=2))
+        Path(args.json).write_text(json.dumps([dict(zip(header, r, strict=True)) for r in ROWS], indent=2))
 
 
 if __name__ == "__main__":

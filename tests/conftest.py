@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 import subprocess
@@ -85,17 +86,74 @@ def run_chatbot(args, env, input=None, timeout=30, cwd=None):
                           timeout=timeout, cwd=cwd or env.get("HOME"))
 
 
+class _PipedStdin:
+    """Standard input as a pipe: not a terminal, bytes on .buffer."""
+
+    def __init__(self, data: bytes):
+        self.buffer = io.BytesIO(data)
+
+    def isatty(self) -> bool:
+        return False
+
+    def read(self) -> str:
+        return self.buffer.read().decode("utf-8")
+
+
+class InProcess:
+    """What subprocess.run returns, for a run of chatbot.main() inside the test process."""
+
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def run_in_process(args, env, input=b"", cwd=None):
+    """Run chatbot.main(ARGS) here, with the environment, working directory and standard streams of a
+    piped process. The engine, the SDK and the HTTP are all real; only the interpreter start-up is
+    saved (most of a one-shot run's CPU time, and most of this suite's)."""
+    import chatbot
+
+    out, err = io.BytesIO(), io.BytesIO()
+    stdout = io.TextIOWrapper(out, encoding="utf-8", write_through=True)
+    stderr = io.TextIOWrapper(err, encoding="utf-8", write_through=True)
+    saved = dict(os.environ), os.getcwd(), sys.stdin, sys.stdout, sys.stderr
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd or env.get("HOME"))
+    sys.stdin, sys.stdout, sys.stderr = _PipedStdin(input or b""), stdout, stderr
+    try:
+        try:
+            status = chatbot.main(list(args))
+        except SystemExit as exc:  # --help and --version leave through argparse
+            status = exc.code if isinstance(exc.code, int) else 0
+        stdout.flush()
+        stderr.flush()
+    finally:
+        environ, cwd_before, sys.stdin, sys.stdout, sys.stderr = saved
+        os.environ.clear()
+        os.environ.update(environ)
+        os.chdir(cwd_before)
+    return InProcess(status, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture
 def run(env, server):
-    """run(*args, input=..., extra_env=...) against the local server; stdout/stderr decoded."""
+    """run(*args, input=..., extra_env=...) against the local server; stdout/stderr decoded.
 
-    def call(*args, input=b"", extra_env=None, base=True, timeout=30):
+    In-process by default; subprocess=True where the process itself is what is tested
+    (exit by signal, what a fresh interpreter imports, a second process at once)."""
+
+    def call(*args, input=b"", extra_env=None, base=True, timeout=30, subprocess=False):
         full_env = dict(env)
         if base:
             full_env["OPENAI_BASE_URL"] = server.base_url
             full_env.setdefault("OPENAI_MODEL", "test-model")
         full_env.update(extra_env or {})
-        result = run_chatbot(list(args), full_env, input=input, timeout=timeout)
+        if isinstance(input, str):
+            input = input.encode()
+        if subprocess:
+            result = run_chatbot(list(args), full_env, input=input, timeout=timeout)
+        else:
+            result = run_in_process(list(args), full_env, input=input)
         result.out = result.stdout.decode("utf-8", "replace")
         result.err = result.stderr.decode("utf-8", "replace")
         return result

@@ -290,11 +290,11 @@ class FakeServer:
         if roles.count("system") > 1 or (roles and "system" in roles[1:]):
             return "System message must be at the beginning."
         turns = [r for r in roles if r != "system"]
-        if not turns or turns[0] != "user" or any(a == b for a, b in zip(turns, turns[1:])):
+        if not turns or turns[0] != "user" or any(a == b for a, b in itertools.pairwise(turns)):
             return "Conversation roles must alternate user/assistant/user/assistant/..."
         return None
 
-    def push(self, *behaviours: Behaviour) -> "FakeServer":
+    def push(self, *behaviours: Behaviour) -> FakeServer:
         with self.lock:
             self.queue.extend(behaviours)
         return self

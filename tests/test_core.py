@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
 
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from conftest import CHATBOT, ROOT
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 import chatbot
-from chatbot import (Conversation, Message, PromptTooLarge, TokenCounter, Usage, build_request,
-                     encoding_for_model, parse_stream, resolve_settings, token_budget)
-from conftest import CHATBOT
+from chatcore import log, store, tokens
+from chatcore import settings as config
+from chatcore import usage as costs
+from chatcore.conversation import Conversation, Message, PromptTooLarge, build_request, token_budget
+from chatcore.settings import resolve_settings
+from chatcore.streams import parse_stream
+from chatcore.tokens import TokenCounter, encoding_for_model
+from chatcore.usage import Usage
 
 # -- settings ------------------------------------------------------------------
 
@@ -36,17 +45,63 @@ def test_precedence_flag_over_env_over_dotenv_over_default():
     ({"api": "soap"}, {}, "chat, responses"),
 ])
 def test_malformed_values_name_the_setting(flags, environ, needle):
-    with pytest.raises(chatbot.ConfigError) as info:
+    with pytest.raises(config.ConfigError) as info:
         resolve_settings(flags, environ, {})
     assert needle in str(info.value)
 
 
 def test_key_required_unless_local():
     settings = resolve_settings({}, {}, {})
-    with pytest.raises(chatbot.ConfigError, match="OPENAI_API_KEY.*.env.example"):
-        chatbot.check_credentials(settings)
-    chatbot.check_credentials(resolve_settings({"base_url": "http://localhost:11434/v1"}, {}, {}))
-    chatbot.check_credentials(resolve_settings({"base_url": "http://127.0.0.1:8080/v1"}, {}, {}))
+    with pytest.raises(config.ConfigError, match="OPENAI_API_KEY.*.env.example"):
+        config.check_credentials(settings)
+    config.check_credentials(resolve_settings({"base_url": "http://localhost:11434/v1"}, {}, {}))
+    config.check_credentials(resolve_settings({"base_url": "http://127.0.0.1:8080/v1"}, {}, {}))
+
+
+ENGINE = [f"chatcore.{os.path.splitext(name)[0]}" for name in sorted(os.listdir(os.path.join(ROOT, "chatcore")))
+          if name.endswith(".py") and name != "__init__.py"]
+TERMINAL_LIBRARIES = {"rich", "prompt_toolkit"}
+TELEGRAM_LIBRARIES = {"telegram", "telegramify_markdown"}
+FRONT_ENDS = {"chatbot", "telegram_bot", "terminal_render", "telegram_render"}
+
+
+def imported_modules(path):
+    """Every module a file imports, at the top or inside a function, as top-level names."""
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_imports_run_one_way():
+    """Front-ends import the engine; the engine imports no front-end, terminal or Telegram library."""
+    for module in ENGINE:
+        used = imported_modules(os.path.join(ROOT, *module.split(".")) + ".py")
+        assert not used & (TERMINAL_LIBRARIES | TELEGRAM_LIBRARIES | FRONT_ENDS), (module, used)
+    terminal = imported_modules(os.path.join(ROOT, "chatbot.py")) | imported_modules(
+        os.path.join(ROOT, "terminal_render.py"))
+    assert "chatcore" in terminal and not terminal & (TELEGRAM_LIBRARIES | {"telegram_bot", "telegram_render"})
+    telegram = imported_modules(os.path.join(ROOT, "telegram_bot.py")) | imported_modules(
+        os.path.join(ROOT, "telegram_render.py"))
+    assert "chatcore" in telegram and not telegram & (TERMINAL_LIBRARIES | {"chatbot", "terminal_render"})
+
+
+def test_importing_the_engine_does_nothing(tmp_path):
+    (tmp_path / ".env").write_text("OPENAI_API_KEY=should-not-be-read\n")
+    code = ("import sys, os; " + "; ".join(f"import {m}" for m in ENGINE) + "; "
+            "bad = [m for m in ('openai', 'rich', 'prompt_toolkit', 'telegram', 'tiktoken', 'dotenv', "
+            "'genai_prices', 'httpx2', 'httpx', 'sqlite3', 'platformdirs') if m in sys.modules]; "
+            "print(bad, os.environ.get('OPENAI_API_KEY'), os.listdir('.'))")
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    env["PYTHONPATH"] = str(ROOT)
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[] None ['.env']"
 
 
 def test_import_has_no_side_effects(tmp_path):
@@ -65,9 +120,9 @@ def test_env_example_and_readme_list_every_setting():
     root = os.path.dirname(CHATBOT)
     example = open(os.path.join(root, ".env.example")).read()
     readme = open(os.path.join(root, "README.md")).read()
-    assert example == chatbot.env_example()
-    assert chatbot.settings_table() in readme
-    for setting in chatbot.SETTINGS:
+    assert example == config.env_example()
+    assert config.settings_table() in readme
+    for setting in config.SETTINGS:
         if setting.env:
             assert setting.env in readme
         for flag in setting.flags:
@@ -95,11 +150,11 @@ COOKBOOK_MESSAGES = [
 def cl100k(tiktoken_cache, monkeypatch):
     """The real tiktoken code path, loading the real cl100k_base file from a local cache."""
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tiktoken_cache))
-    chatbot._encodings.pop("cl100k_base", None)
-    chatbot._encoding_threads.pop("cl100k_base", None)
+    tokens._encodings.pop("cl100k_base", None)
+    tokens._encoding_threads.pop("cl100k_base", None)
     yield TokenCounter("openai/gpt-4")
-    chatbot._encodings.pop("cl100k_base", None)
-    chatbot._encoding_threads.pop("cl100k_base", None)
+    tokens._encodings.pop("cl100k_base", None)
+    tokens._encoding_threads.pop("cl100k_base", None)
 
 
 def test_cookbook_example_counts_129_with_cl100k(cl100k):
@@ -136,16 +191,16 @@ def test_encoding_from_model_name(model, encoding, exact):
 def test_unavailable_encoding_falls_back_to_labelled_estimate(tmp_path, monkeypatch):
     # An empty cache and no network: the download fails, and counting still works, labelled estimated.
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
-    chatbot._encodings.pop("o200k_base", None)
-    chatbot._encoding_threads.pop("o200k_base", None)
+    tokens._encodings.pop("o200k_base", None)
+    tokens._encoding_threads.pop("o200k_base", None)
     counter = TokenCounter("gpt-4o", load_wait=10)
     assert counter.count_text("x" * 400) == 100
     assert counter.estimated
     message = Message("user", "hello")
     counter.count_message(message)
     assert message.tokens[0] == "estimate"
-    chatbot._encodings.pop("o200k_base", None)
-    chatbot._encoding_threads.pop("o200k_base", None)
+    tokens._encodings.pop("o200k_base", None)
+    tokens._encoding_threads.pop("o200k_base", None)
 
 
 def test_hanging_download_is_bounded(tmp_path):
@@ -157,7 +212,7 @@ def test_hanging_download_is_bounded(tmp_path):
     listener.bind(("127.0.0.1", 0))
     listener.listen(5)  # accepts connections and never answers
     port = listener.getsockname()[1]
-    code = ("import time, chatbot; t = time.monotonic(); c = chatbot.TokenCounter('gpt-4o', load_wait=1.0); "
+    code = ("import time; from chatcore.tokens import TokenCounter; t = time.monotonic(); c = TokenCounter('gpt-4o', load_wait=1.0); "
             "n = c.count_text('abcdefgh'); print(n, c.estimated, round(time.monotonic() - t, 1))")
     env = dict(os.environ, TIKTOKEN_CACHE_DIR=str(tmp_path), HTTPS_PROXY=f"http://127.0.0.1:{port}",
                https_proxy=f"http://127.0.0.1:{port}", NO_PROXY="", PYTHONPATH=os.path.dirname(CHATBOT))
@@ -188,7 +243,7 @@ def conversation_of(lengths: list[int]) -> Conversation:
 def test_trimming_properties(lengths, max_messages, budget):
     conversation = conversation_of(lengths)
     counter = TokenCounter("mistral", load_wait=0)  # character estimate: deterministic and fast
-    chatbot._encodings.setdefault("o200k_base", None)
+    tokens._encodings.setdefault("o200k_base", None)
     try:
         request = build_request(conversation, max_messages, budget, counter)
     except PromptTooLarge as exc:
@@ -205,7 +260,7 @@ def test_trimming_properties(lengths, max_messages, budget):
     assert turns[-1] is conversation.history[-1]
     assert len(turns) <= max(1, max_messages)
     assert turns == conversation.history[len(conversation.history) - len(turns):]
-    for previous, current in zip(turns, turns[1:]):
+    for previous, current in itertools.pairwise(turns):
         assert previous.role != current.role
     size = counter.count_messages([Message("system", request.system), *turns])
     assert size <= budget or len(turns) == 1
@@ -240,21 +295,21 @@ def test_budget_subtracts_output_and_margin():
 def test_cost_from_configured_prices_and_table_and_unknown():
     usage = Usage(1_000_000, 500_000)
     priced = resolve_settings({"price_in": "2", "price_out": "8"}, {}, {})
-    assert chatbot.turn_cost(usage, priced, "whatever") == (6.0, "configured prices")
+    assert costs.turn_cost(usage, priced, "whatever") == (6.0, "configured prices")
     table = resolve_settings({}, {}, {})
-    cost, source = chatbot.turn_cost(Usage(1000, 500), table, "openai/gpt-5-nano")
+    cost, source = costs.turn_cost(Usage(1000, 500), table, "openai/gpt-5-nano")
     assert source == "genai-prices table" and cost == pytest.approx(0.00025)
     local = resolve_settings({"base_url": "http://127.0.0.1:1/v1"}, {}, {})
-    assert chatbot.turn_cost(usage, local, "llama3") == (None, "unknown")
-    assert chatbot.turn_cost(usage, table, "no-such-model-xyz") == (None, "unknown")
+    assert costs.turn_cost(usage, local, "llama3") == (None, "unknown")
+    assert costs.turn_cost(usage, table, "no-such-model-xyz") == (None, "unknown")
     reported = Usage(10, 10, cost=0.5)
-    assert chatbot.turn_cost(reported, priced, "x") == (0.5, "provider")
+    assert costs.turn_cost(reported, priced, "x") == (0.5, "provider")
 
 
 def test_context_window_from_the_model_table():
-    _, window = chatbot.model_info("openai/gpt-5-nano", "https://openrouter.ai/api/v1")
+    _, window = costs.model_info("openai/gpt-5-nano", "https://openrouter.ai/api/v1")
     assert window == 400_000
-    assert chatbot.model_info("no-such-model-xyz", "http://127.0.0.1/v1")[1] is None
+    assert costs.model_info("no-such-model-xyz", "http://127.0.0.1/v1")[1] is None
 
 
 def lines_of(*payloads: str) -> list[str]:
@@ -288,9 +343,9 @@ def test_malformed_data_becomes_an_error_event():
 
 def test_redaction_hides_keys():
     key = "sk-test-" + "a1b2c3d4" * 4
-    assert key not in chatbot.redact(f"Incorrect API key provided: {key}", key)
+    assert key not in log.redact(f"Incorrect API key provided: {key}", key)
     fake = "sk-" + "abcdefghijklmnopqrstu"  # built at run time: no key-shaped literal in the source
-    assert fake[:19] not in chatbot.redact(f"key {fake}", None)
+    assert fake[:19] not in log.redact(f"key {fake}", None)
 
 
 def test_a_bug_of_ours_is_one_line_and_a_logged_traceback(tmp_path, monkeypatch, capsys):
@@ -299,7 +354,7 @@ def test_a_bug_of_ours_is_one_line_and_a_logged_traceback(tmp_path, monkeypatch,
     def broken(self):
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr(chatbot.SessionStore, "listing", broken)
+    monkeypatch.setattr(store.SessionStore, "listing", broken)
     status = chatbot.main(["--list-sessions", "--db", str(tmp_path / "s.db")])
     err = capsys.readouterr().err
     assert status == 1

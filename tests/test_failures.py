@@ -15,9 +15,8 @@ import sys
 import time
 
 import pytest
-
 from conftest import CHATBOT, assert_clean
-from server import (CUT, SLEEP, Behaviour, chat_reply, chunk, error_status, sse)
+from server import CUT, SLEEP, Behaviour, chat_reply, chunk, error_status, sse
 
 
 @pytest.fixture

@@ -11,11 +11,14 @@ import random
 
 import pyte
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from rich.console import Console
 from rich.markdown import Markdown
 
-from chatbot import REASONING, TEXT, MarkdownView, PlainView
+from chatcore.streams import REASONING, TEXT
+from terminal_render import MarkdownView, PlainView
 
 WIDTH, HEIGHT = 80, 24
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import subprocess
+import sys
 
 from conftest import assert_clean, run_chatbot
 from server import chat_reply
@@ -191,10 +194,22 @@ def test_key_never_printed_on_auth_failure(run, server):
     assert server.posts[0].headers["authorization"] == f"Bearer {secret}"
 
 
-def test_installed_console_script_exists():
+def test_wheel_holds_the_engine_both_front_ends_and_their_console_scripts(tmp_path):
+    """A non-editable install (pipx install .) gets everything: built here as the real wheel."""
+    import zipfile
+
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    text = open(os.path.join(root, "pyproject.toml")).read()
-    assert 'chatbot = "chatbot:main"' in text and 'py-modules = ["chatbot"]' in text
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(tmp_path), root], capture_output=True, text=True, timeout=120)
+    assert build.returncode == 0, build.stderr
+    wheel = next(tmp_path.glob("chatbot-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    engine = {os.path.basename(p) for p in glob.glob(os.path.join(root, "chatcore", "*.py"))}
+    assert {n.split("/", 1)[1] for n in names if n.startswith("chatcore/")} == engine
+    for module in ("chatbot.py", "telegram_bot.py", "terminal_render.py", "telegram_render.py"):
+        assert module in names
+    entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "chatbot = chatbot:main" in entry_points and "chatbot-telegram = telegram_bot:main" in entry_points
 
 
 def test_piped_one_shot_imports_only_what_it_uses(run, server, env):
@@ -239,9 +254,9 @@ def test_summary_of_dropped_turns_is_sent_stored_and_reused(run, server, tmp_pat
 
 
 def test_one_shot_in_a_terminal_renders_markdown_unless_no_color(env, server):
-    import pexpect
     import sys
 
+    import pexpect
     from conftest import CHATBOT
 
     reply = "# Title\n\nSome **bold** words.\n"

@@ -6,7 +6,6 @@ import re
 import time
 
 import pexpect
-
 from server import chat_reply, error_status
 
 PROMPT = "❯"
@@ -278,5 +277,5 @@ def test_ctrl_c_mid_markdown_reply_leaves_a_clean_screen(spawn, server):
     shown = [row for row in rows if row.startswith("Paragraph")]
     numbers = [int(row.split()[1]) for row in shown]
     assert numbers == list(range(len(numbers))) and len(numbers) >= 5  # each once, in order, no leftovers
-    assert all(row in paragraphs or paragraphs[n].startswith(row) for n, row in zip(numbers, shown))
+    assert all(row in paragraphs or paragraphs[n].startswith(row) for n, row in zip(numbers, shown, strict=True))
     assert any("[interrupted]" in row for row in rows)

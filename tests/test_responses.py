@@ -8,9 +8,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import assert_clean
-from server import Behaviour, SLEEP, error_status, responses_openai, responses_router, sse
+from server import SLEEP, Behaviour, error_status, responses_openai, responses_router, sse
 
 PROMPT = "❯"
 

@@ -13,10 +13,10 @@ import time
 
 import pexpect
 import pytest
-
-import chatbot
 from conftest import CHATBOT, assert_clean
 from server import chat_reply
+
+from chatcore import store
 
 PROMPT = "❯"
 
@@ -234,7 +234,7 @@ def test_same_session_in_two_processes_is_refused(spawn, run, server, db):
 
 def test_migration_from_version_1(run, server, db):
     connection = sqlite3.connect(db)
-    connection.executescript(chatbot.MIGRATIONS[0])
+    connection.executescript(store.MIGRATIONS[0])
     connection.execute("PRAGMA user_version = 1")
     connection.execute("INSERT INTO sessions (name, model, host, system, created, updated) "
                        "VALUES ('legacy', 'test-model', 'h', 'old system', 1, 1)")
@@ -245,7 +245,7 @@ def test_migration_from_version_1(run, server, db):
     result = run("--db", db, "--session", "legacy", "new q")
     assert result.returncode == 0, result.err
     with sqlite3.connect(db) as connection:
-        assert connection.execute("PRAGMA user_version").fetchone()[0] == chatbot.SCHEMA_VERSION
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION
     sent = server.posts[-1].body["messages"]
     assert sent[0]["content"] == "old system"
     assert [m["content"] for m in sent[1:]] == ["old q", "old a", "new q"]

@@ -1,0 +1,309 @@
+"""A chat: one conversation with one provider, prepare -> stream -> record, saved when a store is attached."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .conversation import (
+    DEFAULT_CONTEXT_TOKENS,
+    Conversation,
+    Message,
+    PromptTooLarge,
+    Request,
+    build_request,
+    token_budget,
+)
+from .log import write_log
+from .provider import MAX_CONTEXT_NUMBER, Failure, Provider, rejected_parameter
+from .settings import Settings, is_local_url
+from .streams import TEXT
+from .tokens import TokenCounter, encoding_for_model
+from .turn import Cancel, TurnResult, stream_turn
+from .usage import TurnStats, Usage, model_info, turn_cost
+
+
+class Chat:
+    """One conversation's state: settings, the message array, the provider, and per-turn stats.
+
+    Everything a conversation owns lives here, never in module globals, so one process can hold
+    many at once (the Telegram assistant keeps one per chat, all sharing one `provider`). A Chat is
+    used by one thread at a time; `respond` may be stopped from another thread with a Cancel.
+    """
+
+    def __init__(self, settings: Settings, notify: Callable[[str], None], provider: Provider | None = None,
+                 label: str = "", log_sink: Callable[[str], None] | None = None):
+        self.settings = settings
+        self.model = settings.model
+        self.conversation = Conversation(settings.system)
+        self.provider = provider or Provider(settings, notify)
+        self.notify = notify
+        self.label = label  # who this conversation is, for the request log: "chat=12345"
+        self.log_sink = log_sink  # where request log lines go besides the log file
+        self.turns: list[TurnStats] = []
+        self.last_request: Request | None = None
+        self._counter: TokenCounter | None = None
+        self._context_tokens: int | None = settings.context_tokens
+        self._context_known = settings.context_tokens is not None
+        self.store: Any = None  # a SessionStore when saving
+        self.session_id: int | None = None
+        self.wants_cost = True  # plain one-shot output shows no cost: skip loading the price table
+        self.verbose = False
+        self._partial: Message | None = None  # the reply as checkpointed so far, while it streams
+
+    @property
+    def counter(self) -> TokenCounter:
+        if self._counter is None or encoding_for_model(self.model)[0] != self._counter.encoding_name:
+            self._counter = TokenCounter(self.model)
+        return self._counter
+
+    def context_tokens(self, need_exact: bool) -> int:
+        if not self._context_known and need_exact:
+            self._context_known = True
+            _, window = model_info(self.model, self.settings.base_url)
+            if window:
+                self._context_tokens = window
+        return self._context_tokens or DEFAULT_CONTEXT_TOKENS
+
+    def set_model(self, model: str) -> None:
+        self.model = model
+        self._context_known = self.settings.context_tokens is not None
+        self._context_tokens = self.settings.context_tokens
+
+    def prepare(self, cap: int | None = None) -> Request:
+        """Build the request from the history; look up the real context window only when it matters."""
+        conversation = self.conversation
+
+        def budget(need_exact: bool) -> int:
+            full = token_budget(self.context_tokens(need_exact), self.settings.max_tokens)
+            return full if cap is None else min(full, cap)
+
+        try:
+            request = build_request(conversation, self.settings.max_messages, budget(False), self.counter)
+        except PromptTooLarge:
+            if self._context_known:
+                raise
+            request = build_request(conversation, self.settings.max_messages, budget(True), self.counter)
+        if request.dropped and self.settings.summarize:
+            request = self.summarize_dropped(request) or request
+        return request
+
+    # -- summaries of dropped turns -------------------------------------------
+
+    SUMMARY_BATCH = 4  # messages that must drop out before a stored summary is brought up to date
+
+    def summarize_dropped(self, request: Request) -> Request | None:
+        """Summarise the turns trimming drops, once; the summary is stored and reused."""
+        conversation = self.conversation
+        covered = len(conversation.history) - len(request.turns)
+        if covered <= conversation.summary_covers or (
+                conversation.summary and covered - conversation.summary_covers < self.SUMMARY_BATCH):
+            return None  # reuse the stored summary until enough new turns have dropped out of the window
+        new_turns = conversation.history[conversation.summary_covers:covered]
+        transcript = "\n".join(f"{m.role}: {m.content}" for m in new_turns)
+        previous = f"Earlier summary: {conversation.summary}\n\n" if conversation.summary else ""
+        summary_request = Request(
+            system="Summarise this conversation in a few short bullet points. Keep names, numbers, decisions "
+                   "and open questions. Reply with the summary only.",
+            turns=[Message("user", previous + transcript[-20_000:])])
+        try:
+            result = stream_turn(self.provider, summary_request, self.model, lambda kind, text: None)
+        except Failure as exc:
+            self.notify(f"could not summarise older turns: {exc}")
+            return None
+        if not result.reply.strip():
+            return None
+        conversation.summary, conversation.summary_covers = result.reply.strip(), covered
+        if self.store is not None and self.session_id is not None:
+            self.store.save_summary(self.session_id, conversation.summary, covered)
+        self.notify(f"summarised {len(new_turns)} older messages")
+        return build_request(conversation, self.settings.max_messages,
+                             token_budget(self.context_tokens(False), self.settings.max_tokens), self.counter)
+
+    # -- a turn ------------------------------------------------------------------
+
+    def add_user(self, text: str) -> Message:
+        message = Message("user", text)
+        history = self.conversation.history
+        if history and history[-1].role == "user":
+            # Never two user turns in a row: a previous turn left no reply. Merge.
+            history[-1].content += "\n\n" + text
+            history[-1].tokens = None
+            message = history[-1]
+            if self.store is not None and message.row_id is not None:
+                self.store.update_message(message)
+            return message
+        history.append(message)
+        if self.store is not None and self.session_id is not None:
+            self.store.add_message(self.session_id, message)  # write-ahead: saved before the request
+        return message
+
+    def drop_last_user(self) -> None:
+        history = self.conversation.history
+        if history and history[-1].role == "user":
+            message = history.pop()
+            if self.store is not None and message.row_id is not None:
+                self.store.delete_messages([message.row_id])
+
+    def respond(self, on_event: Callable[[str, str], None], stream: bool = True,
+                cancel: Cancel | None = None) -> TurnResult:
+        """Send the history (ending with a user message) and record the reply.
+
+        Handles what a retry of our own can fix: unsupported parameters, an
+        overflowing context (once, with a tighter budget), and the fallback model.
+        On a failure before any text, the user message is removed and Failure raised.
+        """
+        model = self.model
+        cap: int | None = None  # a tighter token budget, after the server said the context overflowed
+        tried_fallback = False
+        if self.store is not None and self.session_id is not None:
+            on_event = self.checkpointing(on_event)
+        while True:
+            request = self.prepare(cap)
+            if request.dropped:
+                about = "about " if request.estimated else ""
+                tokens = f" ({about}{request.dropped_tokens:,} tokens)" if request.dropped_tokens else ""
+                self.notify(f"{request.dropped} older message{'s' if request.dropped != 1 else ''} not sent{tokens}")
+            self.last_request = request
+            try:
+                result = stream_turn(self.provider, request, model, on_event, stream, cancel)
+                break
+            except Failure as failure:
+                self.log(model, failure.status or "error", None, failure.latency, None, failure.kind)
+                if self.unsupported_parameter(failure, request, model, stream):
+                    continue
+                if failure.kind == "context_length" and cap is None and len(request.turns) > 1:
+                    window = MAX_CONTEXT_NUMBER.search(str(failure))
+                    if window and self.settings.context_tokens is None:
+                        self._context_tokens, self._context_known = int(window.group(1)), True
+                    sent = self.counter.count_messages([Message("system", request.system), *request.turns])
+                    cap = int(sent * 0.75)
+                    self.notify("the context window overflowed: retrying once with fewer older turns")
+                    continue
+                if (failure.retryable and self.settings.fallback_model and not tried_fallback
+                        and model != self.settings.fallback_model):
+                    tried_fallback = True
+                    self.notify(f"{model} failed ({failure}); trying the fallback model "
+                                f"{self.settings.fallback_model}")
+                    model = self.settings.fallback_model
+                    continue
+                if failure.kind == "unknown_model":
+                    models = self.provider.list_models()
+                    if models:
+                        shown = ", ".join(models[:12]) + (" …" if len(models) > 12 else "")
+                        failure.args = (f"{failure}. The server offers: {shown}",)
+                    else:
+                        failure.args = (f"{failure}. Check the provider's model list, or GET {self.settings.base_url}"
+                                        f"/models",)
+                self.drop_last_user()
+                raise
+        self.record(result, request)
+        return result
+
+    def unsupported_parameter(self, failure: Failure, request: Request, model: str, stream: bool) -> bool:
+        """True when the failure rejected an optional parameter we sent: the retry goes without it."""
+        if failure.status not in (400, 422):
+            return False
+        parameter = rejected_parameter(failure.code, str(failure), failure.param)
+        if not self.provider.reject(parameter, self.provider.request_params(request, model, stream)):
+            return False
+        self.notify(f"the provider rejected {parameter}: retrying without it (remembered for this session)")
+        return True
+
+    def use_session(self, name: str) -> bool:
+        """Claim a saved session (StoreError if another process has it) and load it; True if it existed."""
+        store = self.store
+        session_id, existed = store.open(name, self.model, self.settings.host, self.conversation.system)
+        if self.session_id is not None and self.session_id != session_id:
+            store.drop_if_empty(self.session_id)
+            store.release(self.session_id)
+        self.session_id = session_id
+        if not existed:
+            self.conversation, self.turns = Conversation(self.conversation.system), []
+            return False
+        conversation, turns, model = store.load(session_id)
+        if "system" in self.settings.sources and conversation.system != self.settings.system:
+            conversation.system = self.settings.system  # -s given: it replaces the saved prompt
+            store.set_meta(session_id, system=self.settings.system)
+        self.conversation, self.turns = conversation, turns
+        if model and model != self.model and "model" not in self.settings.sources:
+            self.set_model(model)
+        return True
+
+    CHECKPOINT_SECONDS = 0.5
+
+    def checkpointing(self, on_event: Callable[[str, str], None]) -> Callable[[str, str], None]:
+        """Save the reply while it streams, marked "cut short" until it completes, so a
+        process killed mid-reply (even by SIGKILL) leaves the text it had shown in the session."""
+        parts: list[str] = []
+        saved_at = [0.0]
+        self._partial = None
+
+        def on_event_saving(kind: str, text: str) -> None:
+            on_event(kind, text)
+            if kind is TEXT:
+                parts.append(text)
+                now = time.monotonic()
+                if now - saved_at[0] >= self.CHECKPOINT_SECONDS:
+                    saved_at[0] = now
+                    if self._partial is None:
+                        self._partial = Message("assistant", "".join(parts), flags="cut short")
+                        self.store.add_message(self.session_id, self._partial)
+                    else:
+                        self._partial.content = "".join(parts)
+                        self.store.update_message(self._partial)
+
+        return on_event_saving
+
+    def record(self, result: TurnResult, request: Request) -> None:
+        """Append the reply (partial replies marked) and account for usage and cost."""
+        history = self.conversation.history
+        partial, self._partial = self._partial, None
+        if result.reply:
+            reply = Message("assistant", result.reply, flags=result.flags)
+            history.append(reply)
+            if partial is not None:
+                reply.row_id = partial.row_id
+                self.store.update_message(reply)
+            elif self.store is not None and self.session_id is not None:
+                self.store.add_message(self.session_id, reply)
+        elif history and history[-1].role == "user":
+            # Nothing arrived (interrupted before the first token): the user turn is not left dangling.
+            self.drop_last_user()
+        usage = result.usage
+        if usage is None or (usage.input_tokens == 0 and usage.output_tokens == 0):
+            counter = self.counter
+            usage = Usage(counter.count_messages(Message(m["role"], m["content"]) for m in request.messages()),
+                          counter.count_text(result.reply) if result.reply else 0, estimated=True)
+        result.usage = usage
+        cost, _ = turn_cost(usage, self.settings, result.model) if self.wants_cost else (None, "")
+        stats = TurnStats(result.model, usage, cost, result.ttft, result.latency, result.sent_messages)
+        self.turns.append(stats)
+        if self.store is not None and self.session_id is not None:
+            self.store.add_usage(self.session_id, stats, result.finish_reason)
+        status = "interrupted" if result.interrupted else (result.failure.kind if result.failure else "ok")
+        self.log(result.model, 200, result.ttft, result.latency, usage, None if status == "ok" else status, cost)
+
+    def warm_up(self) -> None:
+        """Load the SDK and build the client (and, when it will be needed, the price table)."""
+        try:
+            _ = self.provider.client
+            settings = self.settings
+            if settings.price_in is None and settings.price_out is None and not is_local_url(settings.base_url):
+                import genai_prices  # noqa: F401
+        except Exception:
+            pass  # the real use will report any problem
+
+    def log(self, model: str, status: Any, ttft: float | None, latency: float, usage: Usage | None,
+            error: str | None, cost: float | None = None) -> None:
+        """One line per request: no content, never the key. Estimated token counts end in "~"."""
+        tokens = "-" if usage is None else f"{usage.input_tokens}/{usage.output_tokens}" + (
+            "~" if usage.estimated else "")
+        label = f" {self.label}" if self.label else ""
+        line = (f"{time.strftime('%Y-%m-%dT%H:%M:%S')} model={model}{label} host={self.settings.host} "
+                f"status={status} ttft={'-' if ttft is None else f'{ttft:.3f}s'} latency={latency:.3f}s "
+                f"tokens={tokens} cost={'-' if cost is None else f'{cost:.6f}'} error={error or '-'}")
+        write_log(line, self.verbose)
+        if self.log_sink is not None:
+            self.log_sink(line)

@@ -1,0 +1,180 @@
+"""The conversation: messages, the system prompt kept apart, and trimming to fit the window (pure)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from .tokens import TokenCounter, estimate_tokens, upper_bound_tokens
+
+
+@dataclass
+class Message:
+    """One turn of the conversation. `tokens` caches its count: never re-tokenised."""
+
+    role: str
+    content: str
+    flags: str = ""  # "interrupted" or "cut short"; empty for a complete message
+    tokens: tuple[str, int] | None = None  # (encoding key, count)
+    created: float = field(default_factory=time.time)
+    row_id: int | None = None  # its row in the sessions database, once saved
+
+    def as_dict(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+@dataclass
+class Conversation:
+    """The message array: the system prompt kept apart from the growing history."""
+
+    system: str
+    history: list[Message] = field(default_factory=list)
+    summary: str | None = None  # summary of turns dropped by trimming
+    summary_covers: int = 0  # how many of the oldest history messages the summary covers
+    _running: tuple | None = field(default=None, repr=False, compare=False)  # see tokens_before
+
+    def tokens_before(self, n: int, counter: TokenCounter | None) -> int:
+        """Tokens in the oldest n history messages (character estimate without a counter).
+
+        Kept as a running total, so a long conversation that drops a little more each turn
+        adds only the newly dropped messages instead of re-summing the whole history.
+        """
+        if n <= 0:
+            return 0
+        key = counter.key if counter is not None else "estimate"
+        start, total = 0, 0
+        cached = self._running
+        if cached and cached[0] == key and 0 < cached[1] <= n and self.history[cached[1] - 1] is cached[3]:
+            start, total = cached[1], cached[2]
+        for message in self.history[start:n]:
+            total += counter.count_message(message) if counter is not None else \
+                TokenCounter.TOKENS_PER_MESSAGE + estimate_tokens(message.content)
+        self._running = (key, n, total, self.history[n - 1])
+        return total
+
+    def clear(self) -> None:
+        self.history.clear()
+        self.summary, self.summary_covers = None, 0
+
+    def last_exchange_start(self) -> int | None:
+        for index in range(len(self.history) - 1, -1, -1):
+            if self.history[index].role == "user":
+                return index
+        return None
+
+
+DEFAULT_CONTEXT_TOKENS = 8192
+
+
+def token_budget(context_tokens: int, max_output: int) -> int:
+    """What a request may use: the context window less the reply and a safety margin."""
+    margin = max(64, context_tokens // 20)
+    return max(0, context_tokens - max_output - margin)
+
+
+class PromptTooLarge(Exception):
+    """The newest user message alone does not fit the token budget."""
+
+    def __init__(self, tokens: int, budget: int, estimated: bool):
+        self.tokens, self.budget, self.estimated = tokens, budget, estimated
+        about = "about " if estimated else ""
+        super().__init__(
+            f"your message is {about}{tokens:,} tokens but the model has room for {budget:,} "
+            f"(context window less --max-tokens and a margin): shorten it, or raise --context-tokens")
+
+
+@dataclass
+class Request:
+    """What one call sends: the system message (with any summary merged in) and kept turns."""
+
+    system: str
+    turns: list[Message]
+    dropped: int = 0  # history messages not sent
+    dropped_tokens: int = 0
+    tokens: int | None = None  # counted size of the request, when it was counted
+    estimated: bool = True
+
+    def messages(self) -> list[dict[str, str]]:
+        return [{"role": "system", "content": self.system}] + [m.as_dict() for m in self.turns]
+
+
+def newest_exchanges(history: list[Message]) -> Iterator[list[Message]]:
+    """Exchanges from the newest back, each starting with a user message; walks only as far as asked."""
+    end = len(history)
+    for index in range(len(history) - 1, -1, -1):
+        if history[index].role == "user" or index == 0:
+            yield history[index:end]
+            end = index
+
+
+def system_with_summary(system: str, summary: str | None) -> str:
+    # One system message only: many servers reject a second one, so the summary is merged in.
+    if not summary:
+        return system
+    return f"{system}\n\nSummary of the earlier conversation (older turns are not shown):\n{summary}"
+
+
+def build_request(conversation: Conversation, max_messages: int, budget: int,
+                  counter: TokenCounter | None) -> Request:
+    """Choose the newest whole exchanges that fit both the message limit and the token budget.
+
+    The system prompt always goes first; the kept window starts with a user turn and
+    never splits an exchange; the newest user message is always sent, or PromptTooLarge.
+    Only when a cheap byte bound says the request might not fit is anything tokenised,
+    and the work done is bounded by what is kept, not by the length of the history.
+    """
+    history = conversation.history
+    system = system_with_summary(conversation.system, conversation.summary)
+    system_message = Message("system", system)
+    newest = history[-1].content if history else ""
+    if len(newest) > 2 * budget and estimate_tokens(newest) // 2 > budget:
+        # Far too large to be worth tokenising (10 MB on stdin): say so at once.
+        raise PromptTooLarge(estimate_tokens(newest), budget, True)
+
+    keys: list[str] = []  # the counter's key, looked up only once counting is needed (it loads tiktoken)
+
+    def size(message: Message, exact: bool) -> int:
+        if not exact or counter is None:
+            return upper_bound_tokens(message)
+        if not keys:
+            keys.append(counter.key)
+        cached = message.tokens  # the common case, inlined: every message is counted only once
+        return cached[1] if cached is not None and cached[0] == keys[0] else counter.count_message(message)
+
+    def select(exact: bool) -> tuple[list[Message], int, bool]:
+        used = size(system_message, exact) + TokenCounter.REPLY_PRIMING
+        kept: list[list[Message]] = []
+        count, by_budget = 0, False
+        for number, group in enumerate(newest_exchanges(history)):
+            group_size = sum(size(m, exact) for m in group)
+            if number == 0:
+                if exact and used + group_size > budget:
+                    raise PromptTooLarge(group_size + used, budget, counter is None or counter.estimated)
+            elif group[0].role != "user" or count + len(group) > max_messages:
+                break
+            elif used + group_size > budget:
+                by_budget = True
+                break
+            kept.append(group)
+            used += group_size
+            count += len(group)
+        return [m for group in reversed(kept) for m in group], used, by_budget
+
+    turns, used, by_budget = select(exact=False)
+    exact = False
+    if counter is not None and (used > budget or by_budget):
+        turns, used, _ = select(exact=True)  # the byte bound is too pessimistic to decide: count for real
+        exact = True
+    elif counter is None and used > budget:
+        raise PromptTooLarge(used, budget, True)
+    not_sent = len(history) - len(turns)
+    covered = min(conversation.summary_covers, not_sent) if conversation.summary is not None else 0
+    dropped = not_sent - covered
+    dropped_tokens = 0
+    if dropped:
+        count_with = counter if exact else None
+        dropped_tokens = conversation.tokens_before(not_sent, count_with) - \
+            conversation.tokens_before(covered, count_with)
+    return Request(system=system, turns=turns, dropped=dropped, dropped_tokens=dropped_tokens,
+                   tokens=used if exact else None, estimated=not exact or counter is None or counter.estimated)

@@ -1,0 +1,256 @@
+"""The provider: the SDK client for one base URL, request shape, rejected parameters, and errors as one line."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .conversation import Request
+from .log import one_line, redact
+from .settings import Settings
+from .streams import parse_body, parse_stream
+
+
+class Failure(Exception):
+    """A provider or network failure, already turned into one readable line."""
+
+    def __init__(self, message: str, kind: str = "error", status: int | None = None,
+                 retryable: bool = False, code: str | None = None, param: str | None = None):
+        super().__init__(message)
+        self.kind, self.status, self.retryable, self.code, self.param = kind, status, retryable, code, param
+        self.latency = 0.0  # how long the failed attempt took, for the log
+
+
+CONTEXT_PATTERNS = re.compile(
+    r"context_length_exceeded|maximum context length|context length|context window|"
+    r"too many tokens|prompt is too long|exceeds the (?:model'?s? )?(?:context|maximum)", re.I)
+MAX_CONTEXT_NUMBER = re.compile(r"maximum context length is (\d+)", re.I)
+
+
+def error_details(exc: Any) -> tuple[str | None, str, str | None]:
+    """(code, message, param) from an SDK status error's body, never from str(exc)."""
+    body = getattr(exc, "body", None)
+    code, param = getattr(exc, "code", None), getattr(exc, "param", None)
+    message = ""
+    if isinstance(body, dict):
+        inner: dict[str, Any] = body["error"] if isinstance(body.get("error"), dict) else body
+        message = str(inner.get("message") or body.get("detail") or "")
+        code = code or inner.get("code") or inner.get("type")
+        param = param or inner.get("param")
+    elif isinstance(body, str):
+        message = body
+    if not message:
+        response = getattr(exc, "response", None)
+        try:
+            message = response.text if response is not None else ""
+        except Exception:
+            message = ""
+    return (str(code) if code else None), message, (str(param) if param else None)
+
+
+def is_context_error(code: str | None, message: str) -> bool:
+    return code == "context_length_exceeded" or bool(CONTEXT_PATTERNS.search(message or ""))
+
+
+OPTIONAL_PARAMETERS = ("stream_options", "max_tokens", "temperature", "store")  # what a server may reject
+RENAMED_PARAMETERS = {"max_tokens": "max_completion_tokens"}  # sent under this name once the old is rejected
+
+
+def rejected_parameter(code: str | None, message: str, param: str | None) -> str | None:
+    """Which optional parameter a 400/422 rejects, if the error says so."""
+    text = f"{param or ''} {message or ''}".lower()
+    for name in OPTIONAL_PARAMETERS:
+        if name in text and ("unsupported" in text or "not support" in text or "unknown" in text or
+                             "not allowed" in text or "extra" in text or "invalid" in text or
+                             "unrecognized" in text or "not permitted" in text or param == name):
+            return name
+    return None
+
+
+# The SDK does the retrying and logs why and how long; those records become one line for the user.
+# The request runs in the calling thread, so a thread-local says whose notify hears about it: many
+# chats (each in its own worker thread) can share one provider and one client.
+_retrying = threading.local()
+
+
+def watch_retries(logging: Any) -> None:
+    class RetryNotice(logging.Handler):
+        def emit(self, record: Any) -> None:
+            notify = getattr(_retrying, "notify", None)
+            if notify is None:
+                return
+            message = record.msg
+            if message.startswith("Encountered an HTTP status error"):
+                status = record.args[0]
+                _retrying.reason = {429: "rate limited", 408: "request timeout", 409: "conflict"}.get(
+                    status, f"server error {status}")
+            elif message.startswith("Encountered a timeout"):
+                _retrying.reason = "timed out"
+            elif message.startswith("Encountered exception"):
+                _retrying.reason = "connection failed"
+            elif message.startswith("Retrying request in"):
+                delay, attempt, total = record.args
+                notify(f"retrying in {delay:.1f}s ({getattr(_retrying, 'reason', '') or 'failed'}, "
+                       f"retry {attempt} of {total})")
+
+    logger = logging.getLogger("openai._base_client")
+    if not any(type(h).__name__ == "RetryNotice" for h in logger.handlers):
+        logger.addHandler(RetryNotice())
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+
+
+class Provider:
+    """The SDK client and request shape for one base URL. The SDK is imported on first use."""
+
+    def __init__(self, settings: Settings, notify: Callable[[str], None] = lambda text: None):
+        self.settings = settings
+        self.rejected: set[str] = set()  # optional parameters this server rejected, for the rest of the session
+        self.notify = notify
+        self._client: Any = None
+        self._client_lock = threading.Lock()
+
+    @property
+    def client(self) -> Any:
+        with self._client_lock:  # the REPL builds it in the background while the user types
+            if self._client is None:
+                self._client = self._make_client()
+            return self._client
+
+    def _make_client(self) -> Any:
+        import logging
+
+        import httpx2
+        from openai import OpenAI
+
+        settings = self.settings
+        headers = {}
+        if settings.app_url and settings.app_name:
+            headers = {"HTTP-Referer": settings.app_url, "X-Title": settings.app_name}
+        watch_retries(logging)
+        return OpenAI(
+            api_key=settings.api_key or "not-needed",  # local servers need no key; the SDK insists on one
+            base_url=settings.base_url,
+            max_retries=settings.retries,
+            timeout=httpx2.Timeout(settings.timeout, connect=min(settings.timeout, 10.0)),
+            default_headers=headers or None,
+        )
+
+    def request_params(self, request: Request, model: str, stream: bool = True) -> dict[str, Any]:
+        settings = self.settings
+        if settings.api == "responses":
+            params: dict[str, Any] = {
+                "model": model,
+                "instructions": request.system,
+                "input": [{"role": m.role, "content": m.content} for m in request.turns],
+                "max_output_tokens": settings.max_tokens,
+                "stream": stream,
+                "store": False,  # the conversation is ours; the provider need not keep it
+            }
+        else:
+            params = {"model": model, "messages": request.messages(), "stream": stream,
+                      "max_tokens": settings.max_tokens}
+            if stream:
+                params["stream_options"] = {"include_usage": True}
+        params["temperature"] = settings.temperature
+        for name in self.rejected & params.keys():
+            value = params.pop(name)
+            if name in RENAMED_PARAMETERS:
+                params[RENAMED_PARAMETERS[name]] = value
+        return params
+
+    def reject(self, parameter: str | None, sent: dict[str, Any]) -> bool:
+        """Stop sending a parameter the server rejected; False if that cannot help."""
+        if parameter is None or parameter not in sent or parameter in self.rejected:
+            return False
+        self.rejected.add(parameter)
+        return True
+
+    def open(self, params: dict[str, Any]) -> Any:
+        """Send the request; the raw streaming HTTP response, to be closed by the caller.
+
+        The SDK does the request, authentication, retries and error mapping; the body is ours to
+        parse. `client.post` (the SDK's way to call any endpoint) also skips importing the typed
+        resource classes, which costs tens of milliseconds before the first token.
+        """
+        import contextlib
+
+        import httpx2
+
+        _retrying.notify, _retrying.reason = self.notify, ""  # retry notices from this thread go to us
+        path = "/responses" if self.settings.api == "responses" else "/chat/completions"
+        response = self.client.post(path, cast_to=httpx2.Response, body=params, stream=bool(params.get("stream")))
+        return contextlib.closing(response)
+
+    def list_models(self) -> list[str]:
+        try:
+            return sorted(model.id for model in self.client.with_options(max_retries=0, timeout=5).models.list())
+        except Exception:
+            return []
+
+
+def events_from_response(http: Any, api: str) -> Iterator[tuple]:
+    content_type = http.headers.get("content-type", "")
+    if "event-stream" in content_type:
+        yield from parse_stream(http.iter_lines(), api)
+    else:
+        yield from parse_body(http.read(), content_type, api)
+
+
+def describe_status_error(exc: Any, settings: Settings, model: str) -> Failure:
+    status = getattr(exc, "status_code", None)
+    code, message, param = error_details(exc)
+    detail = one_line(redact(message, settings.api_key)) if message else ""
+    suffix = f": {detail}" if detail else ""
+    retries = f" after {settings.retries} retries" if settings.retries else ""
+    if status == 401:
+        return Failure(f"the provider rejected the API key (401): check OPENAI_API_KEY in .env or the environment"
+                       f"{suffix}", "auth", status)
+    if status == 402:
+        return Failure(f"payment required (402): the account may be out of credits{suffix}", "payment", status)
+    if status == 403:
+        return Failure(f"access denied (403){suffix}", "forbidden", status)
+    if status in (404, 405):
+        if settings.api == "responses" and (status == 405 or "model" not in message.lower()):
+            return Failure(f"this server has no Responses API endpoint ({status}): try --api chat",
+                           "no_endpoint", status)
+        if "model" in message.lower() or code == "model_not_found":
+            return Failure(f"unknown model {model!r} ({status}){suffix}", "unknown_model", status, retryable=True)
+        return Failure(f"not found ({status}) at {settings.base_url}: check OPENAI_BASE_URL{suffix}",
+                       "not_found", status)
+    if status == 429:
+        return Failure(f"rate limited (429){retries}: wait a moment and try again{suffix}", "rate_limit", status,
+                       retryable=True)
+    if status in (408, 409) or (status or 0) >= 500:
+        return Failure(f"the provider failed ({status}){retries}{suffix}", "server", status, retryable=True)
+    if is_context_error(code, message):
+        return Failure(f"the conversation is too long for the model's context window{suffix}: "
+                       f"use /clear or lower --max-messages", "context_length", status, code=code)
+    if "alternate" in message.lower():
+        return Failure(f"the server rejected the message order ({status}){suffix}", "roles", status)
+    return Failure(f"the provider rejected the request ({status}){suffix}", "bad_request", status, code=code,
+                   param=param)
+
+
+def describe_exception(exc: BaseException, settings: Settings, model: str) -> Failure:
+    """Any exception from the SDK or the network as one readable Failure."""
+    import openai
+
+    if isinstance(exc, Failure):
+        return exc
+    if isinstance(exc, openai.APIStatusError):
+        return describe_status_error(exc, settings, model)
+    if isinstance(exc, openai.APITimeoutError):
+        return Failure(f"timed out waiting for {settings.host} (--timeout {settings.timeout:g}s)", "timeout",
+                       retryable=True)
+    if isinstance(exc, openai.APIConnectionError):
+        cause = exc.__cause__ or exc.__context__
+        reason = one_line(str(cause)) if cause else "connection failed"
+        if "refused" in reason.lower():
+            reason = "connection refused"
+        return Failure(f"cannot reach {settings.host}: {reason} (check OPENAI_BASE_URL and the network)",
+                       "connection", retryable=True)
+    return Failure(f"unexpected error: {one_line(redact(str(exc) or type(exc).__name__, settings.api_key))}",
+                   "unexpected")

@@ -1,0 +1,284 @@
+"""Settings: one table drives flags, validation, `.env.example` and the README; resolution and local-server probing."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+# Precedence: flag > environment > .env file > default.
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names it and what is allowed."""
+
+
+def _parse_bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected 1/0, true/false, yes/no")
+
+
+def _number(kind: type, low: float | None = None, high: float | None = None) -> Callable[[str], Any]:
+    def parse(value: str) -> Any:
+        try:
+            number = kind(value.strip())
+        except ValueError:
+            number = None
+        if number is None:
+            raise ValueError(f"expected {'an integer' if kind is int else 'a number'}"
+                             + (f" from {low} to {high}" if high is not None else f" >= {low}" if low is not None else ""))
+        if number != number or (low is not None and number < low) or (high is not None and number > high):
+            if high is None:
+                raise ValueError(f"expected a number >= {low}")
+            raise ValueError(f"expected a number from {low} to {high}")
+        return number
+
+    return parse
+
+
+def _url(value: str) -> str:
+    value = value.strip().rstrip("/")
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError("expected a URL starting with http:// or https://")
+    return value
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value.strip() not in choices:
+            raise ValueError("expected one of " + ", ".join(choices))
+        return value.strip()
+
+    return parse
+
+
+def _text(value: str) -> str:
+    return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    env: str | None
+    flags: tuple[str, ...]
+    default: Any
+    parse: Callable[[str], Any]
+    help: str
+    example: str = ""  # value shown in .env.example (commented out when empty)
+
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer clearly and concisely."
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("api_key", "OPENAI_API_KEY", (), None, _text,
+            "API key (never a flag: it would land in shell history); not needed for a local server",
+            "your_api_key_here"),
+    Setting("base_url", "OPENAI_BASE_URL", ("--base-url",), "https://openrouter.ai/api/v1", _url,
+            "provider base URL", "https://openrouter.ai/api/v1"),
+    Setting("model", "OPENAI_MODEL", ("-m", "--model"), "openai/gpt-5-nano", _text,
+            "model name", "openai/gpt-5-nano"),
+    Setting("system", "OPENAI_SYSTEM_PROMPT", ("-s", "--system"), DEFAULT_SYSTEM_PROMPT, _text,
+            "system prompt"),
+    Setting("temperature", "OPENAI_TEMPERATURE", ("-t", "--temperature"), 0.4, _number(float, 0, 2),
+            "sampling temperature, 0 to 2", "0.4"),
+    Setting("max_tokens", "OPENAI_MAX_OUTPUT_TOKENS", ("--max-tokens",), 1000, _number(int, 1),
+            "output token limit per reply", "1000"),
+    Setting("max_messages", "OPENAI_MAX_HISTORY_MESSAGES", ("--max-messages",), 20, _number(int, 1),
+            "most history messages sent per request", "20"),
+    Setting("context_tokens", "OPENAI_CONTEXT_TOKENS", ("--context-tokens",), None, _number(int, 256),
+            "model context window in tokens (default: model table, else 8192)"),
+    Setting("price_in", "INPUT_PRICE_PER_MILLION", ("--price-in",), None, _number(float, 0),
+            "USD per million input tokens (default: genai-prices table)"),
+    Setting("price_out", "OUTPUT_PRICE_PER_MILLION", ("--price-out",), None, _number(float, 0),
+            "USD per million output tokens (default: genai-prices table)"),
+    Setting("app_url", "APP_URL", (), None, _text,
+            "with APP_NAME: sent as HTTP-Referer (OpenRouter attribution)", "http://localhost:3000"),
+    Setting("app_name", "APP_NAME", (), None, _text,
+            "with APP_URL: sent as X-Title", "chatbot"),
+    Setting("api", "OPENAI_API", ("--api",), "chat", _choice("chat", "responses"),
+            "which API to speak: chat or responses"),
+    Setting("timeout", "OPENAI_TIMEOUT", ("--timeout",), 60.0, _number(float, 0.1),
+            "network timeout in seconds (connect, and silence between reads)"),
+    Setting("first_token_timeout", "CHATBOT_FIRST_TOKEN_TIMEOUT", ("--first-token-timeout",), 120.0,
+            _number(float, 0.1), "seconds to wait for the first token, keep-alives included"),
+    Setting("total_timeout", "CHATBOT_TOTAL_TIMEOUT", ("--total-timeout",), 600.0, _number(float, 0.1),
+            "wall-clock limit in seconds for one reply"),
+    Setting("retries", "OPENAI_MAX_RETRIES", ("--retries",), 2, _number(int, 0, 10),
+            "retries for rate limits, server errors and timeouts"),
+    Setting("fallback_model", "OPENAI_FALLBACK_MODEL", ("--fallback-model",), None, _text,
+            "model to try once when the main one fails or is unknown"),
+    Setting("db", "CHATBOT_DB", ("--db",), None, _text,
+            "sessions database path (default: user data directory)"),
+    Setting("no_save", "CHATBOT_NO_SAVE", ("--no-save",), False, _parse_bool,
+            "do not save REPL conversations"),
+    Setting("summarize", "CHATBOT_SUMMARIZE", ("--summarize",), False, _parse_bool,
+            "summarise turns dropped by trimming and send the summary"),
+    Setting("show_usage", "CHATBOT_SHOW_USAGE", ("--show-usage",), False, _parse_bool,
+            "print a usage and cost line after each reply"),
+    Setting("show_reasoning", "CHATBOT_SHOW_REASONING", ("--show-reasoning",), False, _parse_bool,
+            "show reasoning text in full instead of a one-line indicator"),
+    Setting("raw", "CHATBOT_RAW", ("--raw", "--no-markdown"), False, _parse_bool,
+            "print replies as plain text, not rendered Markdown"),
+)
+BOOL_SETTINGS = {s.name for s in SETTINGS if s.parse is _parse_bool}
+
+def env_example() -> str:
+    """The text of `.env.example`, generated from the settings table (a test keeps the file in step)."""
+    lines = ["# chatbot configuration. Copy to .env and fill in what you need; every line is optional",
+             "# except OPENAI_API_KEY for a remote provider. Flags override these; the environment overrides .env.",
+             ""]
+    for setting in SETTINGS:
+        if not setting.env:
+            continue
+        flags = f" (flag: {', '.join(setting.flags)})" if setting.flags else ""
+        default = "" if setting.default in (None, "", False) or setting.name == "system" else \
+            f" Default: {setting.default}."
+        lines.append(f"# {setting.help[0].upper()}{setting.help[1:]}{flags}.{default}")
+        value = setting.example
+        lines.append(f"{setting.env}={value}" if value else f"# {setting.env}=")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def settings_table() -> str:
+    """The README's configuration table, generated from the settings table (a test keeps it in step)."""
+    lines = ["| variable | flag | default | what it does |", "|---|---|---|---|"]
+    for setting in SETTINGS:
+        flags = ", ".join(f"`{f}`" for f in setting.flags) or "—"
+        default = "—" if setting.default in (None, "", False) else f"`{setting.default}`"
+        if setting.name == "system":
+            default = "a short, neutral assistant prompt"
+        lines.append(f"| `{setting.env}` | {flags} | {default} | {setting.help} |")
+    return "\n".join(lines)
+
+
+LOCAL_PORTS = (11434, 1234, 8080, 8000)  # Ollama, LM Studio, llama.cpp, vLLM
+
+
+@dataclass
+class Settings:
+    """Resolved configuration; `sources` says where each value came from."""
+
+    api_key: str | None = None
+    base_url: str = "https://openrouter.ai/api/v1"
+    model: str = "openai/gpt-5-nano"
+    system: str = DEFAULT_SYSTEM_PROMPT
+    temperature: float = 0.4
+    max_tokens: int = 1000
+    max_messages: int = 20
+    context_tokens: int | None = None
+    price_in: float | None = None
+    price_out: float | None = None
+    app_url: str | None = None
+    app_name: str | None = None
+    api: str = "chat"
+    timeout: float = 60.0
+    first_token_timeout: float = 120.0
+    total_timeout: float = 600.0
+    retries: int = 2
+    fallback_model: str | None = None
+    db: str | None = None
+    no_save: bool = False
+    summarize: bool = False
+    show_usage: bool = False
+    show_reasoning: bool = False
+    raw: bool = False
+    sources: dict[str, str] = field(default_factory=dict)
+    discovered: str | None = None  # "Ollama on port 11434" when zero-config found a server
+
+    @property
+    def host(self) -> str:
+        return re.sub(r"^https?://", "", self.base_url).split("/")[0]
+
+
+def is_local_url(url: str) -> bool:
+    host = re.sub(r"^https?://", "", url).split("/")[0]
+    host = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
+    return host in ("localhost", "[::1]", "0.0.0.0") or host.startswith("127.")
+
+
+def resolve_settings(flags: dict[str, str | None], environ: dict[str, str],
+                     dotenv: dict[str, str | None]) -> Settings:
+    """Apply the precedence rules and validate every value. Pure: no I/O."""
+    settings = Settings()
+    for setting in SETTINGS:
+        raw, source = flags.get(setting.name), setting.flags[-1] if setting.flags else ""
+        if raw is None and setting.env:
+            raw, source = environ.get(setting.env), setting.env
+            if raw is None:
+                raw, source = dotenv.get(setting.env), f"{setting.env} (in .env)"
+        if raw is None or (raw == "" and setting.name not in ("system",)):
+            continue
+        try:
+            value = setting.parse(raw) if not isinstance(raw, bool) else raw
+        except ValueError as exc:
+            raise ConfigError(f"{source}={raw!r} is not valid: {exc}") from None
+        setattr(settings, setting.name, value)
+        settings.sources[setting.name] = source
+    return settings
+
+
+def check_credentials(settings: Settings) -> None:
+    if not settings.api_key and not is_local_url(settings.base_url):
+        raise ConfigError(
+            "OPENAI_API_KEY is not set: put it in .env (see .env.example) or the environment, "
+            "or point OPENAI_BASE_URL at a local server")
+
+
+def probe_local_servers(ports: Iterable[int], timeout: float = 0.4) -> tuple[str, list[str]] | None:
+    """Find a local OpenAI-compatible server; return (base_url, model ids) of the first that answers."""
+    import urllib.request
+
+    found: dict[int, tuple[str, list[str]]] = {}
+
+    def probe(port: int) -> None:
+        base = f"http://127.0.0.1:{port}/v1"
+        try:
+            with urllib.request.urlopen(base + "/models", timeout=timeout) as response:
+                listing = json.loads(response.read(1_000_000) or b"{}")
+            ids = [str(m["id"]) for m in listing.get("data", []) if isinstance(m, dict) and m.get("id")]
+            found[port] = (base, ids)
+        except Exception:
+            pass
+
+    ports = list(ports)
+    threads = [threading.Thread(target=probe, args=(port,), daemon=True) for port in ports]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout + 0.2)
+    for port in ports:
+        if port in found:
+            return found[port]
+    return None
+
+
+def load_settings(flags: dict[str, Any], environ: dict[str, str], env_file: str | None = None) -> Settings:
+    """Resolve settings from flags, the environment and .env; find a local server if nothing is set."""
+    env_path = env_file or ".env"
+    dotenv: dict[str, str | None] = {}
+    if env_file and not os.path.isfile(env_file):
+        raise ConfigError(f"--env-file {env_file}: no such file")
+    if os.path.isfile(env_path):
+        from dotenv import dotenv_values
+
+        dotenv = dict(dotenv_values(env_path))
+    settings = resolve_settings(flags, environ, dotenv)
+    if not settings.api_key and "base_url" not in settings.sources:
+        ports = environ.get("CHATBOT_LOCAL_PORTS")
+        port_list = [int(p) for p in ports.split(",") if p.strip().isdigit()] if ports is not None else LOCAL_PORTS
+        found = probe_local_servers(port_list)
+        if found:
+            settings.base_url, models = found
+            settings.discovered = f"a local server at {settings.host}"
+            if "model" not in settings.sources and models:
+                settings.model = models[0]
+    check_credentials(settings)
+    return settings

@@ -1,0 +1,346 @@
+"""Sessions: conversations saved in SQLite (WAL, versioned migrations, one process per session) and exports."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from .conversation import Conversation, Message
+from .log import user_dir
+from .settings import DEFAULT_SYSTEM_PROMPT, Settings
+from .usage import TurnStats, Usage
+
+# Each entry moves the schema one version forward; PRAGMA user_version records where a file is.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE sessions (
+        id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, model TEXT, host TEXT, system TEXT,
+        created REAL NOT NULL, updated REAL NOT NULL, owner_pid INTEGER);
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY, session_id INTEGER NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+        role TEXT NOT NULL, content TEXT NOT NULL, tokens INTEGER, created REAL NOT NULL,
+        flags TEXT NOT NULL DEFAULT '');
+    CREATE INDEX messages_by_session ON messages(session_id, id);
+    CREATE TABLE turns (
+        id INTEGER PRIMARY KEY, session_id INTEGER NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+        model TEXT, input_tokens INTEGER, output_tokens INTEGER, cost REAL, estimated INTEGER,
+        ttft REAL, latency REAL, created REAL NOT NULL);
+    """,
+    """
+    ALTER TABLE sessions ADD COLUMN summary TEXT;
+    ALTER TABLE sessions ADD COLUMN summary_covers INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE messages ADD COLUMN token_key TEXT;
+    ALTER TABLE turns ADD COLUMN cached_tokens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE turns ADD COLUMN reasoning_tokens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE turns ADD COLUMN finish_reason TEXT;
+    ALTER TABLE turns ADD COLUMN sent_messages INTEGER;
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StoreError(Exception):
+    """The sessions database cannot be used; the message says why and what to do."""
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def locked(method: F) -> F:
+    """Run a store method under the store's lock: one connection serves many threads."""
+
+    @functools.wraps(method)
+    def under_lock(self: SessionStore, *args: Any, **kwargs: Any) -> Any:
+        with self.lock:
+            return method(self, *args, **kwargs)
+
+    return under_lock  # type: ignore[return-value]
+
+
+class SessionStore:
+    """Conversations in one SQLite file: WAL mode, a busy timeout, versioned migrations.
+
+    A session is used by one process at a time: its `owner_pid` is claimed on open and
+    released on close; a claim left by a dead process is taken over.
+    """
+
+    def __init__(self, path: str):
+        import sqlite3
+
+        self.path = path
+        self.sqlite3 = sqlite3
+        self.lock = threading.RLock()  # a transaction never interleaves with another thread's writes
+        self.pid = os.getpid()
+        directory = os.path.dirname(os.path.abspath(path))
+        try:
+            os.makedirs(directory, exist_ok=True)
+            self.db = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA busy_timeout = 10000")
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                self.db.close()
+                raise StoreError(f"the sessions database {path} was written by a newer chatbot (schema "
+                                 f"{version}, this one knows {SCHEMA_VERSION}): upgrade chatbot or use --db")
+            self.db.execute("PRAGMA journal_mode = WAL")
+            self.db.execute("PRAGMA foreign_keys = ON")
+            self._migrate(version)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"the sessions database {path} is unreadable ({exc}): it was left untouched; "
+                             f"use --db for another file") from None
+        except OSError as exc:
+            raise StoreError(f"cannot open the sessions database {path}: {exc.strerror or exc}") from None
+
+    def _migrate(self, version: int) -> None:
+        for number in range(version, SCHEMA_VERSION):
+            # Each step and its version bump commit together, or not at all.
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                current = self.db.execute("PRAGMA user_version").fetchone()[0]
+                if current == number:
+                    for statement in MIGRATIONS[number].split(";"):
+                        if statement.strip():
+                            self.db.execute(statement)
+                    self.db.execute(f"PRAGMA user_version = {number + 1}")
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+
+    @locked
+    def close(self) -> None:
+        try:
+            self.db.execute("UPDATE sessions SET owner_pid = NULL WHERE owner_pid = ?", (self.pid,))
+            self.db.close()
+        except self.sqlite3.Error:
+            pass
+
+    # -- sessions ------------------------------------------------------------------
+
+    @locked
+    def find(self, name: str) -> tuple | None:
+        return self.db.execute("SELECT id, name, model, host, system, summary, summary_covers, owner_pid "
+                               "FROM sessions WHERE name = ?", (name,)).fetchone()
+
+    @locked
+    def latest(self) -> str | None:
+        row = self.db.execute("SELECT name FROM sessions ORDER BY updated DESC, id DESC LIMIT 1").fetchone()
+        return row[0] if row else None
+
+    @locked
+    def open(self, name: str, model: str, host: str, system: str) -> tuple[int, bool]:
+        """Create or claim a session; (id, existed). Raises StoreError if another process has it."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            row = self.find(name)
+            now = time.time()
+            if row is None:
+                cursor = self.db.execute(
+                    "INSERT INTO sessions (name, model, host, system, created, updated, owner_pid) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)", (name, model, host, system, now, now, self.pid))
+                session_id, existed = int(cursor.lastrowid or 0), False
+            else:
+                owner = row[7]
+                if owner and owner != self.pid and pid_alive(owner):
+                    raise StoreError(f"session {name!r} is in use by another chatbot (pid {owner}): "
+                                     f"finish there first, or pick another --session")
+                self.db.execute("UPDATE sessions SET owner_pid = ? WHERE id = ?", (self.pid, row[0]))
+                session_id, existed = row[0], True
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return session_id, existed
+
+    @locked
+    def drop_if_empty(self, session_id: int) -> None:
+        """Forget a session that never got a message, so /sessions lists only real conversations."""
+        self.db.execute("DELETE FROM sessions WHERE id = ? AND owner_pid = ? AND NOT EXISTS "
+                        "(SELECT 1 FROM messages WHERE session_id = ?)", (session_id, self.pid, session_id))
+
+    @locked
+    def release(self, session_id: int) -> None:
+        self.db.execute("UPDATE sessions SET owner_pid = NULL WHERE id = ? AND owner_pid = ?",
+                        (session_id, self.pid))
+
+    @locked
+    def load(self, session_id: int) -> tuple[Conversation, list[TurnStats], str]:
+        row = self.db.execute("SELECT system, summary, summary_covers, model FROM sessions WHERE id = ?",
+                              (session_id,)).fetchone()
+        conversation = Conversation(row[0] or DEFAULT_SYSTEM_PROMPT, summary=row[1], summary_covers=row[2] or 0)
+        history = conversation.history
+        for row_id, role, content, tokens, token_key, created, flags in self.db.execute(
+                "SELECT id, role, content, tokens, token_key, created, flags FROM messages "
+                "WHERE session_id = ? ORDER BY id", (session_id,)):
+            history.append(Message(role, content, flags, (token_key, tokens) if token_key else None,
+                                   created, row_id))
+        turns = [TurnStats(model, Usage(i or 0, o or 0, c or 0, r or 0, None, bool(e)), cost, ttft, latency or 0.0,
+                           sent or 0)
+                 for model, i, o, c, r, e, cost, ttft, latency, sent in self.db.execute(
+                     "SELECT model, input_tokens, output_tokens, cached_tokens, reasoning_tokens, estimated, cost, "
+                     "ttft, latency, sent_messages FROM turns WHERE session_id = ? ORDER BY id", (session_id,))]
+        return conversation, turns, row[3]
+
+    @locked
+    def add_message(self, session_id: int, message: Message) -> None:
+        key, tokens = message.tokens if message.tokens else (None, None)
+        cursor = self.db.execute(
+            "INSERT INTO messages (session_id, role, content, tokens, token_key, created, flags) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (session_id, message.role, message.content, tokens, key, message.created, message.flags))
+        message.row_id = cursor.lastrowid
+        self.db.execute("UPDATE sessions SET updated = ? WHERE id = ?", (time.time(), session_id))
+
+    @locked
+    def update_message(self, message: Message) -> None:
+        self.db.execute("UPDATE messages SET content = ?, flags = ?, tokens = NULL WHERE id = ?",
+                        (message.content, message.flags, message.row_id))
+
+    @locked
+    def delete_messages(self, row_ids: list[int]) -> None:
+        self.db.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in row_ids])
+
+    @locked
+    def clear(self, session_id: int) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+        self.db.execute("DELETE FROM messages WHERE session_id = ?", (session_id,))
+        self.db.execute("UPDATE sessions SET summary = NULL, summary_covers = 0 WHERE id = ?", (session_id,))
+        self.db.execute("COMMIT")
+
+    @locked
+    def add_usage(self, session_id: int, stats: TurnStats, finish_reason: str | None) -> None:
+        usage = stats.usage
+        self.db.execute(
+            "INSERT INTO turns (session_id, model, input_tokens, output_tokens, cached_tokens, reasoning_tokens, "
+            "cost, estimated, ttft, latency, finish_reason, sent_messages, created) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (session_id, stats.model, usage.input_tokens, usage.output_tokens, usage.cached_tokens,
+             usage.reasoning_tokens, stats.cost, int(usage.estimated), stats.ttft, stats.latency, finish_reason,
+             stats.sent_messages, time.time()))
+
+    @locked
+    def set_meta(self, session_id: int, **values: Any) -> None:
+        for column, value in values.items():
+            assert column in ("model", "system", "name")
+            self.db.execute(f"UPDATE sessions SET {column} = ? WHERE id = ?", (value, session_id))
+
+    @locked
+    def save_summary(self, session_id: int, summary: str, covers: int) -> None:
+        self.db.execute("UPDATE sessions SET summary = ?, summary_covers = ? WHERE id = ?",
+                        (summary, covers, session_id))
+
+    @locked
+    def rename(self, session_id: int, name: str) -> None:
+        try:
+            self.db.execute("UPDATE sessions SET name = ? WHERE id = ?", (name, session_id))
+        except self.sqlite3.IntegrityError:
+            raise StoreError(f"a session named {name!r} already exists") from None
+
+    @locked
+    def delete(self, name: str) -> bool:
+        row = self.find(name)
+        if row is None:
+            return False
+        if row[7] and row[7] != self.pid and pid_alive(row[7]):
+            raise StoreError(f"session {name!r} is in use by another chatbot (pid {row[7]})")
+        self.db.execute("DELETE FROM sessions WHERE id = ?", (row[0],))
+        return True
+
+    @locked
+    def listing(self) -> list[tuple[str, str, int, float, float | None]]:
+        """(name, model, user turns, last used, cost) for every session, most recent first."""
+        return self.db.execute(
+            "SELECT s.name, s.model, "
+            "(SELECT COUNT(*) FROM messages m WHERE m.session_id = s.id AND m.role = 'user'), s.updated, "
+            "(SELECT SUM(cost) FROM turns t WHERE t.session_id = s.id) "
+            "FROM sessions s ORDER BY s.updated DESC, s.id DESC").fetchall()
+
+    @locked
+    def export(self, name: str) -> dict[str, Any]:
+        row = self.find(name)
+        if row is None:
+            raise StoreError(f"no session named {name!r}: see --list-sessions")
+        conversation, turns, model = self.load(row[0])
+        return export_data(row[1], model, row[3], conversation, turns)
+
+    @locked
+    def import_session(self, data: dict[str, Any], name: str | None = None) -> str:
+        if data.get("format") != "chatbot-session":
+            raise StoreError("not a chatbot session export (expected the JSON that /save FILE.json writes)")
+        name = name or data["name"]
+        if self.find(name) is not None:
+            raise StoreError(f"a session named {name!r} already exists")
+        session_id, _ = self.open(name, data.get("model") or "", data.get("host") or "", data.get("system") or "")
+        self.db.execute("BEGIN IMMEDIATE")
+        for m in data.get("messages", []):
+            self.add_message(session_id, Message(m["role"], m["content"], m.get("flags") or "",
+                                                 (m["token_key"], m["tokens"]) if m.get("token_key") else None,
+                                                 m.get("created") or time.time()))
+        for t in data.get("turns", []):
+            usage = Usage(t["input_tokens"], t["output_tokens"], t.get("cached_tokens", 0),
+                          t.get("reasoning_tokens", 0), None, t.get("estimated", False))
+            self.add_usage(session_id, TurnStats(t["model"], usage, t.get("cost_usd"), t.get("ttft"),
+                                                 t.get("latency") or 0.0, t.get("sent_messages") or 0), None)
+        if data.get("summary"):
+            self.save_summary(session_id, data["summary"], data.get("summary_covers") or 0)
+        self.db.execute("COMMIT")
+        self.release(session_id)
+        return name
+
+
+def export_data(name: str, model: str, host: str, conversation: Conversation,
+                turns: list[TurnStats]) -> dict[str, Any]:
+    """A conversation as the JSON that /save and --export write and --import reads."""
+    return {
+        "format": "chatbot-session", "version": 1, "name": name, "model": model, "host": host,
+        "system": conversation.system, "summary": conversation.summary,
+        "summary_covers": conversation.summary_covers,
+        "messages": [{"role": m.role, "content": m.content, "created": m.created, "flags": m.flags,
+                      "tokens": m.tokens[1] if m.tokens else None,
+                      "token_key": m.tokens[0] if m.tokens else None} for m in conversation.history],
+        "turns": [{"model": t.model, "input_tokens": t.usage.input_tokens,
+                   "output_tokens": t.usage.output_tokens, "cached_tokens": t.usage.cached_tokens,
+                   "reasoning_tokens": t.usage.reasoning_tokens, "estimated": t.usage.estimated,
+                   "cost_usd": t.cost, "ttft": t.ttft, "latency": t.latency,
+                   "sent_messages": t.sent_messages} for t in turns],
+    }
+
+
+def export_markdown(data: dict[str, Any]) -> str:
+    lines = [f"# {data['name']}", "", f"Model: {data['model']} · provider: {data['host']}", "",
+             f"**System:** {data['system']}", ""]
+    for message in data["messages"]:
+        mark = f" *({message['flags']})*" if message["flags"] else ""
+        lines += [f"## {message['role'].capitalize()}{mark}", "", message["content"], ""]
+    return "\n".join(lines)
+
+
+def default_db_path(settings: Settings) -> str:
+    return settings.db or os.path.join(user_dir("data"), "sessions.db")
+
+
+def write_export(data: dict[str, Any], path: str) -> None:
+    if path.endswith(".json"):
+        text = json.dumps(data, indent=2, ensure_ascii=False)
+    elif path.endswith((".md", ".markdown", ".txt")):
+        text = export_markdown(data)
+    else:
+        raise ValueError("the file name must end in .json or .md")
+    with open(path, "w", encoding="utf-8") as export_file:
+        export_file.write(text + "\n")

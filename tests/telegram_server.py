@@ -1,0 +1,307 @@
+"""A fake Telegram Bot API for tests and benchmarks: real HTTP on 127.0.0.1, the Bot API's JSON.
+
+Every call is `POST /bot{TOKEN}/{method}` with a form or JSON body, answered with
+`{"ok": true, "result": ...}` or `{"ok": false, "error_code": N, "description": ..., "parameters": ...}`,
+as Telegram does. A test pushes updates (`send_text`), injects failures (`fail`) and slow answers
+(`slow`), and reads every call the bot made (`calls`). Long polling is real: getUpdates waits for
+an update or its timeout. Flood control is checked: a call to a chat inside a `retry_after`
+window it was given is recorded as a violation.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+TOKEN = "123456789:TEST-token-abcdefghijklmnopqrstuvwxyz"
+STRING_PARAMS = {"text", "parse_mode", "action", "caption", "url", "description", "short_description"}
+BOT_USER = {"id": 987654321, "is_bot": True, "first_name": "Test Assistant", "username": "test_assistant_bot",
+            "can_join_groups": True, "can_read_all_group_messages": False, "supports_inline_queries": False}
+
+
+@dataclass
+class Call:
+    method: str
+    params: dict[str, Any]
+    at: float
+    status: int = 200
+
+    @property
+    def chat_id(self) -> int | None:
+        value = self.params.get("chat_id")
+        return int(value) if value is not None else None
+
+
+@dataclass
+class Injected:
+    method: str
+    status: int
+    description: str
+    chat_id: int | None = None
+    times: int = 1
+    parameters: dict[str, Any] | None = None
+
+
+@dataclass
+class SentMessage:
+    message_id: int
+    chat_id: int
+    text: str
+    entities: list[dict[str, Any]] = field(default_factory=list)
+    edits: int = 0
+
+
+class FakeTelegram:
+    """Start with `FakeTelegram()`; `.api_url` goes into TELEGRAM_API_URL; `.close()` stops it."""
+
+    def __init__(self, token: str = TOKEN, poll_cap: float = 1.0):
+        self.token = token
+        self.poll_cap = poll_cap  # the longest a getUpdates waits, whatever timeout it asks for
+        self.updates: list[dict[str, Any]] = []
+        self.calls: list[Call] = []
+        self.injected: list[Injected] = []
+        self.delays: dict[str, float] = {}
+        self.messages: dict[int, SentMessage] = {}  # message_id -> what the chat shows now
+        self.blocked_until: dict[int, float] = {}  # chat id -> end of its retry_after window
+        self.violations: list[Call] = []  # calls made to a chat inside its retry_after window
+        self.update_ids = itertools.count(1)
+        self.message_ids = itertools.count(1000)
+        self.no_drafts = False  # answer sendMessageDraft with 400, as a server without drafts would
+        self.condition = threading.Condition()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                params = parse_params(raw, self.headers.get("Content-Type") or "")
+                parts = self.path.strip("/").split("/")
+                if len(parts) != 2 or not parts[0].startswith("bot"):
+                    return self._answer(404, {"ok": False, "error_code": 404, "description": "Not Found"})
+                if parts[0][3:] != server.token:
+                    return self._answer(401, {"ok": False, "error_code": 401, "description": "Unauthorized"})
+                status, body = server.handle(parts[1], params)
+                self._answer(status, body)
+
+            do_GET = do_POST
+
+            def _answer(self, status: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:
+                    self.close_connection = True
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.handle_error = lambda request, address: None
+        self.port = self.httpd.server_address[1]
+        self.api_url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    # -- what a test does ----------------------------------------------------------
+
+    def send_text(self, chat_id: int, text: str, user_id: int | None = None, first_name: str = "Ada",
+                  username: str | None = "ada", chat_type: str | None = None,
+                  reply_to_bot: bool = False) -> dict[str, Any]:
+        """A user writes `text` in a chat; returns the update."""
+        chat_type = chat_type or ("private" if chat_id > 0 else "supergroup")
+        user_id = user_id if user_id is not None else (chat_id if chat_id > 0 else 42)
+        message_id = next(self.message_ids)
+        message: dict[str, Any] = {
+            "message_id": message_id, "date": int(time.time()), "text": text,
+            "chat": {"id": chat_id, "type": chat_type, **({"title": "Group"} if chat_id < 0 else
+                                                          {"first_name": first_name})},
+            "from": {"id": user_id, "is_bot": False, "first_name": first_name,
+                     **({"username": username} if username else {})},
+        }
+        if text.startswith("/"):
+            command = text.split()[0]
+            message["entities"] = [{"type": "bot_command", "offset": 0, "length": len(command)}]
+        elif f"@{BOT_USER['username']}" in text:
+            at = text.index(f"@{BOT_USER['username']}")
+            message["entities"] = [{"type": "mention", "offset": at, "length": len(BOT_USER["username"]) + 1}]
+        if reply_to_bot:
+            message["reply_to_message"] = {"message_id": 1, "date": int(time.time()), "text": "earlier",
+                                           "chat": message["chat"], "from": BOT_USER}
+        update = {"update_id": next(self.update_ids), "message": message}
+        with self.condition:
+            self.updates.append(update)
+            self.condition.notify_all()
+        return update
+
+    def fail(self, method: str, status: int, description: str, chat_id: int | None = None, times: int = 1,
+             retry_after: int | None = None, parameters: dict[str, Any] | None = None) -> None:
+        """The next `times` calls of `method` (to `chat_id`, if given) fail with this error."""
+        if retry_after is not None:
+            parameters = {**(parameters or {}), "retry_after": retry_after}
+        with self.condition:
+            self.injected.append(Injected(method, status, description, chat_id, times, parameters))
+
+    def slow(self, method: str, seconds: float) -> None:
+        """Every call of `method` takes this long to answer."""
+        self.delays[method] = seconds
+
+    def calls_to(self, method: str, chat_id: int | None = None) -> list[Call]:
+        with self.condition:
+            return [c for c in self.calls if c.method == method and (chat_id is None or c.chat_id == chat_id)]
+
+    def sent_texts(self, chat_id: int) -> list[str]:
+        """The final messages a chat shows, in order (drafts are not messages)."""
+        with self.condition:
+            return [m.text for m in self.messages.values() if m.chat_id == chat_id]
+
+    def wait_for(self, predicate: Any, timeout: float = 15.0, interval: float = 0.02) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(interval)
+        raise AssertionError(f"timed out after {timeout}s; calls: {[(c.method, c.params) for c in self.calls][-12:]}")
+
+    def close(self) -> None:
+        with self.condition:
+            self.condition.notify_all()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    # -- the API ---------------------------------------------------------------------
+
+    def handle(self, method: str, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        call = Call(method, params, time.monotonic())
+        if method != "getUpdates" and self.delays.get(method):
+            time.sleep(self.delays[method])
+        with self.condition:
+            self.calls.append(call)
+            chat_id = call.chat_id
+            if chat_id is not None and self.blocked_until.get(chat_id, 0) > call.at:
+                self.violations.append(call)
+            for injected in self.injected:
+                if injected.method == method and injected.times > 0 and (
+                        injected.chat_id is None or injected.chat_id == chat_id):
+                    injected.times -= 1
+                    retry_after = (injected.parameters or {}).get("retry_after")
+                    if retry_after and chat_id is not None:
+                        self.blocked_until[chat_id] = time.monotonic() + retry_after
+                    call.status = injected.status
+                    body: dict[str, Any] = {"ok": False, "error_code": injected.status,
+                                            "description": injected.description}
+                    if injected.parameters:
+                        body["parameters"] = injected.parameters
+                    return injected.status, body
+        if method == "getUpdates":
+            return 200, {"ok": True, "result": self._get_updates(params)}
+        handler = getattr(self, f"_{method}", None)
+        if handler is None:
+            return 200, {"ok": True, "result": True}
+        return handler(params)
+
+    def _get_updates(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        offset = int(params.get("offset") or 0)
+        timeout = min(float(params.get("timeout") or 0), self.poll_cap)
+        deadline = time.monotonic() + timeout
+        with self.condition:
+            self.updates = [u for u in self.updates if u["update_id"] >= offset]  # confirmed ones are gone
+            while not self.updates and time.monotonic() < deadline:
+                self.condition.wait(deadline - time.monotonic())
+            return list(self.updates[: int(params.get("limit") or 100)])
+
+    def _getMe(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        return 200, {"ok": True, "result": BOT_USER}
+
+    def _message(self, chat_id: int, message_id: int, text: str) -> dict[str, Any]:
+        return {"message_id": message_id, "date": int(time.time()), "text": text, "from": BOT_USER,
+                "chat": {"id": chat_id, "type": "private" if chat_id > 0 else "supergroup"}}
+
+    def _check_text(self, text: Any) -> tuple[int, dict[str, Any]] | None:
+        if not isinstance(text, str) or not text.strip():
+            return 400, {"ok": False, "error_code": 400, "description": "Bad Request: message text is empty"}
+        if len(text.encode("utf-16-le")) // 2 > 4096:
+            return 400, {"ok": False, "error_code": 400, "description": "Bad Request: message is too long"}
+        return None
+
+    def _sendMessage(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        text = params.get("text")
+        problem = self._check_text(text)
+        if problem:
+            return problem
+        chat_id, message_id = int(params["chat_id"]), next(self.message_ids)
+        with self.condition:
+            self.messages[message_id] = SentMessage(message_id, chat_id, text, params.get("entities") or [])
+        return 200, {"ok": True, "result": self._message(chat_id, message_id, text)}
+
+    def _editMessageText(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        text = params.get("text")
+        problem = self._check_text(text)
+        if problem:
+            return problem
+        message_id = int(params.get("message_id") or 0)
+        with self.condition:
+            message = self.messages.get(message_id)
+            if message is None:
+                return 400, {"ok": False, "error_code": 400, "description": "Bad Request: message to edit not found"}
+            entities = params.get("entities") or []
+            if message.text == text and message.entities == entities:
+                return 400, {"ok": False, "error_code": 400, "description":
+                             "Bad Request: message is not modified: specified new message content and reply "
+                             "markup are exactly the same as a current content and reply markup of the message"}
+            message.text, message.entities = text, entities
+            message.edits += 1
+        return 200, {"ok": True, "result": self._message(message.chat_id, message_id, text)}
+
+    def _sendMessageDraft(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if self.no_drafts:
+            return 400, {"ok": False, "error_code": 400, "description": "Bad Request: method is not available"}
+        if int(params.get("chat_id") or 0) < 0:
+            return 400, {"ok": False, "error_code": 400, "description": "Bad Request: chat is not private"}
+        if not int(params.get("draft_id") or 0):
+            return 400, {"ok": False, "error_code": 400, "description": "Bad Request: draft_id must be non-zero"}
+        problem = self._check_text(params.get("text"))
+        return problem or (200, {"ok": True, "result": True})
+
+
+def parse_params(raw: bytes, content_type: str) -> dict[str, Any]:
+    """A Bot API call's parameters, from JSON or a form whose non-string values are JSON-encoded."""
+    if "json" in content_type:
+        try:
+            value = json.loads(raw or b"{}")
+            return value if isinstance(value, dict) else {}
+        except ValueError:
+            return {}
+    params: dict[str, Any] = {}
+    for key, values in urllib.parse.parse_qs(raw.decode("utf-8"), keep_blank_values=True).items():
+        value: Any = values[-1]
+        if key not in STRING_PARAMS:
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+        params[key] = value
+    return params
+
+
+if __name__ == "__main__":  # run by hand: python tests/telegram_server.py
+    fake = FakeTelegram()
+    print(fake.api_url, flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        fake.close()
