@@ -57,8 +57,10 @@ def cmd_help(repl: Repl, arg: str) -> None:
         names = f"/{command.name} {command.usage}".strip()
         aliases = f" (also {', '.join('/' + a for a in command.aliases)})" if command.aliases else ""
         repl.say(f"  {names:<{width}}  {command.help}{aliases}")
-    repl.say("  Enter sends · Esc Enter adds a line · Ctrl-C stops a reply · Ctrl-D quits · "
-             "start a message with // to send a leading slash")
+    repl.say(
+        "  Enter sends · Esc Enter adds a line · Ctrl-C stops a reply · Ctrl-D quits · "
+        "start a message with // to send a leading slash"
+    )
 
 
 def cmd_exit(repl: Repl, arg: str) -> None:
@@ -87,17 +89,26 @@ def cmd_stats(repl: Repl, arg: str) -> None:
         repl.say("no replies yet")
         return
     repl.say(f"last turn: {usage_line(turns[-1])}")
-    usage = Usage(sum(t.usage.input_tokens for t in turns), sum(t.usage.output_tokens for t in turns),
-                  sum(t.usage.cached_tokens for t in turns), sum(t.usage.reasoning_tokens for t in turns),
-                  estimated=any(t.usage.estimated for t in turns))
+    usage = Usage(
+        sum(t.usage.input_tokens for t in turns),
+        sum(t.usage.output_tokens for t in turns),
+        sum(t.usage.cached_tokens for t in turns),
+        sum(t.usage.reasoning_tokens for t in turns),
+        estimated=any(t.usage.estimated for t in turns),
+    )
     costs = [t.cost for t in turns]
     total = None if any(c is None for c in costs) else sum(c for c in costs if c is not None)
     known = sum(c for c in costs if c is not None)
-    money = format_money(total) if total is not None else (
-        f"{format_money(known)} known, some turns' cost unknown" if known else "cost unknown")
+    money = (
+        format_money(total)
+        if total is not None
+        else (f"{format_money(known)} known, some turns' cost unknown" if known else "cost unknown")
+    )
     about = "~" if usage.estimated else ""
-    repl.say(f"session: {len(turns)} turns · {about}{usage.input_tokens:,} in · {about}{usage.output_tokens:,} out"
-             f" · {money}" + (" (some counts estimated)" if usage.estimated else ""))
+    repl.say(
+        f"session: {len(turns)} turns · {about}{usage.input_tokens:,} in · {about}{usage.output_tokens:,} out"
+        f" · {money}" + (" (some counts estimated)" if usage.estimated else "")
+    )
 
 
 def cmd_model(repl: Repl, arg: str) -> None:
@@ -228,8 +239,9 @@ def cmd_delete(repl: Repl, arg: str) -> None:
 
 def cmd_save(repl: Repl, arg: str) -> None:
     chat = repl.chat
-    data = export_data(repl.session_name or "conversation", chat.model, chat.settings.host, chat.conversation,
-                       chat.turns)
+    data = export_data(
+        repl.session_name or "conversation", chat.model, chat.settings.host, chat.conversation, chat.turns
+    )
     try:
         write_export(data, arg)
     except (OSError, ValueError) as exc:
@@ -367,8 +379,7 @@ class Repl:
     def view(self) -> Any:
         if self.markdown:
             return MarkdownView(sys.stdout, self.console, show_reasoning=self.chat.settings.show_reasoning)
-        return PlainView(sys.stdout, self.chat.settings.show_reasoning, sys.stdout,
-                         dim=not os.environ.get("NO_COLOR"))
+        return PlainView(sys.stdout, self.chat.settings.show_reasoning, sys.stdout, dim=not os.environ.get("NO_COLOR"))
 
     def run_turn(self, text: str | None) -> None:
         """Send `text` (or, for /retry, the history as it is) and show the reply."""
@@ -445,9 +456,15 @@ class Repl:
             history: Any = FileHistory(os.path.join(directory, "prompt-history"))
         except OSError:
             history = InMemoryHistory()
-        session: Any = PromptSession(history=history, auto_suggest=AutoSuggestFromHistory(), completer=SlashCompleter(),
-                                complete_while_typing=True, key_bindings=bindings, enable_history_search=False,
-                                prompt_continuation="… ")
+        session: Any = PromptSession(
+            history=history,
+            auto_suggest=AutoSuggestFromHistory(),
+            completer=SlashCompleter(),
+            complete_while_typing=True,
+            key_bindings=bindings,
+            enable_history_search=False,
+            prompt_continuation="… ",
+        )
         warmed: list[bool] = []
 
         def warm_up(_: Any) -> None:
@@ -529,37 +546,46 @@ def build_parser() -> Any:
     parser = Parser(
         prog="chatbot",
         description="A terminal streaming chatbot for any OpenAI-compatible provider. With no prompt and a "
-                    "terminal, starts a chat; with a prompt argument or piped input, answers once and exits.",
+        "terminal, starts a chat; with a prompt argument or piped input, answers once and exits.",
         epilog="Configuration precedence: flag > environment > .env > default. The API key is read only from "
-               "OPENAI_API_KEY (environment or .env). Exit status: 0 ok, 1 provider/network failure or reply cut "
-               "short, 2 usage or configuration error, 130 interrupted.")
+        "OPENAI_API_KEY (environment or .env). Exit status: 0 ok, 1 provider/network failure or reply cut "
+        "short, 2 usage or configuration error, 130 interrupted.",
+    )
     parser.add_argument("prompt", nargs="*", help="prompt to send (piped stdin comes first, then this)")
     for setting in SETTINGS:
         if not setting.flags:
             continue
         help_text = f"{setting.help} [{setting.env}]" if setting.env else setting.help
         if setting.name in BOOL_SETTINGS:
-            parser.add_argument(*setting.flags, dest=setting.name, action="store_const", const="1",
-                                help=help_text)
+            parser.add_argument(*setting.flags, dest=setting.name, action="store_const", const="1", help=help_text)
         else:
-            default = f"; default {setting.default}" if setting.default not in (None, "") and \
-                setting.name != "system" else ""
-            parser.add_argument(*setting.flags, dest=setting.name, metavar=setting.name.upper().replace("_", "-")
-                                if setting.name not in ("api",) else "{chat,responses}",
-                                help=help_text.replace("]", default + "]", 1) if default else help_text)
+            default = (
+                f"; default {setting.default}" if setting.default not in (None, "") and setting.name != "system" else ""
+            )
+            parser.add_argument(
+                *setting.flags,
+                dest=setting.name,
+                metavar=setting.name.upper().replace("_", "-") if setting.name not in ("api",) else "{chat,responses}",
+                help=help_text.replace("]", default + "]", 1) if default else help_text,
+            )
     parser.add_argument("--env-file", metavar="PATH", help="read settings from this file instead of ./.env")
     parser.add_argument("--no-stream", action="store_true", help="wait for the whole reply instead of streaming")
     parser.add_argument("--json", action="store_true", help="print one JSON object with the reply and its usage")
-    parser.add_argument("-i", "--interactive", action="store_true",
-                        help="send the prompt, then stay in the chat")
+    parser.add_argument("-i", "--interactive", action="store_true", help="send the prompt, then stay in the chat")
     parser.add_argument("--session", metavar="NAME", help="start or resume a saved conversation")
-    parser.add_argument("-c", "--continue", dest="continue_", action="store_true",
-                        help="resume the most recent conversation")
+    parser.add_argument(
+        "-c", "--continue", dest="continue_", action="store_true", help="resume the most recent conversation"
+    )
     parser.add_argument("--list-sessions", action="store_true", help="list saved conversations and exit")
-    parser.add_argument("--export", nargs=2, metavar=("NAME", "FILE"),
-                        help="export a saved conversation to FILE (.md or .json) and exit")
-    parser.add_argument("--import", dest="import_file", metavar="FILE",
-                        help="import a conversation exported as JSON and exit")
+    parser.add_argument(
+        "--export",
+        nargs=2,
+        metavar=("NAME", "FILE"),
+        help="export a saved conversation to FILE (.md or .json) and exit",
+    )
+    parser.add_argument(
+        "--import", dest="import_file", metavar="FILE", help="import a conversation exported as JSON and exit"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log each request to stderr too")
     parser.add_argument("--version", action="version", version=f"chatbot {__version__}")
     return parser
@@ -573,16 +599,20 @@ def read_prompt(args: Any, stdin: Any) -> str:
         try:
             piped = data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise UsageError(f"stdin is not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}): "
-                             f"convert it first, e.g. with iconv") from None
+            raise UsageError(
+                f"stdin is not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}): "
+                f"convert it first, e.g. with iconv"
+            ) from None
         if piped.strip():
             parts.append(piped.rstrip("\n"))
     if args.prompt:
         parts.append(" ".join(args.prompt))
     prompt = "\n\n".join(parts)
     if not prompt.strip():
-        raise UsageError("nothing to send: give a prompt as an argument or pipe one on stdin "
-                         "(run with a terminal and no prompt for a chat)")
+        raise UsageError(
+            "nothing to send: give a prompt as an argument or pipe one on stdin "
+            "(run with a terminal and no prompt for a chat)"
+        )
     return prompt
 
 
@@ -599,7 +629,7 @@ def run_once(chat: Chat, prompt: str, args: Any) -> int:
     """Answer one prompt on stdout; diagnostics on stderr; the exit status says how it went."""
     settings = chat.settings
     err = sys.stderr
-    markdown = (not args.json and sys.stdout.isatty() and not settings.raw and not os.environ.get("NO_COLOR"))
+    markdown = not args.json and sys.stdout.isatty() and not settings.raw and not os.environ.get("NO_COLOR")
     if args.json:
         view: Any = PlainView(_NullWriter())
     elif markdown:
@@ -639,17 +669,24 @@ def run_once(chat: Chat, prompt: str, args: Any) -> int:
     return status
 
 
-def json_result(result: TurnResult | None, stats: TurnStats | None, error: str | None = None,
-                model: str = "") -> dict[str, Any]:
+def json_result(
+    result: TurnResult | None, stats: TurnStats | None, error: str | None = None, model: str = ""
+) -> dict[str, Any]:
     usage = stats.usage if stats else None
     payload: dict[str, Any] = {
         "model": result.model if result else model,
         "reply": result.reply if result else "",
         "finish_reason": result.finish_reason if result else None,
-        "usage": None if usage is None else {
-            "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
-            "total_tokens": usage.total_tokens, "cached_tokens": usage.cached_tokens,
-            "reasoning_tokens": usage.reasoning_tokens, "estimated": usage.estimated},
+        "usage": None
+        if usage is None
+        else {
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "total_tokens": usage.total_tokens,
+            "cached_tokens": usage.cached_tokens,
+            "reasoning_tokens": usage.reasoning_tokens,
+            "estimated": usage.estimated,
+        },
         "cost_usd": stats.cost if stats else None,
         "latency_ms": round(result.latency * 1000, 1) if result else None,
         "ttft_ms": round(result.ttft * 1000, 1) if result and result.ttft is not None else None,
@@ -697,8 +734,7 @@ def session_tool(args: Any, environ: dict[str, str]) -> int:
                 with open(args.import_file, encoding="utf-8") as import_file:
                     data = json.load(import_file)
             except (OSError, ValueError) as exc:
-                raise UsageError(f"cannot read {args.import_file}: {getattr(exc, 'strerror', None) or exc}") \
-                    from None
+                raise UsageError(f"cannot read {args.import_file}: {getattr(exc, 'strerror', None) or exc}") from None
             print(f"imported session {store.import_session(data)!r}")
     finally:
         store.close()

@@ -80,7 +80,7 @@ def tail_lines(text: str, count: int) -> str:
         position = text.rfind("\n", 0, position)
         if position < 0:
             return text
-    return text[position + 1:]
+    return text[position + 1 :]
 
 
 class MarkdownView:
@@ -94,8 +94,16 @@ class MarkdownView:
     FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
     LIST_ITEM = re.compile(r"^ {0,3}(?:[-*+]|\d{1,9}[.)])(?:\s|$)")
 
-    def __init__(self, out: Any, console: Any, show_reasoning: bool = False, fps: float = 20.0,
-                 live_lines: int = 6, code_theme: str = "monokai", clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        out: Any,
+        console: Any,
+        show_reasoning: bool = False,
+        fps: float = 20.0,
+        live_lines: int = 6,
+        code_theme: str = "monokai",
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.out = out
         self.console = console  # a rich Console: its width, colour system and theme
         self.show_reasoning = show_reasoning
@@ -127,8 +135,14 @@ class MarkdownView:
             import io
 
             capture = self._capture = Console(
-                file=io.StringIO(), width=width, force_terminal=True, no_color=self.console.no_color,
-                color_system=self.console.color_system, legacy_windows=False, theme=None)
+                file=io.StringIO(),
+                width=width,
+                force_terminal=True,
+                no_color=self.console.no_color,
+                color_system=self.console.color_system,
+                legacy_windows=False,
+                theme=None,
+            )
         markdown = Markdown(markdown_text, code_theme=self.code_theme)
         capture.file.seek(0)
         capture.file.truncate()
@@ -198,8 +212,12 @@ class MarkdownView:
             fence = self.FENCE.match(line)
             if self.fence is not None:
                 marker = self.fence
-                if fence and fence.group(1)[0] == marker[0] and len(fence.group(1)) >= len(marker) \
-                        and not line.strip().strip(marker[0]):
+                if (
+                    fence
+                    and fence.group(1)[0] == marker[0]
+                    and len(fence.group(1)) >= len(marker)
+                    and not line.strip().strip(marker[0])
+                ):
                     self.fence = None
                     self._commit(self.scanned)
                 continue
@@ -251,8 +269,8 @@ class MarkdownView:
 
         lines = []
         first_newline = self.pending.find("\n")
-        tail = tail_lines(self.pending[first_newline + 1:] if first_newline >= 0 else "", self.max_live)
-        for line in tail.split("\n")[-self.max_live:]:
+        tail = tail_lines(self.pending[first_newline + 1 :] if first_newline >= 0 else "", self.max_live)
+        for line in tail.split("\n")[-self.max_live :]:
             line = self.CONTROL.sub("", line.replace("\t", "    "))
             if cell_len(line) >= width:
                 line = set_cell_size(line, width - 1)

@@ -1,6 +1,6 @@
 """The floor for one-shot benchmarks: the least a script can do to stream a reply with the SDK.
 
-    python bench/floor.py BASE_URL chat|responses < prompt
+python bench/floor.py BASE_URL chat|responses < prompt
 """
 
 import sys
@@ -13,8 +13,12 @@ prompt = sys.stdin.read()
 write, flush = sys.stdout.write, sys.stdout.flush
 if api == "chat":
     stream = client.chat.completions.create(
-        model="test-model", messages=[{"role": "user", "content": prompt}], max_tokens=1000, stream=True,
-        stream_options={"include_usage": True})
+        model="test-model",
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=1000,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
             write(chunk.choices[0].delta.content)

@@ -47,17 +47,24 @@ def row(name, ours, baseline, ratio, target, ok):
 
 def clean_env(home: Path, base_url: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "CHATBOT_", "XDG_"))}
-    env.update(HOME=str(home), XDG_DATA_HOME=str(home / "data"), XDG_STATE_HOME=str(home / "state"),
-               OPENAI_BASE_URL=base_url, OPENAI_MODEL="test-model", CHATBOT_LOCAL_PORTS="",
-               TIKTOKEN_CACHE_DIR=str(home / "tiktoken"), NO_PROXY="127.0.0.1", TERM="xterm-256color")
+    env.update(
+        HOME=str(home),
+        XDG_DATA_HOME=str(home / "data"),
+        XDG_STATE_HOME=str(home / "state"),
+        OPENAI_BASE_URL=base_url,
+        OPENAI_MODEL="test-model",
+        CHATBOT_LOCAL_PORTS="",
+        TIKTOKEN_CACHE_DIR=str(home / "tiktoken"),
+        NO_PROXY="127.0.0.1",
+        TERM="xterm-256color",
+    )
     return env
 
 
 def run_measured(argv, env, stdin: bytes, first_byte=False):
     """(wall seconds, seconds to first stdout byte, CPU seconds, peak RSS KiB) of one child process."""
     started = time.perf_counter()
-    process = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     process.stdin.write(stdin)
     process.stdin.close()
     first = None
@@ -99,8 +106,14 @@ def bench_prompt(env, runs):
         ours.append(time_to_prompt([PY, CHATBOT, "--no-save"], env))
         naive.append(time_to_prompt([PY, str(ROOT / "bench" / "naive_repl.py")], env))
     a, b = median(ours), median(naive)
-    row("time to interactive prompt (s)", f"{a:.3f}", f"{b:.3f} (SDK imported first)", f"{a / b:.2f}",
-        "< 0.35 s", a < 0.35)
+    row(
+        "time to interactive prompt (s)",
+        f"{a:.3f}",
+        f"{b:.3f} (SDK imported first)",
+        f"{a / b:.2f}",
+        "< 0.35 s",
+        a < 0.35,
+    )
 
 
 # -- 2. one-shot overhead ----------------------------------------------------------------
@@ -118,8 +131,14 @@ def bench_oneshot(server, env, runs):
         walls_b.append(wall)
         rss_b.append(rss)
     a, b = median(walls_a), median(walls_b)
-    row("one-shot wall time, echo hi | chatbot (s)", f"{a:.3f}", f"{b:.3f} (SDK floor script)", f"{a / b:.2f}",
-        "<= 1.10x", a / b <= 1.10)
+    row(
+        "one-shot wall time, echo hi | chatbot (s)",
+        f"{a:.3f}",
+        f"{b:.3f} (SDK floor script)",
+        f"{a / b:.2f}",
+        "<= 1.10x",
+        a / b <= 1.10,
+    )
     a, b = median(rss_a) / 1024, median(rss_b) / 1024
     row("one-shot peak memory (MiB)", f"{a:.1f}", f"{b:.1f}", f"{a / b:.2f}", "<= 1.2x", a / b <= 1.2)
 
@@ -139,16 +158,21 @@ def bench_throughput(server, env, runs, words):
     for api in ("chat", "responses"):
         per_chunk = {"ours": [], "floor": []}
         for _ in range(runs):
-            for who, argv in (("ours", [PY, CHATBOT, "--api", api]),
-                              ("floor", [PY, FLOOR, server.base_url, api])):
+            for who, argv in (("ours", [PY, CHATBOT, "--api", api]), ("floor", [PY, FLOOR, server.base_url, api])):
                 cpu = {}
                 for size in (10, words):
                     server.push(fast_behaviour(api, size))
                     _, _, cpu[size], _ = run_measured(argv, env, b"go\n")
                 per_chunk[who].append((cpu[words] - cpu[10]) / (words - 10) * 1e6)
         a, b = median(per_chunk["ours"]), median(per_chunk["floor"])
-        row(f"CPU per chunk, {words:,}-word reply piped, {api} (µs)", f"{a:.1f}", f"{b:.1f} (SDK typed parsing)",
-            f"{a / b:.2f}", "<= 30 µs", a <= 30)
+        row(
+            f"CPU per chunk, {words:,}-word reply piped, {api} (µs)",
+            f"{a:.1f}",
+            f"{b:.1f} (SDK typed parsing)",
+            f"{a / b:.2f}",
+            "<= 30 µs",
+            a <= 30,
+        )
 
 
 # -- 4. Responses API first event -------------------------------------------------------------
@@ -162,8 +186,14 @@ def bench_first_token(server, env, runs):
             _, first, _, _ = run_measured([PY, CHATBOT, "--api", api], env, b"hi\n")
             ttft[api].append(first)
     a, b = median(ttft["responses"]), median(ttft["chat"])
-    row("time to first token, one-shot, responses vs chat (s)", f"{a:.3f}", f"{b:.3f} (--api chat)",
-        f"{a / b:.2f}", "<= 1.1x", a / b <= 1.1)
+    row(
+        "time to first token, one-shot, responses vs chat (s)",
+        f"{a:.3f}",
+        f"{b:.3f} (--api chat)",
+        f"{a / b:.2f}",
+        "<= 1.1x",
+        a / b <= 1.1,
+    )
 
 
 # -- 5a. Markdown rendering ----------------------------------------------------------------------
@@ -187,7 +217,8 @@ def synthetic_markdown(tokens: int, seed: int = 7) -> str:
             block = "```python\ndef step():\n" + "\n".join(lines) + "\n    return value_0\n```"
         else:
             block = "| name | value | note |\n|------|-------|------|\n" + "\n".join(
-                f"| {rng.choice(words)} | {i} | {rng.choice(words)} |" for i in range(rng.randint(3, 8)))
+                f"| {rng.choice(words)} | {i} | {rng.choice(words)} |" for i in range(rng.randint(3, 8))
+            )
         parts.append(block)
         size += len(block) + 2
     return "\n\n".join(parts) + "\n"
@@ -283,7 +314,7 @@ def bench_markdown(sizes, cpu_cap):
     results = {}
     for tokens in sizes:
         text = synthetic_markdown(tokens)
-        deltas = [text[i:i + 4] for i in range(0, len(text), 4)]
+        deltas = [text[i : i + 4] for i in range(0, len(text), 4)]
         for paced in (False, True):
             for name, fn in (("plain", render_plain), ("ours", render_ours)):
                 sink = PtySink()
@@ -301,20 +332,33 @@ def bench_markdown(sizes, cpu_cap):
     for (name, tokens, paced), (cpu, written, size, n) in sorted(results.items()):
         mode = "paced 100 tok/s" if paced else "fast"
         extra = "" if n == len(synthetic_markdown(tokens)) // 4 + 1 or name != "live" else ""
-        print(f"    markdown {name:5} {tokens:>6,} tokens {mode:15} cpu {cpu:8.3f}s  bytes {written:>11,}  "
-              f"({written / size:6.1f}x text)  deltas done {n:,}{extra}", flush=True)
+        print(
+            f"    markdown {name:5} {tokens:>6,} tokens {mode:15} cpu {cpu:8.3f}s  bytes {written:>11,}  "
+            f"({written / size:6.1f}x text)  deltas done {n:,}{extra}",
+            flush=True,
+        )
     small, large = min(sizes), max(sizes)
     per_small = results[("ours", small, False)][0] / small
     per_large = results[("ours", large, False)][0] / large
-    row(f"markdown CPU per token, {large:,} vs {small:,} tokens (µs)", f"{per_large * 1e6:.1f}",
-        f"{per_small * 1e6:.1f} (at {small:,})", f"{per_large / per_small:.2f}", "<= 1.3x",
-        per_large / per_small <= 1.3)
+    row(
+        f"markdown CPU per token, {large:,} vs {small:,} tokens (µs)",
+        f"{per_large * 1e6:.1f}",
+        f"{per_small * 1e6:.1f} (at {small:,})",
+        f"{per_large / per_small:.2f}",
+        "<= 1.3x",
+        per_large / per_small <= 1.3,
+    )
     for tokens in sizes:
         cpu = results[("ours", tokens, True)][0]
         share = cpu / (tokens / 100)
-        row(f"markdown CPU share paced at 100 tok/s, {tokens:,} tokens", f"{share * 100:.2f}%",
-            f"{results[('plain', tokens, True)][0] / (tokens / 100) * 100:.2f}% (plain)", "-", "< 5% of a core",
-            share < 0.05)
+        row(
+            f"markdown CPU share paced at 100 tok/s, {tokens:,} tokens",
+            f"{share * 100:.2f}%",
+            f"{results[('plain', tokens, True)][0] / (tokens / 100) * 100:.2f}% (plain)",
+            "-",
+            "< 5% of a core",
+            share < 0.05,
+        )
     mid = 20_000 if 20_000 in sizes else max(t for t in sizes if t <= 20_000)
     live_cpu, _, size, done = results[("live", mid, False)]
     ours_cpu = results[("ours", mid, False)][0]
@@ -322,12 +366,24 @@ def bench_markdown(sizes, cpu_cap):
     finished = done >= total
     note = "" if finished else f" (stopped at the {cpu_cap:.0f}s CPU cap after {done:,} of {total:,} deltas)"
     ratio = live_cpu / ours_cpu
-    row(f"markdown CPU vs whole-reply Live(Markdown), {mid:,} tokens (s)", f"{ours_cpu:.2f}",
-        f"{live_cpu:.2f}{note}", f"{'>=' if not finished else ''}{ratio:.1f}x less", ">= 10x less", ratio >= 10)
+    row(
+        f"markdown CPU vs whole-reply Live(Markdown), {mid:,} tokens (s)",
+        f"{ours_cpu:.2f}",
+        f"{live_cpu:.2f}{note}",
+        f"{'>=' if not finished else ''}{ratio:.1f}x less",
+        ">= 10x less",
+        ratio >= 10,
+    )
     for tokens in sizes:
         cpu, written, size, _ = results[("ours", tokens, True)]
-        row(f"markdown bytes to terminal, paced, {tokens:,} tokens", f"{written:,}",
-            f"{size:,} (plain text)", f"{written / size:.1f}x", "<= 30x", written / size <= 30)
+        row(
+            f"markdown bytes to terminal, paced, {tokens:,} tokens",
+            f"{written:,}",
+            f"{size:,} (plain text)",
+            f"{written / size:.1f}x",
+            "<= 30x",
+            written / size <= 30,
+        )
 
 
 # -- 5b. trimming + counting per turn -------------------------------------------------------------
@@ -390,17 +446,30 @@ def bench_trimming(repeats):
         a, b = results[(label, 1000)][0], results[(label, 10)][0]
         naive = results[(label, 1000)][1]
         if label == "default limits":
-            row(f"prepare a request at 1,000 turns, {label} ({kind}) (ms)", f"{a * 1e3:.3f}",
-                f"{b * 1e3:.3f} at 10 turns; {naive * 1e3:.1f} re-tokenising all", f"{a / b:.2f}",
-                "<= 2x of 10 turns, < 5 ms", a / b <= 2 and a < 0.005)
+            row(
+                f"prepare a request at 1,000 turns, {label} ({kind}) (ms)",
+                f"{a * 1e3:.3f}",
+                f"{b * 1e3:.3f} at 10 turns; {naive * 1e3:.1f} re-tokenising all",
+                f"{a / b:.2f}",
+                "<= 2x of 10 turns, < 5 ms",
+                a / b <= 2 and a < 0.005,
+            )
         else:
             # With no message limit the kept window fills the 128k budget: the cost follows the window
             # (bounded), not the history; reported for information, with the absolute 5 ms target.
-            row(f"prepare a request at 1,000 turns, 128k budget, no message limit ({kind}) (ms)", f"{a * 1e3:.3f}",
-                f"{b * 1e3:.3f} at 10 turns; {naive * 1e3:.1f} re-tokenising all", f"{a / b:.2f}",
-                "< 5 ms (cost bounded by the window)", a < 0.005)
-        print(f"    {label}: 10 turns {results[(label, 10)][0] * 1e3:.3f} ms, 100 turns "
-              f"{results[(label, 100)][0] * 1e3:.3f} ms, 1,000 turns {a * 1e3:.3f} ms", flush=True)
+            row(
+                f"prepare a request at 1,000 turns, 128k budget, no message limit ({kind}) (ms)",
+                f"{a * 1e3:.3f}",
+                f"{b * 1e3:.3f} at 10 turns; {naive * 1e3:.1f} re-tokenising all",
+                f"{a / b:.2f}",
+                "< 5 ms (cost bounded by the window)",
+                a < 0.005,
+            )
+        print(
+            f"    {label}: 10 turns {results[(label, 10)][0] * 1e3:.3f} ms, 100 turns "
+            f"{results[(label, 100)][0] * 1e3:.3f} ms, 1,000 turns {a * 1e3:.3f} ms",
+            flush=True,
+        )
 
 
 # -- 5c. session load ------------------------------------------------------------------------------
@@ -440,8 +509,14 @@ def bench_session_load(repeats):
         store.close()
         assert total == total2
     a, b = median(ours), median(naive)
-    row(f"load and count a 5,000-message session ({kind}) (s)", f"{a:.3f}", f"{b:.3f} (re-tokenising)",
-        f"{a / b:.2f}", "< 0.2 s", a < 0.2)
+    row(
+        f"load and count a 5,000-message session ({kind}) (s)",
+        f"{a:.3f}",
+        f"{b:.3f} (re-tokenising)",
+        f"{a / b:.2f}",
+        "< 0.2 s",
+        a < 0.2,
+    )
 
 
 def main():
@@ -453,8 +528,11 @@ def main():
     home = Path(tempfile.mkdtemp())
     server = FakeServer()
     env = clean_env(home, server.base_url)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"{platform.system()} {platform.release()}", flush=True)
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}",
+        flush=True,
+    )
     started = time.time()
     try:
         bench_prompt(env, runs)
@@ -466,14 +544,15 @@ def main():
         bench_session_load(3 if args.quick else 7)
     finally:
         server.close()
-    widths = [max(len(r[i]) for r in ROWS + [("measurement", "ours", "baseline", "ratio", "target", "result")])
-              for i in range(6)]
+    widths = [
+        max(len(r[i]) for r in ROWS + [("measurement", "ours", "baseline", "ratio", "target", "result")])
+        for i in range(6)
+    ]
     print()
     header = ("measurement", "ours", "baseline", "ratio", "target", "result")
     for line in [header, tuple("-" * w for w in widths)] + ROWS:
         print(" | ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
-    print(f"\n{sum(r[5] == 'pass' for r in ROWS)} of {len(ROWS)} targets met; "
-          f"bench took {time.time() - started:.0f}s")
+    print(f"\n{sum(r[5] == 'pass' for r in ROWS)} of {len(ROWS)} targets met; bench took {time.time() - started:.0f}s")
     if args.json:
         Path(args.json).write_text(json.dumps([dict(zip(header, r, strict=True)) for r in ROWS], indent=2))
 

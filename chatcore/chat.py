@@ -32,8 +32,14 @@ class Chat:
     used by one thread at a time; `respond` may be stopped from another thread with a Cancel.
     """
 
-    def __init__(self, settings: Settings, notify: Callable[[str], None], provider: Provider | None = None,
-                 label: str = "", log_sink: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        notify: Callable[[str], None],
+        provider: Provider | None = None,
+        label: str = "",
+        log_sink: Callable[[str], None] | None = None,
+    ):
         self.settings = settings
         self.model = settings.model
         self.conversation = Conversation(settings.system)
@@ -98,15 +104,17 @@ class Chat:
         conversation = self.conversation
         covered = len(conversation.history) - len(request.turns)
         if covered <= conversation.summary_covers or (
-                conversation.summary and covered - conversation.summary_covers < self.SUMMARY_BATCH):
+            conversation.summary and covered - conversation.summary_covers < self.SUMMARY_BATCH
+        ):
             return None  # reuse the stored summary until enough new turns have dropped out of the window
-        new_turns = conversation.history[conversation.summary_covers:covered]
+        new_turns = conversation.history[conversation.summary_covers : covered]
         transcript = "\n".join(f"{m.role}: {m.content}" for m in new_turns)
         previous = f"Earlier summary: {conversation.summary}\n\n" if conversation.summary else ""
         summary_request = Request(
             system="Summarise this conversation in a few short bullet points. Keep names, numbers, decisions "
-                   "and open questions. Reply with the summary only.",
-            turns=[Message("user", previous + transcript[-20_000:])])
+            "and open questions. Reply with the summary only.",
+            turns=[Message("user", previous + transcript[-20_000:])],
+        )
         try:
             result = stream_turn(self.provider, summary_request, self.model, lambda kind, text: None)
         except Failure as exc:
@@ -118,8 +126,12 @@ class Chat:
         if self.store is not None and self.session_id is not None:
             self.store.save_summary(self.session_id, conversation.summary, covered)
         self.notify(f"summarised {len(new_turns)} older messages")
-        return build_request(conversation, self.settings.max_messages,
-                             token_budget(self.context_tokens(False), self.settings.max_tokens), self.counter)
+        return build_request(
+            conversation,
+            self.settings.max_messages,
+            token_budget(self.context_tokens(False), self.settings.max_tokens),
+            self.counter,
+        )
 
     # -- a turn ------------------------------------------------------------------
 
@@ -146,8 +158,9 @@ class Chat:
             if self.store is not None and message.row_id is not None:
                 self.store.delete_messages([message.row_id])
 
-    def respond(self, on_event: Callable[[str, str], None], stream: bool = True,
-                cancel: Cancel | None = None) -> TurnResult:
+    def respond(
+        self, on_event: Callable[[str, str], None], stream: bool = True, cancel: Cancel | None = None
+    ) -> TurnResult:
         """Send the history (ending with a user message) and record the reply.
 
         Handles what a retry of our own can fix: unsupported parameters, an
@@ -181,11 +194,14 @@ class Chat:
                     cap = int(sent * 0.75)
                     self.notify("the context window overflowed: retrying once with fewer older turns")
                     continue
-                if (failure.retryable and self.settings.fallback_model and not tried_fallback
-                        and model != self.settings.fallback_model):
+                if (
+                    failure.retryable
+                    and self.settings.fallback_model
+                    and not tried_fallback
+                    and model != self.settings.fallback_model
+                ):
                     tried_fallback = True
-                    self.notify(f"{model} failed ({failure}); trying the fallback model "
-                                f"{self.settings.fallback_model}")
+                    self.notify(f"{model} failed ({failure}); trying the fallback model {self.settings.fallback_model}")
                     model = self.settings.fallback_model
                     continue
                 if failure.kind == "unknown_model":
@@ -194,8 +210,9 @@ class Chat:
                         shown = ", ".join(models[:12]) + (" …" if len(models) > 12 else "")
                         failure.args = (f"{failure}. The server offers: {shown}",)
                     else:
-                        failure.args = (f"{failure}. Check the provider's model list, or GET {self.settings.base_url}"
-                                        f"/models",)
+                        failure.args = (
+                            f"{failure}. Check the provider's model list, or GET {self.settings.base_url}/models",
+                        )
                 self.drop_last_user()
                 raise
         self.record(result, request)
@@ -274,8 +291,11 @@ class Chat:
         usage = result.usage
         if usage is None or (usage.input_tokens == 0 and usage.output_tokens == 0):
             counter = self.counter
-            usage = Usage(counter.count_messages(Message(m["role"], m["content"]) for m in request.messages()),
-                          counter.count_text(result.reply) if result.reply else 0, estimated=True)
+            usage = Usage(
+                counter.count_messages(Message(m["role"], m["content"]) for m in request.messages()),
+                counter.count_text(result.reply) if result.reply else 0,
+                estimated=True,
+            )
         result.usage = usage
         cost, _ = turn_cost(usage, self.settings, result.model) if self.wants_cost else (None, "")
         stats = TurnStats(result.model, usage, cost, result.ttft, result.latency, result.sent_messages)
@@ -295,15 +315,26 @@ class Chat:
         except Exception:
             pass  # the real use will report any problem
 
-    def log(self, model: str, status: Any, ttft: float | None, latency: float, usage: Usage | None,
-            error: str | None, cost: float | None = None) -> None:
+    def log(
+        self,
+        model: str,
+        status: Any,
+        ttft: float | None,
+        latency: float,
+        usage: Usage | None,
+        error: str | None,
+        cost: float | None = None,
+    ) -> None:
         """One line per request: no content, never the key. Estimated token counts end in "~"."""
-        tokens = "-" if usage is None else f"{usage.input_tokens}/{usage.output_tokens}" + (
-            "~" if usage.estimated else "")
+        tokens = (
+            "-" if usage is None else f"{usage.input_tokens}/{usage.output_tokens}" + ("~" if usage.estimated else "")
+        )
         label = f" {self.label}" if self.label else ""
-        line = (f"{time.strftime('%Y-%m-%dT%H:%M:%S')} model={model}{label} host={self.settings.host} "
-                f"status={status} ttft={'-' if ttft is None else f'{ttft:.3f}s'} latency={latency:.3f}s "
-                f"tokens={tokens} cost={'-' if cost is None else f'{cost:.6f}'} error={error or '-'}")
+        line = (
+            f"{time.strftime('%Y-%m-%dT%H:%M:%S')} model={model}{label} host={self.settings.host} "
+            f"status={status} ttft={'-' if ttft is None else f'{ttft:.3f}s'} latency={latency:.3f}s "
+            f"tokens={tokens} cost={'-' if cost is None else f'{cost:.6f}'} error={error or '-'}"
+        )
         write_log(line, self.verbose)
         if self.log_sink is not None:
             self.log_sink(line)

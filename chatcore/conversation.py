@@ -48,8 +48,11 @@ class Conversation:
         if cached and cached[0] == key and 0 < cached[1] <= n and self.history[cached[1] - 1] is cached[3]:
             start, total = cached[1], cached[2]
         for message in self.history[start:n]:
-            total += counter.count_message(message) if counter is not None else \
-                TokenCounter.TOKENS_PER_MESSAGE + estimate_tokens(message.content)
+            total += (
+                counter.count_message(message)
+                if counter is not None
+                else TokenCounter.TOKENS_PER_MESSAGE + estimate_tokens(message.content)
+            )
         self._running = (key, n, total, self.history[n - 1])
         return total
 
@@ -81,7 +84,8 @@ class PromptTooLarge(Exception):
         about = "about " if estimated else ""
         super().__init__(
             f"your message is {about}{tokens:,} tokens but the model has room for {budget:,} "
-            f"(context window less --max-tokens and a margin): shorten it, or raise --context-tokens")
+            f"(context window less --max-tokens and a margin): shorten it, or raise --context-tokens"
+        )
 
 
 @dataclass
@@ -115,8 +119,7 @@ def system_with_summary(system: str, summary: str | None) -> str:
     return f"{system}\n\nSummary of the earlier conversation (older turns are not shown):\n{summary}"
 
 
-def build_request(conversation: Conversation, max_messages: int, budget: int,
-                  counter: TokenCounter | None) -> Request:
+def build_request(conversation: Conversation, max_messages: int, budget: int, counter: TokenCounter | None) -> Request:
     """Choose the newest whole exchanges that fit both the message limit and the token budget.
 
     The system prompt always goes first; the kept window starts with a user turn and
@@ -174,7 +177,14 @@ def build_request(conversation: Conversation, max_messages: int, budget: int,
     dropped_tokens = 0
     if dropped:
         count_with = counter if exact else None
-        dropped_tokens = conversation.tokens_before(not_sent, count_with) - \
-            conversation.tokens_before(covered, count_with)
-    return Request(system=system, turns=turns, dropped=dropped, dropped_tokens=dropped_tokens,
-                   tokens=used if exact else None, estimated=not exact or counter is None or counter.estimated)
+        dropped_tokens = conversation.tokens_before(not_sent, count_with) - conversation.tokens_before(
+            covered, count_with
+        )
+    return Request(
+        system=system,
+        turns=turns,
+        dropped=dropped,
+        dropped_tokens=dropped_tokens,
+        tokens=used if exact else None,
+        estimated=not exact or counter is None or counter.estimated,
+    )

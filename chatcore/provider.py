@@ -16,8 +16,15 @@ from .streams import parse_body, parse_stream
 class Failure(Exception):
     """A provider or network failure, already turned into one readable line."""
 
-    def __init__(self, message: str, kind: str = "error", status: int | None = None,
-                 retryable: bool = False, code: str | None = None, param: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        kind: str = "error",
+        status: int | None = None,
+        retryable: bool = False,
+        code: str | None = None,
+        param: str | None = None,
+    ):
         super().__init__(message)
         self.kind, self.status, self.retryable, self.code, self.param = kind, status, retryable, code, param
         self.latency = 0.0  # how long the failed attempt took, for the log
@@ -25,7 +32,9 @@ class Failure(Exception):
 
 CONTEXT_PATTERNS = re.compile(
     r"context_length_exceeded|maximum context length|context length|context window|"
-    r"too many tokens|prompt is too long|exceeds the (?:model'?s? )?(?:context|maximum)", re.I)
+    r"too many tokens|prompt is too long|exceeds the (?:model'?s? )?(?:context|maximum)",
+    re.I,
+)
 MAX_CONTEXT_NUMBER = re.compile(r"maximum context length is (\d+)", re.I)
 
 
@@ -62,9 +71,17 @@ def rejected_parameter(code: str | None, message: str, param: str | None) -> str
     """Which optional parameter a 400/422 rejects, if the error says so."""
     text = f"{param or ''} {message or ''}".lower()
     for name in OPTIONAL_PARAMETERS:
-        if name in text and ("unsupported" in text or "not support" in text or "unknown" in text or
-                             "not allowed" in text or "extra" in text or "invalid" in text or
-                             "unrecognized" in text or "not permitted" in text or param == name):
+        if name in text and (
+            "unsupported" in text
+            or "not support" in text
+            or "unknown" in text
+            or "not allowed" in text
+            or "extra" in text
+            or "invalid" in text
+            or "unrecognized" in text
+            or "not permitted" in text
+            or param == name
+        ):
             return name
     return None
 
@@ -85,15 +102,18 @@ def watch_retries(logging: Any) -> None:
             if message.startswith("Encountered an HTTP status error"):
                 status = record.args[0]
                 _retrying.reason = {429: "rate limited", 408: "request timeout", 409: "conflict"}.get(
-                    status, f"server error {status}")
+                    status, f"server error {status}"
+                )
             elif message.startswith("Encountered a timeout"):
                 _retrying.reason = "timed out"
             elif message.startswith("Encountered exception"):
                 _retrying.reason = "connection failed"
             elif message.startswith("Retrying request in"):
                 delay, attempt, total = record.args
-                notify(f"retrying in {delay:.1f}s ({getattr(_retrying, 'reason', '') or 'failed'}, "
-                       f"retry {attempt} of {total})")
+                notify(
+                    f"retrying in {delay:.1f}s ({getattr(_retrying, 'reason', '') or 'failed'}, "
+                    f"retry {attempt} of {total})"
+                )
 
     logger = logging.getLogger("openai._base_client")
     if not any(type(h).__name__ == "RetryNotice" for h in logger.handlers):
@@ -150,8 +170,12 @@ class Provider:
                 "store": False,  # the conversation is ours; the provider need not keep it
             }
         else:
-            params = {"model": model, "messages": request.messages(), "stream": stream,
-                      "max_tokens": settings.max_tokens}
+            params = {
+                "model": model,
+                "messages": request.messages(),
+                "stream": stream,
+                "max_tokens": settings.max_tokens,
+            }
             if stream:
                 params["stream_options"] = {"include_usage": True}
         params["temperature"] = settings.temperature
@@ -206,32 +230,43 @@ def describe_status_error(exc: Any, settings: Settings, model: str) -> Failure:
     suffix = f": {detail}" if detail else ""
     retries = f" after {settings.retries} retries" if settings.retries else ""
     if status == 401:
-        return Failure(f"the provider rejected the API key (401): check OPENAI_API_KEY in .env or the environment"
-                       f"{suffix}", "auth", status)
+        return Failure(
+            f"the provider rejected the API key (401): check OPENAI_API_KEY in .env or the environment{suffix}",
+            "auth",
+            status,
+        )
     if status == 402:
         return Failure(f"payment required (402): the account may be out of credits{suffix}", "payment", status)
     if status == 403:
         return Failure(f"access denied (403){suffix}", "forbidden", status)
     if status in (404, 405):
         if settings.api == "responses" and (status == 405 or "model" not in message.lower()):
-            return Failure(f"this server has no Responses API endpoint ({status}): try --api chat",
-                           "no_endpoint", status)
+            return Failure(
+                f"this server has no Responses API endpoint ({status}): try --api chat", "no_endpoint", status
+            )
         if "model" in message.lower() or code == "model_not_found":
             return Failure(f"unknown model {model!r} ({status}){suffix}", "unknown_model", status, retryable=True)
-        return Failure(f"not found ({status}) at {settings.base_url}: check OPENAI_BASE_URL{suffix}",
-                       "not_found", status)
+        return Failure(
+            f"not found ({status}) at {settings.base_url}: check OPENAI_BASE_URL{suffix}", "not_found", status
+        )
     if status == 429:
-        return Failure(f"rate limited (429){retries}: wait a moment and try again{suffix}", "rate_limit", status,
-                       retryable=True)
+        return Failure(
+            f"rate limited (429){retries}: wait a moment and try again{suffix}", "rate_limit", status, retryable=True
+        )
     if status in (408, 409) or (status or 0) >= 500:
         return Failure(f"the provider failed ({status}){retries}{suffix}", "server", status, retryable=True)
     if is_context_error(code, message):
-        return Failure(f"the conversation is too long for the model's context window{suffix}: "
-                       f"use /clear or lower --max-messages", "context_length", status, code=code)
+        return Failure(
+            f"the conversation is too long for the model's context window{suffix}: use /clear or lower --max-messages",
+            "context_length",
+            status,
+            code=code,
+        )
     if "alternate" in message.lower():
         return Failure(f"the server rejected the message order ({status}){suffix}", "roles", status)
-    return Failure(f"the provider rejected the request ({status}){suffix}", "bad_request", status, code=code,
-                   param=param)
+    return Failure(
+        f"the provider rejected the request ({status}){suffix}", "bad_request", status, code=code, param=param
+    )
 
 
 def describe_exception(exc: BaseException, settings: Settings, model: str) -> Failure:
@@ -243,14 +278,19 @@ def describe_exception(exc: BaseException, settings: Settings, model: str) -> Fa
     if isinstance(exc, openai.APIStatusError):
         return describe_status_error(exc, settings, model)
     if isinstance(exc, openai.APITimeoutError):
-        return Failure(f"timed out waiting for {settings.host} (--timeout {settings.timeout:g}s)", "timeout",
-                       retryable=True)
+        return Failure(
+            f"timed out waiting for {settings.host} (--timeout {settings.timeout:g}s)", "timeout", retryable=True
+        )
     if isinstance(exc, openai.APIConnectionError):
         cause = exc.__cause__ or exc.__context__
         reason = one_line(str(cause)) if cause else "connection failed"
         if "refused" in reason.lower():
             reason = "connection refused"
-        return Failure(f"cannot reach {settings.host}: {reason} (check OPENAI_BASE_URL and the network)",
-                       "connection", retryable=True)
-    return Failure(f"unexpected error: {one_line(redact(str(exc) or type(exc).__name__, settings.api_key))}",
-                   "unexpected")
+        return Failure(
+            f"cannot reach {settings.host}: {reason} (check OPENAI_BASE_URL and the network)",
+            "connection",
+            retryable=True,
+        )
+    return Failure(
+        f"unexpected error: {one_line(redact(str(exc) or type(exc).__name__, settings.api_key))}", "unexpected"
+    )

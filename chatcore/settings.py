@@ -12,6 +12,7 @@ from typing import Any
 
 # Precedence: flag > environment > .env file > default.
 
+
 class ConfigError(Exception):
     """A setting is missing or malformed; the message names it and what is allowed."""
 
@@ -32,8 +33,10 @@ def _number(kind: type, low: float | None = None, high: float | None = None) -> 
         except ValueError:
             number = None
         if number is None:
-            raise ValueError(f"expected {'an integer' if kind is int else 'a number'}"
-                             + (f" from {low} to {high}" if high is not None else f" >= {low}" if low is not None else ""))
+            raise ValueError(
+                f"expected {'an integer' if kind is int else 'a number'}"
+                + (f" from {low} to {high}" if high is not None else f" >= {low}" if low is not None else "")
+            )
         if number != number or (low is not None and number < low) or (high is not None and number > high):
             if high is None:
                 raise ValueError(f"expected a number >= {low}")
@@ -77,69 +80,182 @@ class Setting:
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer clearly and concisely."
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("api_key", "OPENAI_API_KEY", (), None, _text,
-            "API key (never a flag: it would land in shell history); not needed for a local server",
-            "your_api_key_here"),
-    Setting("base_url", "OPENAI_BASE_URL", ("--base-url",), "https://openrouter.ai/api/v1", _url,
-            "provider base URL", "https://openrouter.ai/api/v1"),
-    Setting("model", "OPENAI_MODEL", ("-m", "--model"), "openai/gpt-5-nano", _text,
-            "model name", "openai/gpt-5-nano"),
-    Setting("system", "OPENAI_SYSTEM_PROMPT", ("-s", "--system"), DEFAULT_SYSTEM_PROMPT, _text,
-            "system prompt"),
-    Setting("temperature", "OPENAI_TEMPERATURE", ("-t", "--temperature"), 0.4, _number(float, 0, 2),
-            "sampling temperature, 0 to 2", "0.4"),
-    Setting("max_tokens", "OPENAI_MAX_OUTPUT_TOKENS", ("--max-tokens",), 1000, _number(int, 1),
-            "output token limit per reply", "1000"),
-    Setting("max_messages", "OPENAI_MAX_HISTORY_MESSAGES", ("--max-messages",), 20, _number(int, 1),
-            "most history messages sent per request", "20"),
-    Setting("context_tokens", "OPENAI_CONTEXT_TOKENS", ("--context-tokens",), None, _number(int, 256),
-            "model context window in tokens (default: model table, else 8192)"),
-    Setting("price_in", "INPUT_PRICE_PER_MILLION", ("--price-in",), None, _number(float, 0),
-            "USD per million input tokens (default: genai-prices table)"),
-    Setting("price_out", "OUTPUT_PRICE_PER_MILLION", ("--price-out",), None, _number(float, 0),
-            "USD per million output tokens (default: genai-prices table)"),
-    Setting("app_url", "APP_URL", (), None, _text,
-            "with APP_NAME: sent as HTTP-Referer (OpenRouter attribution)", "http://localhost:3000"),
-    Setting("app_name", "APP_NAME", (), None, _text,
-            "with APP_URL: sent as X-Title", "chatbot"),
-    Setting("api", "OPENAI_API", ("--api",), "chat", _choice("chat", "responses"),
-            "which API to speak: chat or responses"),
-    Setting("timeout", "OPENAI_TIMEOUT", ("--timeout",), 60.0, _number(float, 0.1),
-            "network timeout in seconds (connect, and silence between reads)"),
-    Setting("first_token_timeout", "CHATBOT_FIRST_TOKEN_TIMEOUT", ("--first-token-timeout",), 120.0,
-            _number(float, 0.1), "seconds to wait for the first token, keep-alives included"),
-    Setting("total_timeout", "CHATBOT_TOTAL_TIMEOUT", ("--total-timeout",), 600.0, _number(float, 0.1),
-            "wall-clock limit in seconds for one reply"),
-    Setting("retries", "OPENAI_MAX_RETRIES", ("--retries",), 2, _number(int, 0, 10),
-            "retries for rate limits, server errors and timeouts"),
-    Setting("fallback_model", "OPENAI_FALLBACK_MODEL", ("--fallback-model",), None, _text,
-            "model to try once when the main one fails or is unknown"),
-    Setting("db", "CHATBOT_DB", ("--db",), None, _text,
-            "sessions database path (default: user data directory)"),
-    Setting("no_save", "CHATBOT_NO_SAVE", ("--no-save",), False, _parse_bool,
-            "do not save REPL conversations"),
-    Setting("summarize", "CHATBOT_SUMMARIZE", ("--summarize",), False, _parse_bool,
-            "summarise turns dropped by trimming and send the summary"),
-    Setting("show_usage", "CHATBOT_SHOW_USAGE", ("--show-usage",), False, _parse_bool,
-            "print a usage and cost line after each reply"),
-    Setting("show_reasoning", "CHATBOT_SHOW_REASONING", ("--show-reasoning",), False, _parse_bool,
-            "show reasoning text in full instead of a one-line indicator"),
-    Setting("raw", "CHATBOT_RAW", ("--raw", "--no-markdown"), False, _parse_bool,
-            "print replies as plain text, not rendered Markdown"),
+    Setting(
+        "api_key",
+        "OPENAI_API_KEY",
+        (),
+        None,
+        _text,
+        "API key (never a flag: it would land in shell history); not needed for a local server",
+        "your_api_key_here",
+    ),
+    Setting(
+        "base_url",
+        "OPENAI_BASE_URL",
+        ("--base-url",),
+        "https://openrouter.ai/api/v1",
+        _url,
+        "provider base URL",
+        "https://openrouter.ai/api/v1",
+    ),
+    Setting("model", "OPENAI_MODEL", ("-m", "--model"), "openai/gpt-5-nano", _text, "model name", "openai/gpt-5-nano"),
+    Setting("system", "OPENAI_SYSTEM_PROMPT", ("-s", "--system"), DEFAULT_SYSTEM_PROMPT, _text, "system prompt"),
+    Setting(
+        "temperature",
+        "OPENAI_TEMPERATURE",
+        ("-t", "--temperature"),
+        0.4,
+        _number(float, 0, 2),
+        "sampling temperature, 0 to 2",
+        "0.4",
+    ),
+    Setting(
+        "max_tokens",
+        "OPENAI_MAX_OUTPUT_TOKENS",
+        ("--max-tokens",),
+        1000,
+        _number(int, 1),
+        "output token limit per reply",
+        "1000",
+    ),
+    Setting(
+        "max_messages",
+        "OPENAI_MAX_HISTORY_MESSAGES",
+        ("--max-messages",),
+        20,
+        _number(int, 1),
+        "most history messages sent per request",
+        "20",
+    ),
+    Setting(
+        "context_tokens",
+        "OPENAI_CONTEXT_TOKENS",
+        ("--context-tokens",),
+        None,
+        _number(int, 256),
+        "model context window in tokens (default: model table, else 8192)",
+    ),
+    Setting(
+        "price_in",
+        "INPUT_PRICE_PER_MILLION",
+        ("--price-in",),
+        None,
+        _number(float, 0),
+        "USD per million input tokens (default: genai-prices table)",
+    ),
+    Setting(
+        "price_out",
+        "OUTPUT_PRICE_PER_MILLION",
+        ("--price-out",),
+        None,
+        _number(float, 0),
+        "USD per million output tokens (default: genai-prices table)",
+    ),
+    Setting(
+        "app_url",
+        "APP_URL",
+        (),
+        None,
+        _text,
+        "with APP_NAME: sent as HTTP-Referer (OpenRouter attribution)",
+        "http://localhost:3000",
+    ),
+    Setting("app_name", "APP_NAME", (), None, _text, "with APP_URL: sent as X-Title", "chatbot"),
+    Setting(
+        "api", "OPENAI_API", ("--api",), "chat", _choice("chat", "responses"), "which API to speak: chat or responses"
+    ),
+    Setting(
+        "timeout",
+        "OPENAI_TIMEOUT",
+        ("--timeout",),
+        60.0,
+        _number(float, 0.1),
+        "network timeout in seconds (connect, and silence between reads)",
+    ),
+    Setting(
+        "first_token_timeout",
+        "CHATBOT_FIRST_TOKEN_TIMEOUT",
+        ("--first-token-timeout",),
+        120.0,
+        _number(float, 0.1),
+        "seconds to wait for the first token, keep-alives included",
+    ),
+    Setting(
+        "total_timeout",
+        "CHATBOT_TOTAL_TIMEOUT",
+        ("--total-timeout",),
+        600.0,
+        _number(float, 0.1),
+        "wall-clock limit in seconds for one reply",
+    ),
+    Setting(
+        "retries",
+        "OPENAI_MAX_RETRIES",
+        ("--retries",),
+        2,
+        _number(int, 0, 10),
+        "retries for rate limits, server errors and timeouts",
+    ),
+    Setting(
+        "fallback_model",
+        "OPENAI_FALLBACK_MODEL",
+        ("--fallback-model",),
+        None,
+        _text,
+        "model to try once when the main one fails or is unknown",
+    ),
+    Setting("db", "CHATBOT_DB", ("--db",), None, _text, "sessions database path (default: user data directory)"),
+    Setting("no_save", "CHATBOT_NO_SAVE", ("--no-save",), False, _parse_bool, "do not save REPL conversations"),
+    Setting(
+        "summarize",
+        "CHATBOT_SUMMARIZE",
+        ("--summarize",),
+        False,
+        _parse_bool,
+        "summarise turns dropped by trimming and send the summary",
+    ),
+    Setting(
+        "show_usage",
+        "CHATBOT_SHOW_USAGE",
+        ("--show-usage",),
+        False,
+        _parse_bool,
+        "print a usage and cost line after each reply",
+    ),
+    Setting(
+        "show_reasoning",
+        "CHATBOT_SHOW_REASONING",
+        ("--show-reasoning",),
+        False,
+        _parse_bool,
+        "show reasoning text in full instead of a one-line indicator",
+    ),
+    Setting(
+        "raw",
+        "CHATBOT_RAW",
+        ("--raw", "--no-markdown"),
+        False,
+        _parse_bool,
+        "print replies as plain text, not rendered Markdown",
+    ),
 )
 BOOL_SETTINGS = {s.name for s in SETTINGS if s.parse is _parse_bool}
 
+
 def env_example() -> str:
     """The text of `.env.example`, generated from the settings table (a test keeps the file in step)."""
-    lines = ["# chatbot configuration. Copy to .env and fill in what you need; every line is optional",
-             "# except OPENAI_API_KEY for a remote provider. Flags override these; the environment overrides .env.",
-             ""]
+    lines = [
+        "# chatbot configuration. Copy to .env and fill in what you need; every line is optional",
+        "# except OPENAI_API_KEY for a remote provider. Flags override these; the environment overrides .env.",
+        "",
+    ]
     for setting in SETTINGS:
         if not setting.env:
             continue
         flags = f" (flag: {', '.join(setting.flags)})" if setting.flags else ""
-        default = "" if setting.default in (None, "", False) or setting.name == "system" else \
-            f" Default: {setting.default}."
+        default = (
+            "" if setting.default in (None, "", False) or setting.name == "system" else f" Default: {setting.default}."
+        )
         lines.append(f"# {setting.help[0].upper()}{setting.help[1:]}{flags}.{default}")
         value = setting.example
         lines.append(f"{setting.env}={value}" if value else f"# {setting.env}=")
@@ -204,8 +320,7 @@ def is_local_url(url: str) -> bool:
     return host in ("localhost", "[::1]", "0.0.0.0") or host.startswith("127.")
 
 
-def resolve_settings(flags: dict[str, str | None], environ: dict[str, str],
-                     dotenv: dict[str, str | None]) -> Settings:
+def resolve_settings(flags: dict[str, str | None], environ: dict[str, str], dotenv: dict[str, str | None]) -> Settings:
     """Apply the precedence rules and validate every value. Pure: no I/O."""
     settings = Settings()
     for setting in SETTINGS:
@@ -229,7 +344,8 @@ def check_credentials(settings: Settings) -> None:
     if not settings.api_key and not is_local_url(settings.base_url):
         raise ConfigError(
             "OPENAI_API_KEY is not set: put it in .env (see .env.example) or the environment, "
-            "or point OPENAI_BASE_URL at a local server")
+            "or point OPENAI_BASE_URL at a local server"
+        )
 
 
 def probe_local_servers(ports: Iterable[int], timeout: float = 0.4) -> tuple[str, list[str]] | None:

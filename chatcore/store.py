@@ -96,14 +96,17 @@ class SessionStore:
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 self.db.close()
-                raise StoreError(f"the sessions database {path} was written by a newer chatbot (schema "
-                                 f"{version}, this one knows {SCHEMA_VERSION}): upgrade chatbot or use --db")
+                raise StoreError(
+                    f"the sessions database {path} was written by a newer chatbot (schema "
+                    f"{version}, this one knows {SCHEMA_VERSION}): upgrade chatbot or use --db"
+                )
             self.db.execute("PRAGMA journal_mode = WAL")
             self.db.execute("PRAGMA foreign_keys = ON")
             self._migrate(version)
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"the sessions database {path} is unreadable ({exc}): it was left untouched; "
-                             f"use --db for another file") from None
+            raise StoreError(
+                f"the sessions database {path} is unreadable ({exc}): it was left untouched; use --db for another file"
+            ) from None
         except OSError as exc:
             raise StoreError(f"cannot open the sessions database {path}: {exc.strerror or exc}") from None
 
@@ -135,8 +138,10 @@ class SessionStore:
 
     @locked
     def find(self, name: str) -> tuple | None:
-        return self.db.execute("SELECT id, name, model, host, system, summary, summary_covers, owner_pid "
-                               "FROM sessions WHERE name = ?", (name,)).fetchone()
+        return self.db.execute(
+            "SELECT id, name, model, host, system, summary, summary_covers, owner_pid FROM sessions WHERE name = ?",
+            (name,),
+        ).fetchone()
 
     @locked
     def latest(self) -> str | None:
@@ -153,13 +158,17 @@ class SessionStore:
             if row is None:
                 cursor = self.db.execute(
                     "INSERT INTO sessions (name, model, host, system, created, updated, owner_pid) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)", (name, model, host, system, now, now, self.pid))
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (name, model, host, system, now, now, self.pid),
+                )
                 session_id, existed = int(cursor.lastrowid or 0), False
             else:
                 owner = row[7]
                 if owner and owner != self.pid and pid_alive(owner):
-                    raise StoreError(f"session {name!r} is in use by another chatbot (pid {owner}): "
-                                     f"finish there first, or pick another --session")
+                    raise StoreError(
+                        f"session {name!r} is in use by another chatbot (pid {owner}): "
+                        f"finish there first, or pick another --session"
+                    )
                 self.db.execute("UPDATE sessions SET owner_pid = ? WHERE id = ?", (self.pid, row[0]))
                 session_id, existed = row[0], True
             self.db.execute("COMMIT")
@@ -171,30 +180,39 @@ class SessionStore:
     @locked
     def drop_if_empty(self, session_id: int) -> None:
         """Forget a session that never got a message, so /sessions lists only real conversations."""
-        self.db.execute("DELETE FROM sessions WHERE id = ? AND owner_pid = ? AND NOT EXISTS "
-                        "(SELECT 1 FROM messages WHERE session_id = ?)", (session_id, self.pid, session_id))
+        self.db.execute(
+            "DELETE FROM sessions WHERE id = ? AND owner_pid = ? AND NOT EXISTS "
+            "(SELECT 1 FROM messages WHERE session_id = ?)",
+            (session_id, self.pid, session_id),
+        )
 
     @locked
     def release(self, session_id: int) -> None:
-        self.db.execute("UPDATE sessions SET owner_pid = NULL WHERE id = ? AND owner_pid = ?",
-                        (session_id, self.pid))
+        self.db.execute("UPDATE sessions SET owner_pid = NULL WHERE id = ? AND owner_pid = ?", (session_id, self.pid))
 
     @locked
     def load(self, session_id: int) -> tuple[Conversation, list[TurnStats], str]:
-        row = self.db.execute("SELECT system, summary, summary_covers, model FROM sessions WHERE id = ?",
-                              (session_id,)).fetchone()
+        row = self.db.execute(
+            "SELECT system, summary, summary_covers, model FROM sessions WHERE id = ?", (session_id,)
+        ).fetchone()
         conversation = Conversation(row[0] or DEFAULT_SYSTEM_PROMPT, summary=row[1], summary_covers=row[2] or 0)
         history = conversation.history
         for row_id, role, content, tokens, token_key, created, flags in self.db.execute(
-                "SELECT id, role, content, tokens, token_key, created, flags FROM messages "
-                "WHERE session_id = ? ORDER BY id", (session_id,)):
-            history.append(Message(role, content, flags, (token_key, tokens) if token_key else None,
-                                   created, row_id))
-        turns = [TurnStats(model, Usage(i or 0, o or 0, c or 0, r or 0, None, bool(e)), cost, ttft, latency or 0.0,
-                           sent or 0)
-                 for model, i, o, c, r, e, cost, ttft, latency, sent in self.db.execute(
-                     "SELECT model, input_tokens, output_tokens, cached_tokens, reasoning_tokens, estimated, cost, "
-                     "ttft, latency, sent_messages FROM turns WHERE session_id = ? ORDER BY id", (session_id,))]
+            "SELECT id, role, content, tokens, token_key, created, flags FROM messages "
+            "WHERE session_id = ? ORDER BY id",
+            (session_id,),
+        ):
+            history.append(Message(role, content, flags, (token_key, tokens) if token_key else None, created, row_id))
+        turns = [
+            TurnStats(
+                model, Usage(i or 0, o or 0, c or 0, r or 0, None, bool(e)), cost, ttft, latency or 0.0, sent or 0
+            )
+            for model, i, o, c, r, e, cost, ttft, latency, sent in self.db.execute(
+                "SELECT model, input_tokens, output_tokens, cached_tokens, reasoning_tokens, estimated, cost, "
+                "ttft, latency, sent_messages FROM turns WHERE session_id = ? ORDER BY id",
+                (session_id,),
+            )
+        ]
         return conversation, turns, row[3]
 
     @locked
@@ -203,14 +221,17 @@ class SessionStore:
         cursor = self.db.execute(
             "INSERT INTO messages (session_id, role, content, tokens, token_key, created, flags) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (session_id, message.role, message.content, tokens, key, message.created, message.flags))
+            (session_id, message.role, message.content, tokens, key, message.created, message.flags),
+        )
         message.row_id = cursor.lastrowid
         self.db.execute("UPDATE sessions SET updated = ? WHERE id = ?", (time.time(), session_id))
 
     @locked
     def update_message(self, message: Message) -> None:
-        self.db.execute("UPDATE messages SET content = ?, flags = ?, tokens = NULL WHERE id = ?",
-                        (message.content, message.flags, message.row_id))
+        self.db.execute(
+            "UPDATE messages SET content = ?, flags = ?, tokens = NULL WHERE id = ?",
+            (message.content, message.flags, message.row_id),
+        )
 
     @locked
     def delete_messages(self, row_ids: list[int]) -> None:
@@ -230,9 +251,22 @@ class SessionStore:
             "INSERT INTO turns (session_id, model, input_tokens, output_tokens, cached_tokens, reasoning_tokens, "
             "cost, estimated, ttft, latency, finish_reason, sent_messages, created) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (session_id, stats.model, usage.input_tokens, usage.output_tokens, usage.cached_tokens,
-             usage.reasoning_tokens, stats.cost, int(usage.estimated), stats.ttft, stats.latency, finish_reason,
-             stats.sent_messages, time.time()))
+            (
+                session_id,
+                stats.model,
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.cached_tokens,
+                usage.reasoning_tokens,
+                stats.cost,
+                int(usage.estimated),
+                stats.ttft,
+                stats.latency,
+                finish_reason,
+                stats.sent_messages,
+                time.time(),
+            ),
+        )
 
     @locked
     def set_meta(self, session_id: int, **values: Any) -> None:
@@ -242,8 +276,9 @@ class SessionStore:
 
     @locked
     def save_summary(self, session_id: int, summary: str, covers: int) -> None:
-        self.db.execute("UPDATE sessions SET summary = ?, summary_covers = ? WHERE id = ?",
-                        (summary, covers, session_id))
+        self.db.execute(
+            "UPDATE sessions SET summary = ?, summary_covers = ? WHERE id = ?", (summary, covers, session_id)
+        )
 
     @locked
     def rename(self, session_id: int, name: str) -> None:
@@ -269,7 +304,8 @@ class SessionStore:
             "SELECT s.name, s.model, "
             "(SELECT COUNT(*) FROM messages m WHERE m.session_id = s.id AND m.role = 'user'), s.updated, "
             "(SELECT SUM(cost) FROM turns t WHERE t.session_id = s.id) "
-            "FROM sessions s ORDER BY s.updated DESC, s.id DESC").fetchall()
+            "FROM sessions s ORDER BY s.updated DESC, s.id DESC"
+        ).fetchall()
 
     @locked
     def export(self, name: str) -> dict[str, Any]:
@@ -289,14 +325,37 @@ class SessionStore:
         session_id, _ = self.open(name, data.get("model") or "", data.get("host") or "", data.get("system") or "")
         self.db.execute("BEGIN IMMEDIATE")
         for m in data.get("messages", []):
-            self.add_message(session_id, Message(m["role"], m["content"], m.get("flags") or "",
-                                                 (m["token_key"], m["tokens"]) if m.get("token_key") else None,
-                                                 m.get("created") or time.time()))
+            self.add_message(
+                session_id,
+                Message(
+                    m["role"],
+                    m["content"],
+                    m.get("flags") or "",
+                    (m["token_key"], m["tokens"]) if m.get("token_key") else None,
+                    m.get("created") or time.time(),
+                ),
+            )
         for t in data.get("turns", []):
-            usage = Usage(t["input_tokens"], t["output_tokens"], t.get("cached_tokens", 0),
-                          t.get("reasoning_tokens", 0), None, t.get("estimated", False))
-            self.add_usage(session_id, TurnStats(t["model"], usage, t.get("cost_usd"), t.get("ttft"),
-                                                 t.get("latency") or 0.0, t.get("sent_messages") or 0), None)
+            usage = Usage(
+                t["input_tokens"],
+                t["output_tokens"],
+                t.get("cached_tokens", 0),
+                t.get("reasoning_tokens", 0),
+                None,
+                t.get("estimated", False),
+            )
+            self.add_usage(
+                session_id,
+                TurnStats(
+                    t["model"],
+                    usage,
+                    t.get("cost_usd"),
+                    t.get("ttft"),
+                    t.get("latency") or 0.0,
+                    t.get("sent_messages") or 0,
+                ),
+                None,
+            )
         if data.get("summary"):
             self.save_summary(session_id, data["summary"], data.get("summary_covers") or 0)
         self.db.execute("COMMIT")
@@ -304,27 +363,55 @@ class SessionStore:
         return name
 
 
-def export_data(name: str, model: str, host: str, conversation: Conversation,
-                turns: list[TurnStats]) -> dict[str, Any]:
+def export_data(name: str, model: str, host: str, conversation: Conversation, turns: list[TurnStats]) -> dict[str, Any]:
     """A conversation as the JSON that /save and --export write and --import reads."""
     return {
-        "format": "chatbot-session", "version": 1, "name": name, "model": model, "host": host,
-        "system": conversation.system, "summary": conversation.summary,
+        "format": "chatbot-session",
+        "version": 1,
+        "name": name,
+        "model": model,
+        "host": host,
+        "system": conversation.system,
+        "summary": conversation.summary,
         "summary_covers": conversation.summary_covers,
-        "messages": [{"role": m.role, "content": m.content, "created": m.created, "flags": m.flags,
-                      "tokens": m.tokens[1] if m.tokens else None,
-                      "token_key": m.tokens[0] if m.tokens else None} for m in conversation.history],
-        "turns": [{"model": t.model, "input_tokens": t.usage.input_tokens,
-                   "output_tokens": t.usage.output_tokens, "cached_tokens": t.usage.cached_tokens,
-                   "reasoning_tokens": t.usage.reasoning_tokens, "estimated": t.usage.estimated,
-                   "cost_usd": t.cost, "ttft": t.ttft, "latency": t.latency,
-                   "sent_messages": t.sent_messages} for t in turns],
+        "messages": [
+            {
+                "role": m.role,
+                "content": m.content,
+                "created": m.created,
+                "flags": m.flags,
+                "tokens": m.tokens[1] if m.tokens else None,
+                "token_key": m.tokens[0] if m.tokens else None,
+            }
+            for m in conversation.history
+        ],
+        "turns": [
+            {
+                "model": t.model,
+                "input_tokens": t.usage.input_tokens,
+                "output_tokens": t.usage.output_tokens,
+                "cached_tokens": t.usage.cached_tokens,
+                "reasoning_tokens": t.usage.reasoning_tokens,
+                "estimated": t.usage.estimated,
+                "cost_usd": t.cost,
+                "ttft": t.ttft,
+                "latency": t.latency,
+                "sent_messages": t.sent_messages,
+            }
+            for t in turns
+        ],
     }
 
 
 def export_markdown(data: dict[str, Any]) -> str:
-    lines = [f"# {data['name']}", "", f"Model: {data['model']} · provider: {data['host']}", "",
-             f"**System:** {data['system']}", ""]
+    lines = [
+        f"# {data['name']}",
+        "",
+        f"Model: {data['model']} · provider: {data['host']}",
+        "",
+        f"**System:** {data['system']}",
+        "",
+    ]
     for message in data["messages"]:
         mark = f" *({message['flags']})*" if message["flags"] else ""
         lines += [f"## {message['role'].capitalize()}{mark}", "", message["content"], ""]

@@ -25,8 +25,9 @@ def chat_events(data: str) -> Iterator[tuple]:
         delta = choice.get("delta") or choice.get("message") or {}
         reasoning = delta.get("reasoning_content") or delta.get("reasoning")
         if not reasoning and delta.get("reasoning_details"):
-            reasoning = "".join(d.get("text") or d.get("summary") or "" for d in delta["reasoning_details"]
-                                if isinstance(d, dict))
+            reasoning = "".join(
+                d.get("text") or d.get("summary") or "" for d in delta["reasoning_details"] if isinstance(d, dict)
+            )
         if reasoning and isinstance(reasoning, str):
             yield (REASONING, reasoning)
         content = delta.get("content")

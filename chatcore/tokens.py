@@ -38,6 +38,7 @@ def load_encoding(name: str, wait: float = ENCODING_LOAD_SECONDS) -> Any:
             return _encodings[name]
         thread = _encoding_threads.get(name)
         if thread is None:
+
             def load() -> None:
                 try:
                     import tiktoken

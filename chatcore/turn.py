@@ -44,8 +44,7 @@ class TurnResult:
 
     @property
     def truncated(self) -> bool:
-        return self.cut_short or self.interrupted or self.finish_reason is None or \
-            self.finish_reason in FINISH_NOTES
+        return self.cut_short or self.interrupted or self.finish_reason is None or self.finish_reason in FINISH_NOTES
 
     @property
     def flags(self) -> str:
@@ -102,8 +101,14 @@ class Cancel:
             self._response = None
 
 
-def stream_turn(provider: Provider, request: Request, model: str, on_event: Callable[[str, str], None],
-                stream: bool = True, cancel: Cancel | None = None) -> TurnResult:
+def stream_turn(
+    provider: Provider,
+    request: Request,
+    model: str,
+    on_event: Callable[[str, str], None],
+    stream: bool = True,
+    cancel: Cancel | None = None,
+) -> TurnResult:
     """Send one request and consume its events. Raises Failure only before any text arrived.
 
     Ctrl-C (KeyboardInterrupt in this thread) or `cancel` set from another thread ends the turn
@@ -146,8 +151,11 @@ def stream_turn(provider: Provider, request: Request, model: str, on_event: Call
                     result.finish_reason = event[1]
                 elif kind is ERROR:
                     code, message = event[1], event[2]
-                    failure = Failure(f"the provider reported an error mid-reply: "
-                                      f"{one_line(redact(message, settings.api_key))}", "stream_error", code=code)
+                    failure = Failure(
+                        f"the provider reported an error mid-reply: {one_line(redact(message, settings.api_key))}",
+                        "stream_error",
+                        code=code,
+                    )
                     if is_context_error(code, message):
                         failure.kind = "context_length"
                     elif code in ("not_a_stream", "malformed"):

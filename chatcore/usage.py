@@ -31,18 +31,26 @@ def usage_from_chat(raw: dict[str, Any]) -> Usage:
     details = raw.get("prompt_tokens_details") or {}
     out_details = raw.get("completion_tokens_details") or {}
     cost = raw.get("cost")
-    return Usage(_int(raw.get("prompt_tokens")), _int(raw.get("completion_tokens")),
-                 _int(details.get("cached_tokens")), _int(out_details.get("reasoning_tokens")),
-                 float(cost) if isinstance(cost, (int, float)) else None)
+    return Usage(
+        _int(raw.get("prompt_tokens")),
+        _int(raw.get("completion_tokens")),
+        _int(details.get("cached_tokens")),
+        _int(out_details.get("reasoning_tokens")),
+        float(cost) if isinstance(cost, (int, float)) else None,
+    )
 
 
 def usage_from_responses(raw: dict[str, Any]) -> Usage:
     details = raw.get("input_tokens_details") or {}
     out_details = raw.get("output_tokens_details") or {}
     cost = raw.get("cost")
-    return Usage(_int(raw.get("input_tokens")), _int(raw.get("output_tokens")),
-                 _int(details.get("cached_tokens")), _int(out_details.get("reasoning_tokens")),
-                 float(cost) if isinstance(cost, (int, float)) else None)
+    return Usage(
+        _int(raw.get("input_tokens")),
+        _int(raw.get("output_tokens")),
+        _int(details.get("cached_tokens")),
+        _int(out_details.get("reasoning_tokens")),
+        float(cost) if isinstance(cost, (int, float)) else None,
+    )
 
 
 def estimate_cost(input_tokens: int, output_tokens: int, input_price: float, output_price: float) -> float:
@@ -61,8 +69,7 @@ def model_info(model: str, base_url: str) -> tuple[Any, int | None]:
             from genai_prices import calc_price
 
             try:
-                calculation = calc_price(PriceUsage(input_tokens=0, output_tokens=0), model,
-                                         provider_api_url=base_url)
+                calculation = calc_price(PriceUsage(input_tokens=0, output_tokens=0), model, provider_api_url=base_url)
             except LookupError:
                 calculation = calc_price(PriceUsage(input_tokens=0, output_tokens=0), model.rsplit("/", 1)[-1])
             return calculation, calculation.model.context_window
@@ -75,16 +82,20 @@ def turn_cost(usage: Usage, settings: Settings, model: str) -> tuple[float | Non
     if usage.cost is not None and not usage.estimated:
         return usage.cost, "provider"
     if settings.price_in is not None or settings.price_out is not None:
-        return estimate_cost(usage.input_tokens, usage.output_tokens, settings.price_in or 0.0,
-                             settings.price_out or 0.0), "configured prices"
+        return estimate_cost(
+            usage.input_tokens, usage.output_tokens, settings.price_in or 0.0, settings.price_out or 0.0
+        ), "configured prices"
     if is_local_url(settings.base_url):
         return None, "unknown"
     try:
         from genai_prices import Usage as PriceUsage
         from genai_prices import calc_price
 
-        price_usage = PriceUsage(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-                                 cache_read_tokens=usage.cached_tokens or None)
+        price_usage = PriceUsage(
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_read_tokens=usage.cached_tokens or None,
+        )
         with _price_lock:
             try:
                 calculation = calc_price(price_usage, model, provider_api_url=settings.base_url)

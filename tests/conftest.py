@@ -40,24 +40,38 @@ def home(tmp_path):
 @pytest.fixture
 def env(home, tmp_path):
     """The environment for a chatbot subprocess: nothing from the developer's own setup leaks in."""
-    clean = {k: v for k, v in os.environ.items()
-             if not k.startswith(("OPENAI_", "CHATBOT_", "APP_", "XDG_")) and k not in (
-                 "NO_COLOR", "INPUT_PRICE_PER_MILLION", "OUTPUT_PRICE_PER_MILLION", "HTTPS_PROXY", "https_proxy",
-                 "HTTP_PROXY", "http_proxy", "ALL_PROXY")}
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("OPENAI_", "CHATBOT_", "APP_", "XDG_"))
+        and k
+        not in (
+            "NO_COLOR",
+            "INPUT_PRICE_PER_MILLION",
+            "OUTPUT_PRICE_PER_MILLION",
+            "HTTPS_PROXY",
+            "https_proxy",
+            "HTTP_PROXY",
+            "http_proxy",
+            "ALL_PROXY",
+        )
+    }
     cache = tmp_path / "tiktoken-empty"
     cache.mkdir()
-    clean.update({
-        "HOME": str(home),
-        "XDG_DATA_HOME": str(home / "data"),
-        "XDG_STATE_HOME": str(home / "state"),
-        "XDG_CONFIG_HOME": str(home / "config"),
-        "XDG_CACHE_HOME": str(home / "cache"),
-        "CHATBOT_LOCAL_PORTS": "",  # no probing of real local servers
-        "TIKTOKEN_CACHE_DIR": str(cache),
-        "NO_PROXY": "127.0.0.1,localhost",
-        "PYTHONUNBUFFERED": "1",
-        "TERM": "xterm-256color",
-    })
+    clean.update(
+        {
+            "HOME": str(home),
+            "XDG_DATA_HOME": str(home / "data"),
+            "XDG_STATE_HOME": str(home / "state"),
+            "XDG_CONFIG_HOME": str(home / "config"),
+            "XDG_CACHE_HOME": str(home / "cache"),
+            "CHATBOT_LOCAL_PORTS": "",  # no probing of real local servers
+            "TIKTOKEN_CACHE_DIR": str(cache),
+            "NO_PROXY": "127.0.0.1,localhost",
+            "PYTHONUNBUFFERED": "1",
+            "TERM": "xterm-256color",
+        }
+    )
     return clean
 
 
@@ -82,8 +96,14 @@ def run_chatbot(args, env, input=None, timeout=30, cwd=None):
     """Run `python chatbot.py ARGS` as a subprocess, returning the CompletedProcess."""
     if isinstance(input, str):
         input = input.encode()
-    return subprocess.run([sys.executable, CHATBOT, *args], input=input, env=env, capture_output=True,
-                          timeout=timeout, cwd=cwd or env.get("HOME"))
+    return subprocess.run(
+        [sys.executable, CHATBOT, *args],
+        input=input,
+        env=env,
+        capture_output=True,
+        timeout=timeout,
+        cwd=cwd or env.get("HOME"),
+    )
 
 
 class _PipedStdin:
@@ -178,8 +198,15 @@ def spawn(env, server):
         full_env["OPENAI_BASE_URL"] = server.base_url
         full_env["OPENAI_MODEL"] = "test-model"
         full_env.update(extra_env or {})
-        child = pexpect.spawn(sys.executable, [CHATBOT, *args], env=full_env, encoding="utf-8",
-                              dimensions=dimensions, timeout=15, cwd=full_env["HOME"])
+        child = pexpect.spawn(
+            sys.executable,
+            [CHATBOT, *args],
+            env=full_env,
+            encoding="utf-8",
+            dimensions=dimensions,
+            timeout=15,
+            cwd=full_env["HOME"],
+        )
         children.append(child)
         return child
 

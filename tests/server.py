@@ -36,8 +36,14 @@ def sse(data: Any, event: str | None = None) -> bytes:
     return (head + f"data: {payload}\n\n").encode()
 
 
-def chunk(content: str | None = None, finish: str | None = None, usage: Any = "absent",
-          reasoning: dict[str, str] | None = None, role: bool = False, choices: bool = True) -> dict:
+def chunk(
+    content: str | None = None,
+    finish: str | None = None,
+    usage: Any = "absent",
+    reasoning: dict[str, str] | None = None,
+    role: bool = False,
+    choices: bool = True,
+) -> dict:
     delta: dict[str, Any] = {}
     if role:
         delta["role"] = "assistant"
@@ -45,9 +51,13 @@ def chunk(content: str | None = None, finish: str | None = None, usage: Any = "a
         delta["content"] = content
     if reasoning:
         delta.update(reasoning)
-    body: dict[str, Any] = {"id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 1,
-                            "model": "test-model",
-                            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}] if choices else []}
+    body: dict[str, Any] = {
+        "id": "chatcmpl-test",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "test-model",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}] if choices else [],
+    }
     if usage != "absent":
         body["usage"] = usage
     return body
@@ -57,12 +67,24 @@ def usage_of(prompt: int, completion: int, **extra: Any) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion, **extra}
 
 
-def chat_reply(text: str = "Hello from the test server.", *, pieces: int | None = None, size: int = 4,
-               finish: str | None = "stop", usage: str = "separate", prompt_tokens: int = 12,
-               completion_tokens: int | None = None, done: bool = True, delay: float = 0.0,
-               reasoning: str | None = None, reasoning_field: str = "reasoning_content",
-               keepalives: int = 0, empty_first: bool = False, usage_extra: dict | None = None,
-               status: int = 200) -> Behaviour:
+def chat_reply(
+    text: str = "Hello from the test server.",
+    *,
+    pieces: int | None = None,
+    size: int = 4,
+    finish: str | None = "stop",
+    usage: str = "separate",
+    prompt_tokens: int = 12,
+    completion_tokens: int | None = None,
+    done: bool = True,
+    delay: float = 0.0,
+    reasoning: str | None = None,
+    reasoning_field: str = "reasoning_content",
+    keepalives: int = 0,
+    empty_first: bool = False,
+    usage_extra: dict | None = None,
+    status: int = 200,
+) -> Behaviour:
     """A Chat Completions stream: role chunk, content deltas, finish chunk, usage chunk, [DONE]."""
     completion_tokens = completion_tokens if completion_tokens is not None else max(1, len(text) // 4)
     total = usage_of(prompt_tokens, completion_tokens, **(usage_extra or {}))
@@ -70,20 +92,29 @@ def chat_reply(text: str = "Hello from the test server.", *, pieces: int | None 
     for _ in range(keepalives):
         out += [b": keep-alive\n\n", (SLEEP, 0.05)]
     if empty_first:
-        out.append(sse({"id": "x", "object": "chat.completion.chunk", "choices": [],
-                        "prompt_filter_results": [{"prompt_index": 0}]}))
+        out.append(
+            sse(
+                {
+                    "id": "x",
+                    "object": "chat.completion.chunk",
+                    "choices": [],
+                    "prompt_filter_results": [{"prompt_index": 0}],
+                }
+            )
+        )
     out.append(sse(chunk(role=True, content="", usage=None if usage == "null" else "absent")))
     if reasoning:
         for start in range(0, len(reasoning), size):
-            out.append(sse(chunk(reasoning={reasoning_field: reasoning[start:start + size]})))
+            out.append(sse(chunk(reasoning={reasoning_field: reasoning[start : start + size]})))
     step = size if pieces is None else max(1, -(-len(text) // pieces))
     for start in range(0, len(text), step):
-        out.append(sse(chunk(content=text[start:start + step], usage=None if usage == "null" else "absent")))
+        out.append(sse(chunk(content=text[start : start + step], usage=None if usage == "null" else "absent")))
         if delay:
             out.append((SLEEP, delay))
     if finish is not None or usage == "finish":
-        out.append(sse(chunk(finish=finish, usage=total if usage == "finish" else (
-            None if usage == "null" else "absent"))))
+        out.append(
+            sse(chunk(finish=finish, usage=total if usage == "finish" else (None if usage == "null" else "absent")))
+        )
     if usage == "separate":
         out.append(sse(chunk(choices=False, usage=total)))
     if done:
@@ -91,8 +122,14 @@ def chat_reply(text: str = "Hello from the test server.", *, pieces: int | None 
     return Behaviour(status=status, pieces=out)
 
 
-def error_status(status: int, message: str = "error", code: str | None = None, headers: dict | None = None,
-                 body: Any = None, param: str | None = None) -> Behaviour:
+def error_status(
+    status: int,
+    message: str = "error",
+    code: str | None = None,
+    headers: dict | None = None,
+    body: Any = None,
+    param: str | None = None,
+) -> Behaviour:
     if body is None:
         body = {"error": {"message": message, "type": "invalid_request_error", "code": code, "param": param}}
     raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
@@ -103,67 +140,178 @@ def error_status(status: int, message: str = "error", code: str | None = None, h
 # -- Responses API streams -----------------------------------------------------
 
 
-def responses_router(text: str = "Hello from the router.", size: int = 5, usage: tuple[int, int] = (11, 7)) -> Behaviour:
+def responses_router(
+    text: str = "Hello from the router.", size: int = 5, usage: tuple[int, int] = (11, 7)
+) -> Behaviour:
     """Exactly the seed router's sequence: `event:` lines, hyphenated ids, no [DONE]."""
     rid, mid = f"resp-{uuid.uuid4().hex[:16]}", f"msg-{uuid.uuid4().hex[:16]}"
-    base = {"id": rid, "object": "response", "created_at": 1, "model": "test-model", "error": None,
-            "incomplete_details": None}
+    base = {
+        "id": rid,
+        "object": "response",
+        "created_at": 1,
+        "model": "test-model",
+        "error": None,
+        "incomplete_details": None,
+    }
 
     def event(data: dict) -> bytes:
         return sse(data, data["type"])
 
-    out = [event({"type": "response.created", "response": {**base, "status": "in_progress", "output": []}}),
-           event({"type": "response.in_progress", "response": {**base, "status": "in_progress", "output": []}}),
-           event({"type": "response.output_item.added", "output_index": 0,
-                  "item": {"type": "message", "id": mid, "role": "assistant", "content": [],
-                           "status": "in_progress"}}),
-           event({"type": "response.content_part.added", "item_id": mid, "output_index": 0, "content_index": 0,
-                  "part": {"type": "output_text", "text": "", "annotations": []}})]
+    out = [
+        event({"type": "response.created", "response": {**base, "status": "in_progress", "output": []}}),
+        event({"type": "response.in_progress", "response": {**base, "status": "in_progress", "output": []}}),
+        event(
+            {
+                "type": "response.output_item.added",
+                "output_index": 0,
+                "item": {"type": "message", "id": mid, "role": "assistant", "content": [], "status": "in_progress"},
+            }
+        ),
+        event(
+            {
+                "type": "response.content_part.added",
+                "item_id": mid,
+                "output_index": 0,
+                "content_index": 0,
+                "part": {"type": "output_text", "text": "", "annotations": []},
+            }
+        ),
+    ]
     for start in range(0, len(text), size):
-        out.append(event({"type": "response.output_text.delta", "item_id": mid, "output_index": 0,
-                          "content_index": 0, "delta": text[start:start + size]}))
-    item = {"type": "message", "id": mid, "role": "assistant",
-            "content": [{"type": "output_text", "text": text, "annotations": []}], "status": "completed"}
-    out += [event({"type": "response.output_text.done", "item_id": mid, "output_index": 0, "content_index": 0,
-                   "text": text}),
-            event({"type": "response.content_part.done", "item_id": mid, "output_index": 0, "content_index": 0,
-                   "part": {"type": "output_text", "text": text, "annotations": []}}),
-            event({"type": "response.output_item.done", "output_index": 0, "item": item}),
-            event({"type": "response.completed", "response": {
-                **base, "status": "completed", "output": [item],
-                "usage": {"input_tokens": usage[0], "input_tokens_details": {"cached_tokens": 0},
-                          "output_tokens": usage[1], "output_tokens_details": {"reasoning_tokens": 0},
-                          "total_tokens": sum(usage)}}})]
+        out.append(
+            event(
+                {
+                    "type": "response.output_text.delta",
+                    "item_id": mid,
+                    "output_index": 0,
+                    "content_index": 0,
+                    "delta": text[start : start + size],
+                }
+            )
+        )
+    item = {
+        "type": "message",
+        "id": mid,
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": text, "annotations": []}],
+        "status": "completed",
+    }
+    out += [
+        event(
+            {"type": "response.output_text.done", "item_id": mid, "output_index": 0, "content_index": 0, "text": text}
+        ),
+        event(
+            {
+                "type": "response.content_part.done",
+                "item_id": mid,
+                "output_index": 0,
+                "content_index": 0,
+                "part": {"type": "output_text", "text": text, "annotations": []},
+            }
+        ),
+        event({"type": "response.output_item.done", "output_index": 0, "item": item}),
+        event(
+            {
+                "type": "response.completed",
+                "response": {
+                    **base,
+                    "status": "completed",
+                    "output": [item],
+                    "usage": {
+                        "input_tokens": usage[0],
+                        "input_tokens_details": {"cached_tokens": 0},
+                        "output_tokens": usage[1],
+                        "output_tokens_details": {"reasoning_tokens": 0},
+                        "total_tokens": sum(usage),
+                    },
+                },
+            }
+        ),
+    ]
     return Behaviour(pieces=out)
 
 
-def responses_openai(text: str = "Hello from OpenAI.", size: int = 4, terminal: dict | None = None,
-                     extra_events: list[dict] | None = None, reasoning: str | None = None,
-                     done: bool = False, end: bool = True, delay: float = 0.0) -> Behaviour:
+def responses_openai(
+    text: str = "Hello from OpenAI.",
+    size: int = 4,
+    terminal: dict | None = None,
+    extra_events: list[dict] | None = None,
+    reasoning: str | None = None,
+    done: bool = False,
+    end: bool = True,
+    delay: float = 0.0,
+) -> Behaviour:
     """OpenAI's own sequence, with sequence_number, no `event:` needed; `terminal` replaces completion."""
     seq = itertools.count()
-    resp = {"id": "resp_abc", "object": "response", "created_at": 1, "status": "in_progress", "model": "gpt-test",
-            "output": [], "usage": None}
-    events: list[dict] = [{"type": "response.created", "response": resp},
-                          {"type": "response.in_progress", "response": resp}]
+    resp = {
+        "id": "resp_abc",
+        "object": "response",
+        "created_at": 1,
+        "status": "in_progress",
+        "model": "gpt-test",
+        "output": [],
+        "usage": None,
+    }
+    events: list[dict] = [
+        {"type": "response.created", "response": resp},
+        {"type": "response.in_progress", "response": resp},
+    ]
     if reasoning:
-        events.append({"type": "response.output_item.added", "output_index": 0,
-                       "item": {"type": "reasoning", "id": "rs_1", "summary": []}})
+        events.append(
+            {
+                "type": "response.output_item.added",
+                "output_index": 0,
+                "item": {"type": "reasoning", "id": "rs_1", "summary": []},
+            }
+        )
         for start in range(0, len(reasoning), size):
-            events.append({"type": "response.reasoning_summary_text.delta", "item_id": "rs_1", "output_index": 0,
-                           "summary_index": 0, "delta": reasoning[start:start + size]})
+            events.append(
+                {
+                    "type": "response.reasoning_summary_text.delta",
+                    "item_id": "rs_1",
+                    "output_index": 0,
+                    "summary_index": 0,
+                    "delta": reasoning[start : start + size],
+                }
+            )
     events += extra_events or []
-    events.append({"type": "response.output_item.added", "output_index": 1,
-                   "item": {"type": "message", "id": "msg_1", "role": "assistant", "content": [],
-                            "status": "in_progress"}})
-    deltas = [{"type": "response.output_text.delta", "item_id": "msg_1", "output_index": 1, "content_index": 0,
-               "delta": text[start:start + size], "logprobs": []} for start in range(0, len(text), size)]
+    events.append(
+        {
+            "type": "response.output_item.added",
+            "output_index": 1,
+            "item": {"type": "message", "id": "msg_1", "role": "assistant", "content": [], "status": "in_progress"},
+        }
+    )
+    deltas = [
+        {
+            "type": "response.output_text.delta",
+            "item_id": "msg_1",
+            "output_index": 1,
+            "content_index": 0,
+            "delta": text[start : start + size],
+            "logprobs": [],
+        }
+        for start in range(0, len(text), size)
+    ]
     events += deltas
     if end:
-        events.append(terminal or {"type": "response.completed", "response": {
-            **resp, "status": "completed",
-            "usage": {"input_tokens": 20, "input_tokens_details": {"cached_tokens": 4}, "output_tokens": 9,
-                      "output_tokens_details": {"reasoning_tokens": 3}, "total_tokens": 29}}})
+        events.append(
+            terminal
+            or {
+                "type": "response.completed",
+                "response": {
+                    **resp,
+                    "status": "completed",
+                    "usage": {
+                        "input_tokens": 20,
+                        "input_tokens_details": {"cached_tokens": 4},
+                        "output_tokens": 9,
+                        "output_tokens_details": {"reasoning_tokens": 3},
+                        "total_tokens": 29,
+                    },
+                },
+            }
+        )
     out: list[Any] = []
     for e in events:
         out.append(sse({**e, "sequence_number": next(seq)}))
@@ -209,8 +357,9 @@ class FakeServer:
             def do_GET(self) -> None:
                 server._record(self, None)
                 if self.path.rstrip("/").endswith("/models") and server.models is not None:
-                    body = json.dumps({"object": "list", "data": [{"id": m, "object": "model"}
-                                                                  for m in server.models]}).encode()
+                    body = json.dumps(
+                        {"object": "list", "data": [{"id": m, "object": "model"} for m in server.models]}
+                    ).encode()
                     self._send(Behaviour(headers={"Content-Type": "application/json"}, pieces=[body]))
                 else:
                     self._send(error_status(404, "not found"))
@@ -269,8 +418,9 @@ class FakeServer:
 
     def _record(self, handler: BaseHTTPRequestHandler, body: Any) -> None:
         with self.lock:
-            self.requests.append(Recorded(handler.command, handler.path,
-                                         {k.lower(): v for k, v in handler.headers.items()}, body))
+            self.requests.append(
+                Recorded(handler.command, handler.path, {k.lower(): v for k, v in handler.headers.items()}, body)
+            )
 
     def _next(self, path: str) -> Behaviour:
         with self.lock:

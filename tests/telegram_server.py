@@ -21,8 +21,15 @@ from typing import Any
 
 TOKEN = "123456789:TEST-token-abcdefghijklmnopqrstuvwxyz"
 STRING_PARAMS = {"text", "parse_mode", "action", "caption", "url", "description", "short_description"}
-BOT_USER = {"id": 987654321, "is_bot": True, "first_name": "Test Assistant", "username": "test_assistant_bot",
-            "can_join_groups": True, "can_read_all_group_messages": False, "supports_inline_queries": False}
+BOT_USER = {
+    "id": 987654321,
+    "is_bot": True,
+    "first_name": "Test Assistant",
+    "username": "test_assistant_bot",
+    "can_join_groups": True,
+    "can_read_all_group_messages": False,
+    "supports_inline_queries": False,
+}
 
 
 @dataclass
@@ -117,19 +124,35 @@ class FakeTelegram:
 
     # -- what a test does ----------------------------------------------------------
 
-    def send_text(self, chat_id: int, text: str, user_id: int | None = None, first_name: str = "Ada",
-                  username: str | None = "ada", chat_type: str | None = None,
-                  reply_to_bot: bool = False) -> dict[str, Any]:
+    def send_text(
+        self,
+        chat_id: int,
+        text: str,
+        user_id: int | None = None,
+        first_name: str = "Ada",
+        username: str | None = "ada",
+        chat_type: str | None = None,
+        reply_to_bot: bool = False,
+    ) -> dict[str, Any]:
         """A user writes `text` in a chat; returns the update."""
         chat_type = chat_type or ("private" if chat_id > 0 else "supergroup")
         user_id = user_id if user_id is not None else (chat_id if chat_id > 0 else 42)
         message_id = next(self.message_ids)
         message: dict[str, Any] = {
-            "message_id": message_id, "date": int(time.time()), "text": text,
-            "chat": {"id": chat_id, "type": chat_type, **({"title": "Group"} if chat_id < 0 else
-                                                          {"first_name": first_name})},
-            "from": {"id": user_id, "is_bot": False, "first_name": first_name,
-                     **({"username": username} if username else {})},
+            "message_id": message_id,
+            "date": int(time.time()),
+            "text": text,
+            "chat": {
+                "id": chat_id,
+                "type": chat_type,
+                **({"title": "Group"} if chat_id < 0 else {"first_name": first_name}),
+            },
+            "from": {
+                "id": user_id,
+                "is_bot": False,
+                "first_name": first_name,
+                **({"username": username} if username else {}),
+            },
         }
         if text.startswith("/"):
             command = text.split()[0]
@@ -138,16 +161,29 @@ class FakeTelegram:
             at = text.index(f"@{BOT_USER['username']}")
             message["entities"] = [{"type": "mention", "offset": at, "length": len(BOT_USER["username"]) + 1}]
         if reply_to_bot:
-            message["reply_to_message"] = {"message_id": 1, "date": int(time.time()), "text": "earlier",
-                                           "chat": message["chat"], "from": BOT_USER}
+            message["reply_to_message"] = {
+                "message_id": 1,
+                "date": int(time.time()),
+                "text": "earlier",
+                "chat": message["chat"],
+                "from": BOT_USER,
+            }
         update = {"update_id": next(self.update_ids), "message": message}
         with self.condition:
             self.updates.append(update)
             self.condition.notify_all()
         return update
 
-    def fail(self, method: str, status: int, description: str, chat_id: int | None = None, times: int = 1,
-             retry_after: int | None = None, parameters: dict[str, Any] | None = None) -> None:
+    def fail(
+        self,
+        method: str,
+        status: int,
+        description: str,
+        chat_id: int | None = None,
+        times: int = 1,
+        retry_after: int | None = None,
+        parameters: dict[str, Any] | None = None,
+    ) -> None:
         """The next `times` calls of `method` (to `chat_id`, if given) fail with this error."""
         if retry_after is not None:
             parameters = {**(parameters or {}), "retry_after": retry_after}
@@ -194,15 +230,21 @@ class FakeTelegram:
             if chat_id is not None and self.blocked_until.get(chat_id, 0) > call.at:
                 self.violations.append(call)
             for injected in self.injected:
-                if injected.method == method and injected.times > 0 and (
-                        injected.chat_id is None or injected.chat_id == chat_id):
+                if (
+                    injected.method == method
+                    and injected.times > 0
+                    and (injected.chat_id is None or injected.chat_id == chat_id)
+                ):
                     injected.times -= 1
                     retry_after = (injected.parameters or {}).get("retry_after")
                     if retry_after and chat_id is not None:
                         self.blocked_until[chat_id] = time.monotonic() + retry_after
                     call.status = injected.status
-                    body: dict[str, Any] = {"ok": False, "error_code": injected.status,
-                                            "description": injected.description}
+                    body: dict[str, Any] = {
+                        "ok": False,
+                        "error_code": injected.status,
+                        "description": injected.description,
+                    }
                     if injected.parameters:
                         body["parameters"] = injected.parameters
                     return injected.status, body
@@ -227,8 +269,13 @@ class FakeTelegram:
         return 200, {"ok": True, "result": BOT_USER}
 
     def _message(self, chat_id: int, message_id: int, text: str) -> dict[str, Any]:
-        return {"message_id": message_id, "date": int(time.time()), "text": text, "from": BOT_USER,
-                "chat": {"id": chat_id, "type": "private" if chat_id > 0 else "supergroup"}}
+        return {
+            "message_id": message_id,
+            "date": int(time.time()),
+            "text": text,
+            "from": BOT_USER,
+            "chat": {"id": chat_id, "type": "private" if chat_id > 0 else "supergroup"},
+        }
 
     def _check_text(self, text: Any) -> tuple[int, dict[str, Any]] | None:
         if not isinstance(text, str) or not text.strip():
@@ -259,9 +306,12 @@ class FakeTelegram:
                 return 400, {"ok": False, "error_code": 400, "description": "Bad Request: message to edit not found"}
             entities = params.get("entities") or []
             if message.text == text and message.entities == entities:
-                return 400, {"ok": False, "error_code": 400, "description":
-                             "Bad Request: message is not modified: specified new message content and reply "
-                             "markup are exactly the same as a current content and reply markup of the message"}
+                return 400, {
+                    "ok": False,
+                    "error_code": 400,
+                    "description": "Bad Request: message is not modified: specified new message content and reply "
+                    "markup are exactly the same as a current content and reply markup of the message",
+                }
             message.text, message.entities = text, entities
             message.edits += 1
         return 200, {"ok": True, "result": self._message(message.chat_id, message_id, text)}

@@ -27,9 +27,11 @@ from chatcore.usage import Usage
 
 
 def test_precedence_flag_over_env_over_dotenv_over_default():
-    settings = resolve_settings({"model": "from-flag"}, {"OPENAI_MODEL": "from-env", "OPENAI_TEMPERATURE": "0.9"},
-                                {"OPENAI_MODEL": "from-dotenv", "OPENAI_TEMPERATURE": "0.1",
-                                 "OPENAI_MAX_OUTPUT_TOKENS": "77"})
+    settings = resolve_settings(
+        {"model": "from-flag"},
+        {"OPENAI_MODEL": "from-env", "OPENAI_TEMPERATURE": "0.9"},
+        {"OPENAI_MODEL": "from-dotenv", "OPENAI_TEMPERATURE": "0.1", "OPENAI_MAX_OUTPUT_TOKENS": "77"},
+    )
     assert settings.model == "from-flag"
     assert settings.temperature == 0.9
     assert settings.max_tokens == 77
@@ -37,13 +39,16 @@ def test_precedence_flag_over_env_over_dotenv_over_default():
     assert settings.sources["max_tokens"] == "OPENAI_MAX_OUTPUT_TOKENS (in .env)"
 
 
-@pytest.mark.parametrize("flags,environ,needle", [
-    ({}, {"OPENAI_TEMPERATURE": "hot"}, "OPENAI_TEMPERATURE"),
-    ({"max_tokens": "-5"}, {}, "--max-tokens"),
-    ({}, {"OPENAI_BASE_URL": "api.example.com/v1"}, "OPENAI_BASE_URL"),
-    ({"temperature": "3"}, {}, "from 0 to 2"),
-    ({"api": "soap"}, {}, "chat, responses"),
-])
+@pytest.mark.parametrize(
+    "flags,environ,needle",
+    [
+        ({}, {"OPENAI_TEMPERATURE": "hot"}, "OPENAI_TEMPERATURE"),
+        ({"max_tokens": "-5"}, {}, "--max-tokens"),
+        ({}, {"OPENAI_BASE_URL": "api.example.com/v1"}, "OPENAI_BASE_URL"),
+        ({"temperature": "3"}, {}, "from 0 to 2"),
+        ({"api": "soap"}, {}, "chat, responses"),
+    ],
+)
 def test_malformed_values_name_the_setting(flags, environ, needle):
     with pytest.raises(config.ConfigError) as info:
         resolve_settings(flags, environ, {})
@@ -58,8 +63,11 @@ def test_key_required_unless_local():
     config.check_credentials(resolve_settings({"base_url": "http://127.0.0.1:8080/v1"}, {}, {}))
 
 
-ENGINE = [f"chatcore.{os.path.splitext(name)[0]}" for name in sorted(os.listdir(os.path.join(ROOT, "chatcore")))
-          if name.endswith(".py") and name != "__init__.py"]
+ENGINE = [
+    f"chatcore.{os.path.splitext(name)[0]}"
+    for name in sorted(os.listdir(os.path.join(ROOT, "chatcore")))
+    if name.endswith(".py") and name != "__init__.py"
+]
 TERMINAL_LIBRARIES = {"rich", "prompt_toolkit"}
 TELEGRAM_LIBRARIES = {"telegram", "telegramify_markdown"}
 FRONT_ENDS = {"chatbot", "telegram_bot", "terminal_render", "telegram_render"}
@@ -84,19 +92,23 @@ def test_imports_run_one_way():
         used = imported_modules(os.path.join(ROOT, *module.split(".")) + ".py")
         assert not used & (TERMINAL_LIBRARIES | TELEGRAM_LIBRARIES | FRONT_ENDS), (module, used)
     terminal = imported_modules(os.path.join(ROOT, "chatbot.py")) | imported_modules(
-        os.path.join(ROOT, "terminal_render.py"))
+        os.path.join(ROOT, "terminal_render.py")
+    )
     assert "chatcore" in terminal and not terminal & (TELEGRAM_LIBRARIES | {"telegram_bot", "telegram_render"})
     telegram = imported_modules(os.path.join(ROOT, "telegram_bot.py")) | imported_modules(
-        os.path.join(ROOT, "telegram_render.py"))
+        os.path.join(ROOT, "telegram_render.py")
+    )
     assert "chatcore" in telegram and not telegram & (TERMINAL_LIBRARIES | {"chatbot", "terminal_render"})
 
 
 def test_importing_the_engine_does_nothing(tmp_path):
     (tmp_path / ".env").write_text("OPENAI_API_KEY=should-not-be-read\n")
-    code = ("import sys, os; " + "; ".join(f"import {m}" for m in ENGINE) + "; "
-            "bad = [m for m in ('openai', 'rich', 'prompt_toolkit', 'telegram', 'tiktoken', 'dotenv', "
-            "'genai_prices', 'httpx2', 'httpx', 'sqlite3', 'platformdirs') if m in sys.modules]; "
-            "print(bad, os.environ.get('OPENAI_API_KEY'), os.listdir('.'))")
+    code = (
+        "import sys, os; " + "; ".join(f"import {m}" for m in ENGINE) + "; "
+        "bad = [m for m in ('openai', 'rich', 'prompt_toolkit', 'telegram', 'tiktoken', 'dotenv', "
+        "'genai_prices', 'httpx2', 'httpx', 'sqlite3', 'platformdirs') if m in sys.modules]; "
+        "print(bad, os.environ.get('OPENAI_API_KEY'), os.listdir('.'))"
+    )
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
     env["PYTHONPATH"] = str(ROOT)
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
@@ -106,10 +118,12 @@ def test_importing_the_engine_does_nothing(tmp_path):
 
 def test_import_has_no_side_effects(tmp_path):
     (tmp_path / ".env").write_text("OPENAI_API_KEY=should-not-be-read\n")
-    code = ("import sys, os; import chatbot; "
-            "bad = [m for m in ('openai', 'rich', 'prompt_toolkit', 'tiktoken', 'dotenv', 'genai_prices', "
-            "'httpx2') if m in sys.modules]; "
-            "print(bad, os.environ.get('OPENAI_API_KEY'))")
+    code = (
+        "import sys, os; import chatbot; "
+        "bad = [m for m in ('openai', 'rich', 'prompt_toolkit', 'tiktoken', 'dotenv', 'genai_prices', "
+        "'httpx2') if m in sys.modules]; "
+        "print(bad, os.environ.get('OPENAI_API_KEY'))"
+    )
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
     env["PYTHONPATH"] = os.path.dirname(CHATBOT)
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
@@ -132,17 +146,28 @@ def test_env_example_and_readme_list_every_setting():
 # -- token counting ------------------------------------------------------------
 
 COOKBOOK_MESSAGES = [
-    {"role": "system", "content": "You are a helpful, pattern-following assistant that translates corporate "
-                                  "jargon into plain English."},
+    {
+        "role": "system",
+        "content": "You are a helpful, pattern-following assistant that translates corporate "
+        "jargon into plain English.",
+    },
     {"role": "system", "name": "example_user", "content": "New synergies will help drive top-line growth."},
-    {"role": "system", "name": "example_assistant", "content": "Things working well together will increase "
-                                                               "revenue."},
-    {"role": "system", "name": "example_user", "content": "Let's circle back when we have more bandwidth to "
-                                                          "touch base on opportunities for increased leverage."},
-    {"role": "system", "name": "example_assistant", "content": "Let's talk later when we're less busy about how "
-                                                               "to do better."},
-    {"role": "user", "content": "This late pivot means we don't have time to boil the ocean for the client "
-                                "deliverable."},
+    {"role": "system", "name": "example_assistant", "content": "Things working well together will increase revenue."},
+    {
+        "role": "system",
+        "name": "example_user",
+        "content": "Let's circle back when we have more bandwidth to "
+        "touch base on opportunities for increased leverage.",
+    },
+    {
+        "role": "system",
+        "name": "example_assistant",
+        "content": "Let's talk later when we're less busy about how to do better.",
+    },
+    {
+        "role": "user",
+        "content": "This late pivot means we don't have time to boil the ocean for the client deliverable.",
+    },
 ]
 
 
@@ -178,12 +203,19 @@ def test_message_count_is_cached_not_recomputed(cl100k):
     assert cl100k.count_message(message) == first
 
 
-@pytest.mark.parametrize("model,encoding,exact", [
-    ("openai/gpt-5-nano", "o200k_base", True), ("gpt-4o-mini", "o200k_base", True),
-    ("gpt-4.1", "o200k_base", True), ("o3-mini", "o200k_base", True), ("openai/gpt-4", "cl100k_base", True),
-    ("gpt-3.5-turbo", "cl100k_base", True), ("meta-llama/llama-3.1-8b", "o200k_base", False),
-    ("mistral", "o200k_base", False),
-])
+@pytest.mark.parametrize(
+    "model,encoding,exact",
+    [
+        ("openai/gpt-5-nano", "o200k_base", True),
+        ("gpt-4o-mini", "o200k_base", True),
+        ("gpt-4.1", "o200k_base", True),
+        ("o3-mini", "o200k_base", True),
+        ("openai/gpt-4", "cl100k_base", True),
+        ("gpt-3.5-turbo", "cl100k_base", True),
+        ("meta-llama/llama-3.1-8b", "o200k_base", False),
+        ("mistral", "o200k_base", False),
+    ],
+)
 def test_encoding_from_model_name(model, encoding, exact):
     assert encoding_for_model(model) == (encoding, exact)
 
@@ -212,10 +244,18 @@ def test_hanging_download_is_bounded(tmp_path):
     listener.bind(("127.0.0.1", 0))
     listener.listen(5)  # accepts connections and never answers
     port = listener.getsockname()[1]
-    code = ("import time; from chatcore.tokens import TokenCounter; t = time.monotonic(); c = TokenCounter('gpt-4o', load_wait=1.0); "
-            "n = c.count_text('abcdefgh'); print(n, c.estimated, round(time.monotonic() - t, 1))")
-    env = dict(os.environ, TIKTOKEN_CACHE_DIR=str(tmp_path), HTTPS_PROXY=f"http://127.0.0.1:{port}",
-               https_proxy=f"http://127.0.0.1:{port}", NO_PROXY="", PYTHONPATH=os.path.dirname(CHATBOT))
+    code = (
+        "import time; from chatcore.tokens import TokenCounter; t = time.monotonic(); c = TokenCounter('gpt-4o', load_wait=1.0); "
+        "n = c.count_text('abcdefgh'); print(n, c.estimated, round(time.monotonic() - t, 1))"
+    )
+    env = dict(
+        os.environ,
+        TIKTOKEN_CACHE_DIR=str(tmp_path),
+        HTTPS_PROXY=f"http://127.0.0.1:{port}",
+        https_proxy=f"http://127.0.0.1:{port}",
+        NO_PROXY="",
+        PYTHONPATH=os.path.dirname(CHATBOT),
+    )
     started = time.monotonic()
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)
     listener.close()
@@ -238,8 +278,11 @@ def conversation_of(lengths: list[int]) -> Conversation:
 
 
 @hsettings(max_examples=300, deadline=None)
-@given(lengths=st.lists(st.integers(0, 400), min_size=1, max_size=40), max_messages=st.integers(1, 30),
-       budget=st.integers(50, 3000))
+@given(
+    lengths=st.lists(st.integers(0, 400), min_size=1, max_size=40),
+    max_messages=st.integers(1, 30),
+    budget=st.integers(50, 3000),
+)
 def test_trimming_properties(lengths, max_messages, budget):
     conversation = conversation_of(lengths)
     counter = TokenCounter("mistral", load_wait=0)  # character estimate: deterministic and fast
@@ -248,8 +291,7 @@ def test_trimming_properties(lengths, max_messages, budget):
         request = build_request(conversation, max_messages, budget, counter)
     except PromptTooLarge as exc:
         newest = conversation.history[-1]
-        assert counter.count_message(newest) + counter.count_message(Message("system", "system prompt")) + 3 \
-            > budget
+        assert counter.count_message(newest) + counter.count_message(Message("system", "system prompt")) + 3 > budget
         assert exc.budget == budget
         return
     messages = request.messages()
@@ -259,7 +301,7 @@ def test_trimming_properties(lengths, max_messages, budget):
     assert turns[0].role == "user"
     assert turns[-1] is conversation.history[-1]
     assert len(turns) <= max(1, max_messages)
-    assert turns == conversation.history[len(conversation.history) - len(turns):]
+    assert turns == conversation.history[len(conversation.history) - len(turns) :]
     for previous, current in itertools.pairwise(turns):
         assert previous.role != current.role
     size = counter.count_messages([Message("system", request.system), *turns])
@@ -320,14 +362,23 @@ def lines_of(*payloads: str) -> list[str]:
 
 
 def test_chat_stream_parsing_keeps_reading_after_finish_for_usage():
-    body = lines_of('data: {"choices":[{"delta":{"role":"assistant","content":""}}]}', "",
-                    ": keep-alive", "",
-                    'data: {"choices":[{"delta":{"reasoning_content":"hmm"}}]}', "",
-                    'data: {"choices":[{"delta":{"content":"Hi"}}]}', "",
-                    'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}', "",
-                    'data: {"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,'
-                    '"prompt_tokens_details":{"cached_tokens":1},"cost":0.001}}', "",
-                    "data: [DONE]", "")
+    body = lines_of(
+        'data: {"choices":[{"delta":{"role":"assistant","content":""}}]}',
+        "",
+        ": keep-alive",
+        "",
+        'data: {"choices":[{"delta":{"reasoning_content":"hmm"}}]}',
+        "",
+        'data: {"choices":[{"delta":{"content":"Hi"}}]}',
+        "",
+        'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}',
+        "",
+        'data: {"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,'
+        '"prompt_tokens_details":{"cached_tokens":1},"cost":0.001}}',
+        "",
+        "data: [DONE]",
+        "",
+    )
     events = list(parse_stream(body, "chat"))
     assert ("text", "Hi") in events and ("reasoning", "hmm") in events and ("finish", "stop") in events
     usage = [e[1] for e in events if e[0] == "usage"][0]
@@ -335,8 +386,7 @@ def test_chat_stream_parsing_keeps_reading_after_finish_for_usage():
 
 
 def test_malformed_data_becomes_an_error_event():
-    events = list(parse_stream(['data: {"choices":[{"delta":{"content":"a"}}]}', "", "data: {bad json", ""],
-                               "chat"))
+    events = list(parse_stream(['data: {"choices":[{"delta":{"content":"a"}}]}', "", "data: {bad json", ""], "chat"))
     assert events[0] == ("text", "a")
     assert events[-1][0] == "error" and events[-1][1] == "malformed"
 

@@ -29,7 +29,9 @@ def saved(db_path, session="s"):
     with sqlite3.connect(db_path) as connection:
         return connection.execute(
             "SELECT m.role, m.content, m.flags FROM messages m JOIN sessions s ON s.id = m.session_id "
-            "WHERE s.name = ? ORDER BY m.id", (session,)).fetchall()
+            "WHERE s.name = ? ORDER BY m.id",
+            (session,),
+        ).fetchall()
 
 
 def one_line_error(result, needle):
@@ -87,9 +89,13 @@ def test_total_deadline_cuts_a_slow_reply_short(run, server, db):
 
 
 def test_first_chunk_without_choices_and_choice_without_delta(run, server):
-    pieces = [sse({"id": "x", "choices": [], "prompt_filter_results": []}),
-              sse({"id": "x", "choices": [{"index": 0, "finish_reason": None}]}),
-              sse(chunk(content="Fine.")), sse(chunk(finish="stop")), b"data: [DONE]\n\n"]
+    pieces = [
+        sse({"id": "x", "choices": [], "prompt_filter_results": []}),
+        sse({"id": "x", "choices": [{"index": 0, "finish_reason": None}]}),
+        sse(chunk(content="Fine.")),
+        sse(chunk(finish="stop")),
+        b"data: [DONE]\n\n",
+    ]
     server.push(Behaviour(pieces=pieces))
     result = run("q")
     assert result.returncode == 0 and result.out == "Fine.\n"
@@ -110,8 +116,12 @@ def test_reasoning_is_not_printed_or_stored(run, server, db, field):
 
 
 def test_reasoning_details_and_show_reasoning(run, server):
-    pieces = [sse(chunk(reasoning={"reasoning_details": [{"type": "reasoning.text", "text": "pondering"}]})),
-              sse(chunk(content="Done.")), sse(chunk(finish="stop")), b"data: [DONE]\n\n"]
+    pieces = [
+        sse(chunk(reasoning={"reasoning_details": [{"type": "reasoning.text", "text": "pondering"}]})),
+        sse(chunk(content="Done.")),
+        sse(chunk(finish="stop")),
+        b"data: [DONE]\n\n",
+    ]
     server.push(Behaviour(pieces=pieces))
     result = run("--show-reasoning", "q")
     assert result.out == "Done.\n" and "pondering" in result.err
@@ -131,8 +141,9 @@ def test_error_object_mid_stream_with_http_200(run, server, db, with_finish):
 
 
 def test_malformed_data_line(run, server, db):
-    server.push(Behaviour(pieces=[sse(chunk(content="Some text")), b"data: {not json\n\n",
-                                  sse(chunk(content="never shown"))]))
+    server.push(
+        Behaviour(pieces=[sse(chunk(content="Some text")), b"data: {not json\n\n", sse(chunk(content="never shown"))])
+    )
     result = run("--db", db, "--session", "s", "q")
     assert result.returncode == 1 and result.out == "Some text\n"
     one_line_error(result, "malformed")
@@ -140,8 +151,16 @@ def test_malformed_data_line(run, server, db):
 
 
 def test_connection_cut_mid_line(run, server, db):
-    server.push(Behaviour(pieces=[sse(chunk(content="Half a ")), sse(chunk(content="reply")),
-                                  b'data: {"choices":[{"delta":{"cont', (CUT,)]))
+    server.push(
+        Behaviour(
+            pieces=[
+                sse(chunk(content="Half a ")),
+                sse(chunk(content="reply")),
+                b'data: {"choices":[{"delta":{"cont',
+                (CUT,),
+            ]
+        )
+    )
     result = run("--db", db, "--session", "s", "q")
     assert result.returncode == 1 and result.out == "Half a reply\n"
     one_line_error(result, "connection was lost")
@@ -171,13 +190,16 @@ def test_stall_longer_than_the_read_timeout(run, server, db):
     one_line_error(result, "stalled")
 
 
-@pytest.mark.parametrize("reason,status,needle", [
-    ("length", 1, "--max-tokens"),
-    ("content_filter", 1, "content filter"),
-    ("error", 1, "error"),
-    ("eos", 0, None),
-    ("end_turn", 0, None),
-])
+@pytest.mark.parametrize(
+    "reason,status,needle",
+    [
+        ("length", 1, "--max-tokens"),
+        ("content_filter", 1, "content filter"),
+        ("error", 1, "error"),
+        ("eos", 0, None),
+        ("end_turn", 0, None),
+    ],
+)
 def test_finish_reasons(run, server, reason, status, needle):
     server.push(chat_reply("Some reply", finish=reason))
     result = run("--json", "q")
@@ -209,9 +231,15 @@ def test_stream_options_rejected_retries_without_and_estimates(run, server, stat
 
 
 def test_max_tokens_rejected_retries_with_max_completion_tokens(run, server):
-    server.push(error_status(400, "Unsupported parameter: 'max_tokens' is not supported with this model. "
-                                  "Use 'max_completion_tokens' instead.", code="unsupported_parameter",
-                             param="max_tokens"))
+    server.push(
+        error_status(
+            400,
+            "Unsupported parameter: 'max_tokens' is not supported with this model. "
+            "Use 'max_completion_tokens' instead.",
+            code="unsupported_parameter",
+            param="max_tokens",
+        )
+    )
     result = run("q")
     assert result.returncode == 0
     first, second = server.posts
@@ -220,9 +248,15 @@ def test_max_tokens_rejected_retries_with_max_completion_tokens(run, server):
 
 
 def test_temperature_rejected_retries_without(run, server):
-    server.push(error_status(400, "Unsupported value: 'temperature' does not support 0.4 with this model. "
-                                  "Only the default (1) value is supported.", code="unsupported_value",
-                             param="temperature"))
+    server.push(
+        error_status(
+            400,
+            "Unsupported value: 'temperature' does not support 0.4 with this model. "
+            "Only the default (1) value is supported.",
+            code="unsupported_value",
+            param="temperature",
+        )
+    )
     result = run("q")
     assert result.returncode == 0
     assert "temperature" in server.posts[0].body and "temperature" not in server.posts[1].body
@@ -248,8 +282,9 @@ def test_context_length_exceeded_retries_once_with_fewer_turns(run, server, db):
     for question in ("one " * 50, "two " * 50, "three " * 50):
         run("--db", db, "--session", "s", question)
     server.reset()
-    server.push(error_status(400, "This model's maximum context length is 8192 tokens.",
-                             code="context_length_exceeded"))
+    server.push(
+        error_status(400, "This model's maximum context length is 8192 tokens.", code="context_length_exceeded")
+    )
     result = run("--db", db, "--session", "s", "four", "--context-tokens", "2000", "--max-tokens", "200")
     assert result.returncode == 0, result.err
     first, second = server.posts
@@ -262,8 +297,10 @@ def test_context_length_exceeded_twice_gives_a_clear_message(run, server, db):
         run("--db", db, "--session", "s", question)
     before = saved(db)
     server.reset()
-    server.push(error_status(400, "prompt is too long", code="context_length_exceeded"),
-                error_status(400, "prompt is too long", code="context_length_exceeded"))
+    server.push(
+        error_status(400, "prompt is too long", code="context_length_exceeded"),
+        error_status(400, "prompt is too long", code="context_length_exceeded"),
+    )
     result = run("--db", db, "--session", "s", "q")
     assert result.returncode == 1
     one_line_error(result, "too long for the model's context window")
@@ -279,16 +316,19 @@ def test_context_length_exceeded_with_nothing_to_drop_is_not_retried(run, server
 
 
 def test_vllm_context_wording_is_recognised(run, server):
-    message = ("This model's maximum context length is 4096 tokens. However, you requested 5000 tokens "
-               "(4000 in the messages, 1000 in the completion).")
+    message = (
+        "This model's maximum context length is 4096 tokens. However, you requested 5000 tokens "
+        "(4000 in the messages, 1000 in the completion)."
+    )
     server.push(error_status(400, message))
     result = run("q")
     assert result.returncode == 1 and "context window" in result.err
     assert len(server.posts) == 1
 
 
-@pytest.mark.parametrize("status,needle", [
-    (402, "out of credits"), (403, "access denied"), (400, "rejected the request")])
+@pytest.mark.parametrize(
+    "status,needle", [(402, "out of credits"), (403, "access denied"), (400, "rejected the request")]
+)
 def test_errors_that_are_not_retried(run, server, status, needle):
     server.push(error_status(status, "nope"))
     result = run("q")
@@ -354,8 +394,12 @@ def test_200_with_html_instead_of_a_stream(run, server):
 
 
 def test_200_with_json_error_instead_of_a_stream(run, server):
-    server.push(Behaviour(headers={"Content-Type": "application/json"},
-                          pieces=[json.dumps({"error": {"message": "quota exceeded"}}).encode()]))
+    server.push(
+        Behaviour(
+            headers={"Content-Type": "application/json"},
+            pieces=[json.dumps({"error": {"message": "quota exceeded"}}).encode()],
+        )
+    )
     result = run("q")
     assert result.returncode == 1 and "quota exceeded" in result.err
 
@@ -399,8 +443,13 @@ def test_fallback_model_when_the_model_is_unknown(run, server):
 def test_ctrl_c_mid_stream_closes_the_connection(env, server, db):
     server.push(chat_reply("word " * 400, size=5, delay=0.05))
     full_env = dict(env, OPENAI_BASE_URL=server.base_url, OPENAI_MODEL="test-model")
-    process = subprocess.Popen([sys.executable, CHATBOT, "--db", db, "--session", "s", "q"], env=full_env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, CHATBOT, "--db", db, "--session", "s", "q"],
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
     first = process.stdout.read(10)
     assert first.startswith(b"word")
     process.send_signal(signal.SIGINT)

@@ -35,8 +35,7 @@ CORPUS = [
     "~~~\ntilde fence with ``` inside\n~~~\n\nend\n",
     "```js\nconsole.log('unterminated fence at the end of the reply')\n",
     "- nested\n  - inner item\n  - another\n- outer again\n\nparagraph\n",
-    "\n".join(f"Line {i} of a long reply that is taller than the terminal, in its own paragraph.\n"
-              for i in range(60)),
+    "\n".join(f"Line {i} of a long reply that is taller than the terminal, in its own paragraph.\n" for i in range(60)),
 ]
 
 
@@ -89,7 +88,7 @@ def streamed(text, pieces, fps=1000.0):
 
 
 def split_every(text, size):
-    return [text[i:i + size] for i in range(0, len(text), size)]
+    return [text[i : i + size] for i in range(0, len(text), size)]
 
 
 @pytest.mark.parametrize("doc", CORPUS, ids=range(len(CORPUS)))
@@ -116,7 +115,7 @@ def test_random_splits(doc, seed):
     pieces, i = [], 0
     while i < len(doc):
         step = rng.randint(1, 12)
-        pieces.append(doc[i:i + step])
+        pieces.append(doc[i : i + step])
         i += step
     lines, _ = streamed(doc, pieces, fps=rng.choice([1000.0, 20.0]))
     assert lines == whole(doc)

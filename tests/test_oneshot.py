@@ -52,8 +52,14 @@ def test_json_output(run, server):
     assert payload["model"] == "test-model"
     assert payload["reply"] == "The answer."
     assert payload["finish_reason"] == "stop"
-    assert payload["usage"] == {"input_tokens": 30, "output_tokens": 3, "total_tokens": 33, "cached_tokens": 0,
-                                "reasoning_tokens": 0, "estimated": False}
+    assert payload["usage"] == {
+        "input_tokens": 30,
+        "output_tokens": 3,
+        "total_tokens": 33,
+        "cached_tokens": 0,
+        "reasoning_tokens": 0,
+        "estimated": False,
+    }
     assert payload["cost_usd"] is None  # a local server: no invented price
     assert payload["truncated"] is False
     assert payload["latency_ms"] >= payload["ttft_ms"] >= 0
@@ -68,9 +74,12 @@ def test_json_cost_from_configured_prices(run, server):
 def test_no_stream_mode(run, server):
     from server import Behaviour
 
-    body = {"id": "c", "object": "chat.completion", "choices": [
-        {"index": 0, "message": {"role": "assistant", "content": "Whole reply."}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}}
+    body = {
+        "id": "c",
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Whole reply."}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6},
+    }
     server.push(Behaviour(headers={"Content-Type": "application/json"}, pieces=[json.dumps(body).encode()]))
     result = run("--no-stream", "--json", "q")
     assert json.loads(result.out)["reply"] == "Whole reply."
@@ -155,17 +164,20 @@ def test_ten_megabytes_on_stdin_is_refused_quickly(run, server):
 
 
 def test_version_and_help_do_not_import_the_sdk(env):
-    code = ("import sys, runpy; sys.argv = ['chatbot', '{flag}']\n"
-            "try:\n    runpy.run_path({path!r}, run_name='__main__')\nexcept SystemExit:\n    pass\n"
-            "print('openai' in sys.modules, 'rich' in sys.modules)")
+    code = (
+        "import sys, runpy; sys.argv = ['chatbot', '{flag}']\n"
+        "try:\n    runpy.run_path({path!r}, run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "print('openai' in sys.modules, 'rich' in sys.modules)"
+    )
     import subprocess
     import sys
 
     from conftest import CHATBOT
 
     for flag in ("--version", "--help"):
-        out = subprocess.run([sys.executable, "-c", code.format(flag=flag, path=CHATBOT)], env=env,
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-c", code.format(flag=flag, path=CHATBOT)], env=env, capture_output=True, text=True
+        )
         assert out.stdout.strip().splitlines()[-1] == "False False", out.stderr
 
 
@@ -199,8 +211,12 @@ def test_wheel_holds_the_engine_both_front_ends_and_their_console_scripts(tmp_pa
     import zipfile
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(tmp_path), root], capture_output=True, text=True, timeout=120)
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), root],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert build.returncode == 0, build.stderr
     wheel = next(tmp_path.glob("chatbot-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
@@ -219,15 +235,25 @@ def test_piped_one_shot_imports_only_what_it_uses(run, server, env):
 
     from conftest import CHATBOT
 
-    code = ("import runpy, sys, atexit\n"
-            "atexit.register(lambda: print('MODULES', ' '.join(sorted(sys.modules)), file=sys.stderr))\n"
-            f"sys.argv = ['chatbot', 'hi']\nrunpy.run_path({CHATBOT!r}, run_name='__main__')\n")
+    code = (
+        "import runpy, sys, atexit\n"
+        "atexit.register(lambda: print('MODULES', ' '.join(sorted(sys.modules)), file=sys.stderr))\n"
+        f"sys.argv = ['chatbot', 'hi']\nrunpy.run_path({CHATBOT!r}, run_name='__main__')\n"
+    )
     full_env = dict(env, OPENAI_BASE_URL=server.base_url, OPENAI_MODEL="test-model")
     out = subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True, text=True, timeout=30)
     assert out.stdout == "Hello from the test server.\n", out.stderr
     modules = set(out.stderr.split("MODULES", 1)[1].split())
-    for heavy in ("rich", "prompt_toolkit", "tiktoken", "genai_prices", "requests", "dotenv",
-                  "openai.resources.chat", "openai.resources.responses"):
+    for heavy in (
+        "rich",
+        "prompt_toolkit",
+        "tiktoken",
+        "genai_prices",
+        "requests",
+        "dotenv",
+        "openai.resources.chat",
+        "openai.resources.responses",
+    ):
         assert heavy not in modules, heavy
 
 
@@ -266,8 +292,9 @@ def test_one_shot_in_a_terminal_renders_markdown_unless_no_color(env, server):
     rendered = child.read()
     assert "\x1b[" in rendered and "**bold**" not in rendered and "Title" in rendered
     server.push(chat_reply(reply))
-    child = pexpect.spawn(sys.executable, [CHATBOT, "q"], env=dict(full_env, NO_COLOR="1"), encoding="utf-8",
-                          timeout=15)
+    child = pexpect.spawn(
+        sys.executable, [CHATBOT, "q"], env=dict(full_env, NO_COLOR="1"), encoding="utf-8", timeout=15
+    )
     plain = child.read()
     assert "\x1b" not in plain
     assert plain.replace("\r\n", "\n") == reply

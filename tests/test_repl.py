@@ -199,8 +199,14 @@ def test_no_color_gives_plain_text(spawn, server):
 
 
 def test_unsupported_parameter_is_remembered_for_the_session(spawn, server):
-    server.push(error_status(400, "Unsupported parameter: 'max_tokens' is not supported with this model.",
-                             code="unsupported_parameter", param="max_tokens"))
+    server.push(
+        error_status(
+            400,
+            "Unsupported parameter: 'max_tokens' is not supported with this model.",
+            code="unsupported_parameter",
+            param="max_tokens",
+        )
+    )
     child = started(spawn, "--no-save")
     send(child, "one")
     child.expect_exact("Hello from the test server.")
@@ -245,8 +251,9 @@ def test_interactive_flag_sends_the_prompt_then_stays(spawn, server):
 
 
 def test_zero_config_banner_names_the_local_server(spawn, server):
-    child = spawn("--no-save", extra_env={"OPENAI_BASE_URL": "", "OPENAI_MODEL": "",
-                                          "CHATBOT_LOCAL_PORTS": f"1,{server.port}"})
+    child = spawn(
+        "--no-save", extra_env={"OPENAI_BASE_URL": "", "OPENAI_MODEL": "", "CHATBOT_LOCAL_PORTS": f"1,{server.port}"}
+    )
     child.expect(f"chatbot .* · test-model · 127.0.0.1:{server.port} · found a local server")
     child.expect_exact(PROMPT)
     send(child, "hi")

@@ -16,84 +16,135 @@ PROMPT = "❯"
 
 def case_router():
     return responses_router("Hello from the router.", usage=(11, 7)), dict(
-        reply="Hello from the router.", status=0, finish="stop", usage=(11, 7))
+        reply="Hello from the router.", status=0, finish="stop", usage=(11, 7)
+    )
 
 
 def case_openai():
-    return responses_openai("Hello from OpenAI."), dict(reply="Hello from OpenAI.", status=0, finish="stop",
-                                                         usage=(20, 9))
+    return responses_openai("Hello from OpenAI."), dict(
+        reply="Hello from OpenAI.", status=0, finish="stop", usage=(20, 9)
+    )
 
 
 def case_openai_done():
-    return responses_openai("With a DONE.", done=True), dict(reply="With a DONE.", status=0, finish="stop",
-                                                             usage=(20, 9))
+    return responses_openai("With a DONE.", done=True), dict(
+        reply="With a DONE.", status=0, finish="stop", usage=(20, 9)
+    )
 
 
 def case_response_done_event():
-    return responses_openai("Gateway style.", terminal={"type": "response.done", "response": {
-        "status": "completed", "usage": {"input_tokens": 3, "output_tokens": 2}}}), dict(
-        reply="Gateway style.", status=0, finish="stop", usage=(3, 2))
+    return responses_openai(
+        "Gateway style.",
+        terminal={
+            "type": "response.done",
+            "response": {"status": "completed", "usage": {"input_tokens": 3, "output_tokens": 2}},
+        },
+    ), dict(reply="Gateway style.", status=0, finish="stop", usage=(3, 2))
 
 
 def case_failed():
-    return responses_openai("Partial", terminal={"type": "response.failed", "response": {
-        "status": "failed", "error": {"code": "server_error", "message": "the model crashed"}}}), dict(
-        reply="Partial", status=1, finish=None, needle="the model crashed")
+    return responses_openai(
+        "Partial",
+        terminal={
+            "type": "response.failed",
+            "response": {"status": "failed", "error": {"code": "server_error", "message": "the model crashed"}},
+        },
+    ), dict(reply="Partial", status=1, finish=None, needle="the model crashed")
 
 
 def case_incomplete():
-    return responses_openai("Cut by limit", terminal={"type": "response.incomplete", "response": {
-        "status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"},
-        "usage": {"input_tokens": 5, "output_tokens": 50}}}), dict(
-        reply="Cut by limit", status=1, finish="length", needle="--max-tokens", usage=(5, 50))
+    return responses_openai(
+        "Cut by limit",
+        terminal={
+            "type": "response.incomplete",
+            "response": {
+                "status": "incomplete",
+                "incomplete_details": {"reason": "max_output_tokens"},
+                "usage": {"input_tokens": 5, "output_tokens": 50},
+            },
+        },
+    ), dict(reply="Cut by limit", status=1, finish="length", needle="--max-tokens", usage=(5, 50))
 
 
 def case_content_filter():
-    return responses_openai("Filtered", terminal={"type": "response.incomplete", "response": {
-        "status": "incomplete", "incomplete_details": {"reason": "content_filter"}}}), dict(
-        reply="Filtered", status=1, finish="content_filter", needle="content filter")
+    return responses_openai(
+        "Filtered",
+        terminal={
+            "type": "response.incomplete",
+            "response": {"status": "incomplete", "incomplete_details": {"reason": "content_filter"}},
+        },
+    ), dict(reply="Filtered", status=1, finish="content_filter", needle="content filter")
 
 
 def case_error_event():
-    return responses_openai("Some", terminal={"type": "error", "code": "rate_limit_exceeded",
-                                               "message": "slow down please"}), dict(
-        reply="Some", status=1, finish=None, needle="slow down please")
+    return responses_openai(
+        "Some", terminal={"type": "error", "code": "rate_limit_exceeded", "message": "slow down please"}
+    ), dict(reply="Some", status=1, finish=None, needle="slow down please")
 
 
 def case_function_calls_and_unknown_events():
     extra = [
-        {"type": "response.output_item.added", "output_index": 0,
-         "item": {"type": "function_call", "id": "fc_1", "call_id": "c1", "name": "lookup", "arguments": ""}},
+        {
+            "type": "response.output_item.added",
+            "output_index": 0,
+            "item": {"type": "function_call", "id": "fc_1", "call_id": "c1", "name": "lookup", "arguments": ""},
+        },
         {"type": "response.function_call_arguments.delta", "item_id": "fc_1", "output_index": 0, "delta": "{}"},
         {"type": "response.function_call_arguments.done", "item_id": "fc_1", "output_index": 0, "arguments": "{}"},
-        {"type": "response.output_item.done", "output_index": 0,
-         "item": {"type": "function_call", "id": "fc_1", "call_id": "c1", "name": "lookup", "arguments": "{}"}},
+        {
+            "type": "response.output_item.done",
+            "output_index": 0,
+            "item": {"type": "function_call", "id": "fc_1", "call_id": "c1", "name": "lookup", "arguments": "{}"},
+        },
         {"type": "response.some_future_event", "payload": {"x": 1}},
     ]
     return responses_openai("Tools skipped.", extra_events=extra), dict(
-        reply="Tools skipped.", status=0, finish="stop", usage=(20, 9))
+        reply="Tools skipped.", status=0, finish="stop", usage=(20, 9)
+    )
 
 
 def case_reasoning_summary():
     return responses_openai("Reasoned.", reasoning="First I consider the question."), dict(
-        reply="Reasoned.", status=0, finish="stop", usage=(20, 9))
+        reply="Reasoned.", status=0, finish="stop", usage=(20, 9)
+    )
 
 
 def case_ends_early():
     return responses_openai("Never finished", end=False), dict(
-        reply="Never finished", status=1, finish=None, needle="without a finish signal")
+        reply="Never finished", status=1, finish=None, needle="without a finish signal"
+    )
 
 
 def case_context_failed():
-    return responses_openai("", terminal={"type": "response.failed", "response": {
-        "status": "failed", "error": {"code": "context_length_exceeded",
-                                      "message": "Your input exceeds the context window of this model."}}}), dict(
-        reply="", status=1, finish=None, needle="context window")
+    return responses_openai(
+        "",
+        terminal={
+            "type": "response.failed",
+            "response": {
+                "status": "failed",
+                "error": {
+                    "code": "context_length_exceeded",
+                    "message": "Your input exceeds the context window of this model.",
+                },
+            },
+        },
+    ), dict(reply="", status=1, finish=None, needle="context window")
 
 
-CASES = [case_router, case_openai, case_openai_done, case_response_done_event, case_failed, case_incomplete,
-         case_content_filter, case_error_event, case_function_calls_and_unknown_events, case_reasoning_summary,
-         case_ends_early, case_context_failed]
+CASES = [
+    case_router,
+    case_openai,
+    case_openai_done,
+    case_response_done_event,
+    case_failed,
+    case_incomplete,
+    case_content_filter,
+    case_error_event,
+    case_function_calls_and_unknown_events,
+    case_reasoning_summary,
+    case_ends_early,
+    case_context_failed,
+]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.__name__[5:])
@@ -167,8 +218,14 @@ def test_repl(spawn, server, case):
 
 
 def test_server_without_responses_endpoint(run, server):
-    server.push(Behaviour(status=404, headers={"Content-Type": "application/json"},
-                          pieces=[b'{"error": {"message": "Not Found"}}'], path="/responses"))
+    server.push(
+        Behaviour(
+            status=404,
+            headers={"Content-Type": "application/json"},
+            pieces=[b'{"error": {"message": "Not Found"}}'],
+            path="/responses",
+        )
+    )
     result = run("--api", "responses", "q")
     assert result.returncode == 1
     assert "no Responses API endpoint" in result.err and "--api chat" in result.err
@@ -202,19 +259,34 @@ def test_malformed_event_in_responses_mode(run, server):
 
 def test_event_name_only_dispatch_is_not_needed(run, server):
     # Dispatch is on the JSON `type`; an `event:` line that disagrees does not matter.
-    server.push(Behaviour(pieces=[
-        sse({"type": "response.output_text.delta", "delta": "Typed."}, "message"),
-        sse({"type": "response.completed", "response": {"status": "completed"}}, "whatever")]))
+    server.push(
+        Behaviour(
+            pieces=[
+                sse({"type": "response.output_text.delta", "delta": "Typed."}, "message"),
+                sse({"type": "response.completed", "response": {"status": "completed"}}, "whatever"),
+            ]
+        )
+    )
     result = run("--api", "responses", "q")
     assert result.returncode == 0 and result.out == "Typed.\n"
 
 
 def test_no_stream_responses_body(run, server):
-    body = {"id": "resp_1", "object": "response", "status": "completed", "output": [
-        {"type": "reasoning", "id": "rs", "summary": []},
-        {"type": "message", "id": "m", "role": "assistant",
-         "content": [{"type": "output_text", "text": "Whole answer.", "annotations": []}]}],
-        "usage": {"input_tokens": 8, "output_tokens": 3}}
+    body = {
+        "id": "resp_1",
+        "object": "response",
+        "status": "completed",
+        "output": [
+            {"type": "reasoning", "id": "rs", "summary": []},
+            {
+                "type": "message",
+                "id": "m",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": "Whole answer.", "annotations": []}],
+            },
+        ],
+        "usage": {"input_tokens": 8, "output_tokens": 3},
+    }
     server.push(Behaviour(headers={"Content-Type": "application/json"}, pieces=[json.dumps(body).encode()]))
     result = run("--api", "responses", "--no-stream", "--json", "q")
     payload = json.loads(result.out)

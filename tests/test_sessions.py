@@ -30,7 +30,9 @@ def rows(db_path, session):
     with sqlite3.connect(db_path) as connection:
         return connection.execute(
             "SELECT m.role, m.content, m.flags FROM messages m JOIN sessions s ON s.id = m.session_id "
-            "WHERE s.name = ? ORDER BY m.id", (session,)).fetchall()
+            "WHERE s.name = ? ORDER BY m.id",
+            (session,),
+        ).fetchall()
 
 
 def test_multi_invocation_script_holds_one_conversation(run, server, db):
@@ -41,10 +43,16 @@ def test_multi_invocation_script_holds_one_conversation(run, server, db):
     assert second.out == "Next comes step two.\n"
     sent = server.posts[-1].body["messages"]
     assert [(m["role"], m["content"]) for m in sent[1:]] == [
-        ("user", "step one"), ("assistant", "Step one noted."), ("user", "and next?")]
+        ("user", "step one"),
+        ("assistant", "Step one noted."),
+        ("user", "and next?"),
+    ]
     assert [r[:2] for r in rows(db, "plan")] == [
-        ("user", "step one"), ("assistant", "Step one noted."), ("user", "and next?"),
-        ("assistant", "Next comes step two.")]
+        ("user", "step one"),
+        ("assistant", "Step one noted."),
+        ("user", "and next?"),
+        ("assistant", "Next comes step two."),
+    ]
 
 
 def test_one_shot_without_session_saves_nothing(run, server, db):
@@ -162,8 +170,12 @@ def test_export_round_trip(run, server, db, tmp_path):
 def test_sigkill_mid_reply_loses_nothing_committed(env, server, db, spawn):
     server.push(chat_reply("partial " * 200, size=8, delay=0.05))
     full_env = dict(env, OPENAI_BASE_URL=server.base_url, OPENAI_MODEL="test-model")
-    process = subprocess.Popen([sys.executable, CHATBOT, "--db", db, "--session", "crash", "tell me a story"],
-                               env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, CHATBOT, "--db", db, "--session", "crash", "tell me a story"],
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     seen = process.stdout.read(200)
     time.sleep(0.8)  # past a checkpoint
     process.send_signal(signal.SIGKILL)
@@ -183,8 +195,12 @@ def test_sigkill_mid_reply_loses_nothing_committed(env, server, db, spawn):
 def test_kill_before_any_reply_puts_the_message_back(env, server, db, spawn):
     server.push(chat_reply("late", keepalives=100))
     full_env = dict(env, OPENAI_BASE_URL=server.base_url, OPENAI_MODEL="test-model")
-    process = subprocess.Popen([sys.executable, CHATBOT, "--db", db, "--session", "early", "unanswered"],
-                               env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, CHATBOT, "--db", db, "--session", "early", "unanswered"],
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 10
     while not server.posts and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -206,16 +222,31 @@ def test_two_processes_write_at_once(env, server, db):
     processes = []
     for round_number in range(4):
         for name in ("alpha", "beta"):
-            processes.append(subprocess.Popen(
-                [sys.executable, CHATBOT, "--db", db, "--session", f"{name}{round_number}", f"{name} {round_number}"],
-                env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+            processes.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        CHATBOT,
+                        "--db",
+                        db,
+                        "--session",
+                        f"{name}{round_number}",
+                        f"{name} {round_number}",
+                    ],
+                    env=full_env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                )
+            )
     for process in processes:
         out, err = process.communicate(timeout=60)
         assert process.returncode == 0, err
     for round_number in range(4):
         for name in ("alpha", "beta"):
             assert [r[:2] for r in rows(db, f"{name}{round_number}")] == [
-                ("user", f"{name} {round_number}"), ("assistant", "Hello from the test server.")]
+                ("user", f"{name} {round_number}"),
+                ("assistant", "Hello from the test server."),
+            ]
 
 
 def test_same_session_in_two_processes_is_refused(spawn, run, server, db):
@@ -236,8 +267,10 @@ def test_migration_from_version_1(run, server, db):
     connection = sqlite3.connect(db)
     connection.executescript(store.MIGRATIONS[0])
     connection.execute("PRAGMA user_version = 1")
-    connection.execute("INSERT INTO sessions (name, model, host, system, created, updated) "
-                       "VALUES ('legacy', 'test-model', 'h', 'old system', 1, 1)")
+    connection.execute(
+        "INSERT INTO sessions (name, model, host, system, created, updated) "
+        "VALUES ('legacy', 'test-model', 'h', 'old system', 1, 1)"
+    )
     connection.execute("INSERT INTO messages (session_id, role, content, created) VALUES (1, 'user', 'old q', 1)")
     connection.execute("INSERT INTO messages (session_id, role, content, created) VALUES (1, 'assistant', 'old a', 1)")
     connection.commit()
