@@ -34,7 +34,7 @@ from chatcore.provider import Failure, one_line
 from chatcore.settings import BOOL_SETTINGS, SETTINGS, ConfigError, load_settings, resolve_settings
 from chatcore.store import SessionStore, StoreError, default_db_path, export_data, write_export
 from chatcore.turn import COMPLETE_REASONS, FINISH_NOTES, TurnResult
-from chatcore.usage import TurnStats, Usage, format_money, usage_line
+from chatcore.usage import TurnStats, format_money, total_usage, usage_line
 from terminal_render import MarkdownView, PlainView
 
 # ---------------------------------------------------------------------------
@@ -89,21 +89,7 @@ def cmd_stats(repl: Repl, arg: str) -> None:
         repl.say("no replies yet")
         return
     repl.say(f"last turn: {usage_line(turns[-1])}")
-    usage = Usage(
-        sum(t.usage.input_tokens for t in turns),
-        sum(t.usage.output_tokens for t in turns),
-        sum(t.usage.cached_tokens for t in turns),
-        sum(t.usage.reasoning_tokens for t in turns),
-        estimated=any(t.usage.estimated for t in turns),
-    )
-    costs = [t.cost for t in turns]
-    total = None if any(c is None for c in costs) else sum(c for c in costs if c is not None)
-    known = sum(c for c in costs if c is not None)
-    money = (
-        format_money(total)
-        if total is not None
-        else (f"{format_money(known)} known, some turns' cost unknown" if known else "cost unknown")
-    )
+    usage, money = total_usage(turns)
     about = "~" if usage.estimated else ""
     repl.say(
         f"session: {len(turns)} turns · {about}{usage.input_tokens:,} in · {about}{usage.output_tokens:,} out"

@@ -330,11 +330,11 @@ class Chat:
             "-" if usage is None else f"{usage.input_tokens}/{usage.output_tokens}" + ("~" if usage.estimated else "")
         )
         label = f" {self.label}" if self.label else ""
-        line = (
-            f"{time.strftime('%Y-%m-%dT%H:%M:%S')} model={model}{label} host={self.settings.host} "
-            f"status={status} ttft={'-' if ttft is None else f'{ttft:.3f}s'} latency={latency:.3f}s "
-            f"tokens={tokens} cost={'-' if cost is None else f'{cost:.6f}'} error={error or '-'}"
+        fields = (
+            f"model={model}{label} host={self.settings.host} status={status} "
+            f"ttft={'-' if ttft is None else f'{ttft:.3f}s'} latency={latency:.3f}s tokens={tokens} "
+            f"cost={'-' if cost is None else f'{cost:.6f}'} error={error or '-'}"
         )
-        write_log(line, self.verbose)
+        write_log(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {fields}", self.verbose)
         if self.log_sink is not None:
-            self.log_sink(line)
+            self.log_sink(fields)  # a logger that stamps its own time

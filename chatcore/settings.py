@@ -66,6 +66,15 @@ def _text(value: str) -> str:
     return value
 
 
+def _access_list(value: str) -> tuple[str, ...]:
+    """Comma-separated user ids, @usernames, (negative) group ids, or *; validated one by one."""
+    entries = tuple(part.strip() for part in value.split(",") if part.strip())
+    for entry in entries:
+        if entry != "*" and not re.fullmatch(r"-?\d+|@[A-Za-z0-9_]{3,32}", entry):
+            raise ValueError(f"{entry!r} is not a numeric id, an @username or *")
+    return entries
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -238,6 +247,50 @@ SETTINGS: tuple[Setting, ...] = (
         _parse_bool,
         "print replies as plain text, not rendered Markdown",
     ),
+    # The Telegram assistant's own settings: no flags (the token must never be one).
+    Setting(
+        "telegram_token",
+        "TELEGRAM_BOT_TOKEN",
+        (),
+        None,
+        _text,
+        "Telegram assistant: the bot token from @BotFather (required there; never a flag, never logged)",
+        "your_bot_token_from_botfather",
+    ),
+    Setting(
+        "telegram_api_url",
+        "TELEGRAM_API_URL",
+        (),
+        "https://api.telegram.org",
+        _url,
+        "Telegram assistant: Bot API server (a local Bot API server, or a test's fake)",
+    ),
+    Setting(
+        "telegram_allowed",
+        "TELEGRAM_ALLOWED_USERS",
+        (),
+        (),
+        _access_list,
+        "Telegram assistant: who may use it: user ids, @usernames, group ids (negative), or * for everyone; "
+        "unset means nobody",
+        "",
+    ),
+    Setting(
+        "telegram_rate_limit",
+        "TELEGRAM_RATE_LIMIT",
+        (),
+        10,
+        _number(int, 1),
+        "Telegram assistant: messages a user may send per minute",
+    ),
+    Setting(
+        "telegram_db",
+        "TELEGRAM_DB",
+        (),
+        None,
+        _text,
+        "Telegram assistant: chat histories database path (default: user data directory)",
+    ),
 )
 BOOL_SETTINGS = {s.name for s in SETTINGS if s.parse is _parse_bool}
 
@@ -246,7 +299,8 @@ def env_example() -> str:
     """The text of `.env.example`, generated from the settings table (a test keeps the file in step)."""
     lines = [
         "# chatbot configuration. Copy to .env and fill in what you need; every line is optional",
-        "# except OPENAI_API_KEY for a remote provider. Flags override these; the environment overrides .env.",
+        "# except OPENAI_API_KEY for a remote provider and TELEGRAM_BOT_TOKEN for the Telegram assistant.",
+        "# Flags override these; the environment overrides .env.",
         "",
     ]
     for setting in SETTINGS:
@@ -254,7 +308,9 @@ def env_example() -> str:
             continue
         flags = f" (flag: {', '.join(setting.flags)})" if setting.flags else ""
         default = (
-            "" if setting.default in (None, "", False) or setting.name == "system" else f" Default: {setting.default}."
+            ""
+            if setting.default in (None, "", False, ()) or setting.name == "system"
+            else f" Default: {setting.default}."
         )
         lines.append(f"# {setting.help[0].upper()}{setting.help[1:]}{flags}.{default}")
         value = setting.example
@@ -268,7 +324,7 @@ def settings_table() -> str:
     lines = ["| variable | flag | default | what it does |", "|---|---|---|---|"]
     for setting in SETTINGS:
         flags = ", ".join(f"`{f}`" for f in setting.flags) or "—"
-        default = "—" if setting.default in (None, "", False) else f"`{setting.default}`"
+        default = "—" if setting.default in (None, "", False, ()) else f"`{setting.default}`"
         if setting.name == "system":
             default = "a short, neutral assistant prompt"
         lines.append(f"| `{setting.env}` | {flags} | {default} | {setting.help} |")
@@ -306,6 +362,11 @@ class Settings:
     show_usage: bool = False
     show_reasoning: bool = False
     raw: bool = False
+    telegram_token: str | None = None
+    telegram_api_url: str = "https://api.telegram.org"
+    telegram_allowed: tuple[str, ...] = ()
+    telegram_rate_limit: int = 10
+    telegram_db: str | None = None
     sources: dict[str, str] = field(default_factory=dict)
     discovered: str | None = None  # "Ollama on port 11434" when zero-config found a server
 

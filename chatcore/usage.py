@@ -147,3 +147,19 @@ def usage_line(stats: TurnStats) -> str:
     if usage.estimated:
         line += " (estimated)"
     return line
+
+
+def total_usage(turns: list[TurnStats]) -> tuple[Usage, str]:
+    """Usage summed over turns, and the money as text: a total, a known part, or unknown."""
+    usage = Usage(
+        sum(t.usage.input_tokens for t in turns),
+        sum(t.usage.output_tokens for t in turns),
+        sum(t.usage.cached_tokens for t in turns),
+        sum(t.usage.reasoning_tokens for t in turns),
+        estimated=any(t.usage.estimated for t in turns),
+    )
+    costs = [t.cost for t in turns]
+    known = sum(c for c in costs if c is not None)
+    if costs and all(c is not None for c in costs):
+        return usage, format_money(known)
+    return usage, f"{format_money(known)} known, some turns' cost unknown" if known else "cost unknown"
