@@ -28,7 +28,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from chatcore import __version__
@@ -116,6 +116,7 @@ class RateLimiter:
 
 STREAM_INTERVAL = {"draft": 0.35, "edit": 1.0, "group": 3.0}  # seconds between updates of one reply
 TYPING_EVERY = 4.0  # "typing…" lasts 5 s
+GROUP_PER_MINUTE = 20  # Telegram's limit for one group
 FINAL_ATTEMPTS = 8  # a finished reply is retried through network errors and 5xx, with backoff
 
 
@@ -169,6 +170,7 @@ class Line:
         self.not_before = 0.0
         self.blocked = False
         self.stopping = False
+        self.recent: collections.deque[float] = collections.deque()  # a group's messages and edits, last 60 s
 
     async def send(self, call: Callable[[int], Awaitable[T]], essential: bool, counts: bool = True) -> T | None:
         from telegram.error import BadRequest, ChatMigrated, Forbidden, NetworkError, RetryAfter
@@ -181,6 +183,8 @@ class Line:
                     return None
                 await asyncio.sleep(wait)
             if counts:
+                if self.chat_id < 0 and not await self._group_room(essential):
+                    return None
                 if essential:
                     await self.pace.take()
                 elif not self.pace.try_take():
@@ -211,6 +215,20 @@ class Line:
                     return None
                 await asyncio.sleep(min(20.0, 0.5 * 2**attempt))
         return None
+
+    async def _group_room(self, essential: bool) -> bool:
+        """A group takes at most GROUP_PER_MINUTE messages and edits in any minute: a finished reply
+        waits for room, a streaming update is skipped."""
+        while True:
+            now = time.monotonic()
+            while self.recent and self.recent[0] <= now - 60:
+                self.recent.popleft()
+            if len(self.recent) < GROUP_PER_MINUTE:
+                self.recent.append(now)
+                return True
+            if not essential:
+                return False
+            await asyncio.sleep(self.recent[0] + 60 - now)
 
 
 # ---------------------------------------------------------------------------
@@ -364,6 +382,7 @@ class ChatState:
     lock: asyncio.Lock
     cancel: Cancel | None = None  # the turn in progress, if any
     drafts_work: bool = True
+    answers: asyncio.Lock = field(default_factory=asyncio.Lock)  # command answers leave in the order asked
 
 
 FRIENDLY = {
@@ -536,12 +555,13 @@ async def reply_text(update: Any, context: Any, text: str) -> None:
     """A short answer to a command, through the chat's line (flood control, blocked chats)."""
     assistant = assistant_of(context)
     chat_id = update.effective_chat.id
-    line = (
-        assistant.chats[chat_id].line
-        if chat_id in assistant.chats
-        else Line(chat_id, assistant.pace, assistant.migrate)
-    )
-    await line.send(lambda chat: context.bot.send_message(chat, text), essential=True)
+    state = assistant.chats.get(chat_id)
+    if state is None:  # a stranger, or a chat that has not talked yet: no history is loaded for it
+        line = Line(chat_id, assistant.pace, assistant.migrate)
+        await line.send(lambda chat: context.bot.send_message(chat, text), essential=True)
+        return
+    async with state.answers:
+        await state.line.send(lambda chat: context.bot.send_message(chat, text), essential=True)
 
 
 async def on_start(update: Any, context: Any) -> None:
@@ -777,12 +797,22 @@ def default_telegram_db() -> str:
     return os.path.join(user_dir("data"), "telegram.db")
 
 
+async def check_token(settings: Settings) -> None:
+    """getMe once before polling starts: a token Telegram rejects raises InvalidToken here."""
+    from telegram import Bot
+
+    api = settings.telegram_api_url
+    async with Bot(settings.telegram_token or "", base_url=f"{api}/bot", base_file_url=f"{api}/file/bot") as probe:
+        await probe.get_me()
+
+
 def run(settings: Settings, store: SessionStore) -> int:
     from telegram.error import InvalidToken, NetworkError
 
     assistant = Assistant(settings, store)
     application = build_application(settings, assistant)
     try:
+        asyncio.run(check_token(settings))  # one clear line for a bad token, not the library's traceback
         application.run_polling(stop_signals=None, timeout=10, bootstrap_retries=3)
     except InvalidToken:
         sys.stderr.write(
