@@ -26,10 +26,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from chatcore import __version__
+from chatcore import __version__, files
 from chatcore.chat import Chat
 from chatcore.conversation import PromptTooLarge
-from chatcore.log import report_bug, user_dir
+from chatcore.files import open_private, private_dir, private_file, user_dir
+from chatcore.log import report_bug
 from chatcore.provider import Failure, one_line
 from chatcore.settings import BOOL_SETTINGS, SETTINGS, ConfigError, load_settings, resolve_settings
 from chatcore.store import SessionStore, StoreError, default_db_path, export_data, write_export
@@ -146,6 +147,7 @@ def cmd_undo(repl: Repl, arg: str) -> None:
     del chat.conversation.history[start:]
     if chat.store is not None:
         chat.store.delete_messages([m.row_id for m in removed if m.row_id is not None])
+    repl.forget_typed({m.content for m in removed if m.role == "user"})
     repl.say(f"removed the last exchange ({len(removed)} message{'s' if len(removed) != 1 else ''})")
 
 
@@ -215,8 +217,10 @@ def cmd_delete(repl: Repl, arg: str) -> None:
     if answer.strip().lower() not in ("y", "yes"):
         repl.say("kept")
         return
+    typed = {m["content"] for m in store.export(arg)["messages"] if m["role"] == "user"}
     try:
         store.delete(arg)
+        repl.forget_typed(typed)
     except StoreError as exc:
         repl.error(str(exc))
         return
@@ -292,6 +296,9 @@ class Repl:
         self.prompt_session: Any = None
         self.startup_notes: list[tuple[Callable[[str], None], str]] = []  # shown under the banner
         chat.notify = chat.provider.notify = self.note
+        files.notice = lambda text: self.early(self.note, text)
+        for warning in chat.settings.warnings:
+            self.early(self.warn, warning)
 
     # -- output ------------------------------------------------------------------
 
@@ -300,6 +307,9 @@ class Repl:
 
     def note(self, text: str) -> None:
         self.console.print(text, style="dim", markup=False, highlight=False, soft_wrap=True)
+
+    def warn(self, text: str) -> None:
+        self.console.print(f"warning: {text}", style="yellow", markup=False, highlight=False, soft_wrap=True)
 
     def error(self, text: str) -> None:
         self.console.print(f"error: {text}", style="red", markup=False, highlight=False, soft_wrap=True)
@@ -437,9 +447,7 @@ class Repl:
             event.current_buffer.insert_text("\n")
 
         try:
-            directory = user_dir("data")
-            os.makedirs(directory, exist_ok=True)
-            history: Any = FileHistory(os.path.join(directory, "prompt-history"))
+            history: Any = FileHistory(self.history_path())
         except OSError:
             history = InMemoryHistory()
         session: Any = PromptSession(
@@ -461,6 +469,38 @@ class Repl:
 
         session.app.after_render += warm_up
         return session
+
+    def history_path(self) -> str:
+        """The input history: in the state directory, owner-only (it holds everything typed)."""
+        path = os.path.join(private_dir(user_dir("state")), "prompt-history")
+        older = os.path.join(user_dir("data"), "prompt-history")  # where versions before 0.2 kept it
+        if os.path.exists(older) and not os.path.exists(path):
+            os.replace(older, path)
+        return private_file(path)
+
+    def forget_typed(self, texts: set[str]) -> None:
+        """Deleted means gone: take deleted messages out of the input history too, file and memory."""
+        texts = {t for t in texts if t}
+        if not texts:
+            return
+        history = getattr(self.prompt_session, "history", None)
+        loaded = getattr(history, "_loaded_strings", None)
+        if isinstance(loaded, list):
+            loaded[:] = [t for t in loaded if t not in texts]
+        try:
+            path = self.history_path()
+            with open(path, encoding="utf-8") as history_file:
+                entries = history_file.read().split("\n\n")  # FileHistory: "# time" then "+line"s, blank-separated
+            kept = [
+                entry
+                for entry in entries
+                if "\n".join(line[1:] for line in entry.split("\n") if line.startswith("+")) not in texts
+            ]
+            with open_private(path + ".new", "w") as new_file:
+                new_file.write("\n\n".join(kept))
+            os.replace(path + ".new", path)
+        except OSError:
+            pass
 
     def run(self, first_prompt: str | None = None) -> int:
         self.say(self.banner())
@@ -762,6 +802,8 @@ def _main(argv: list[str]) -> int:
     flags = {s.name: getattr(args, s.name, None) for s in SETTINGS if s.flags}
     settings = load_settings(flags, environ, args.env_file)
     if one_shot and not args.interactive:
+        for warning in settings.warnings:
+            print(f"chatbot: warning: {warning}", file=sys.stderr)
         chat = Chat(settings, lambda text: print(f"chatbot: {text}", file=sys.stderr))
         chat.verbose = args.verbose
         if args.session or args.continue_:

@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from chatcore import __version__
+from chatcore import __version__, files
 from chatcore.chat import Chat
 from chatcore.conversation import PromptTooLarge
 from chatcore.log import redact
@@ -285,8 +285,8 @@ class ReplyView:
                         lambda chat: self.bot.send_chat_action(chat, ChatAction.TYPING), essential=False, counts=False
                     )
             elif now - updated_at >= self.interval and text != self.shown:
-                updated_at = now
                 await self.update(text)
+                updated_at = time.monotonic()  # from the answer: the next update reaches Telegram an interval later
             await asyncio.wait({turn}, timeout=0.1)
 
     async def update(self, text: str) -> None:
@@ -781,6 +781,7 @@ def main(argv: list[str] | None = None) -> int:
             f".env and the environment; see --help)\n"
         )
         return EXIT_USAGE
+    files.notice = lambda text: log.warning("%s", text)  # logging is set up below; until then, stderr
     try:
         settings = load(dict(os.environ))
         store = SessionStore(settings.telegram_db or default_telegram_db())
@@ -788,13 +789,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"chatbot-telegram: {exc}\n")
         return EXIT_USAGE
     setup_logging(settings)
+    for warning in settings.warnings:
+        log.warning("%s", warning)
     return run(settings, store)
 
 
 def default_telegram_db() -> str:
-    from chatcore.log import user_dir
-
-    return os.path.join(user_dir("data"), "telegram.db")
+    return os.path.join(files.user_dir("data"), "telegram.db")
 
 
 async def check_token(settings: Settings) -> None:

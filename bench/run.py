@@ -25,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from server import Behaviour, FakeServer, chat_reply, responses_openai  # noqa: E402
 
@@ -38,6 +39,7 @@ PY = sys.executable
 CHATBOT = str(ROOT / "chatbot.py")
 FLOOR = str(ROOT / "bench" / "floor.py")
 ROWS: list[tuple[str, str, str, str, str, str]] = []
+PARTS = ("startup", "stream", "markdown", "context", "telegram")
 
 
 def row(name, ours, baseline, ratio, target, ok):
@@ -519,11 +521,82 @@ def bench_session_load(repeats):
     )
 
 
+# -- 5d. deleting for good ---------------------------------------------------------------------------
+
+
+def bench_secure_delete(repeats):
+    """/undo and deleting a session on a 5,000-message session: ours (secure_delete, then a WAL
+    checkpoint) against a plain delete that leaves the words in free pages and the log."""
+    import sqlite3
+
+    directory = Path(tempfile.mkdtemp())
+    path = str(directory / "large.db")
+    store = SessionStore(path)
+    session_id, _ = store.open("large", "gpt-4", "h", "system")
+    store.db.execute("BEGIN")
+    for message in make_history(2500):
+        store.add_message(session_id, message)
+    store.db.execute("COMMIT")
+    plain = sqlite3.connect(path, isolation_level=None)
+    plain.execute("PRAGMA secure_delete = OFF")
+
+    def last_exchange():
+        return [r[0] for r in store.db.execute("SELECT id FROM messages ORDER BY id DESC LIMIT 2")]
+
+    def put_back():
+        store.add_message(session_id, Message("user", "question"))
+        store.add_message(session_id, Message("assistant", "answer " * 120))
+
+    undo_ours, undo_plain = [], []
+    for _ in range(repeats):
+        ids = last_exchange()
+        started = time.perf_counter()
+        store.delete_messages(ids)
+        undo_ours.append(time.perf_counter() - started)
+        put_back()
+        ids = last_exchange()
+        started = time.perf_counter()
+        plain.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in ids])
+        undo_plain.append(time.perf_counter() - started)
+        put_back()
+    a, b = median(undo_ours), median(undo_plain)
+    row("/undo on a 5,000-message session, secure delete + WAL checkpoint (ms)", f"{a * 1e3:.2f}",
+        f"{b * 1e3:.2f} (plain delete)", f"{a / b:.1f}x", "< 50 ms", a < 0.05)
+    whole_ours, whole_plain = [], []
+    for n in range(max(3, repeats // 4)):
+        for connection, times in ((store, whole_ours), (None, whole_plain)):
+            copy = str(directory / f"copy-{n}-{len(times)}.db")
+            store.db.execute(f"VACUUM INTO '{copy}'")
+            if connection is not None:
+                target = SessionStore(copy)
+                started = time.perf_counter()
+                target.delete("large")
+                times.append(time.perf_counter() - started)
+                target.close()
+            else:
+                target_plain = sqlite3.connect(copy, isolation_level=None)
+                target_plain.execute("PRAGMA secure_delete = OFF")
+                target_plain.execute("PRAGMA foreign_keys = ON")
+                started = time.perf_counter()
+                target_plain.execute("DELETE FROM sessions WHERE name = 'large'")
+                times.append(time.perf_counter() - started)
+                target_plain.close()
+    a, b = median(whole_ours), median(whole_plain)
+    row("delete a 5,000-message session, secure delete + WAL checkpoint (ms)", f"{a * 1e3:.1f}",
+        f"{b * 1e3:.1f} (plain delete)", f"{a / b:.1f}x", "< 1 s", a < 1.0)
+    plain.close()
+    store.close()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer runs and smaller sizes (a smoke run)")
     parser.add_argument("--json", metavar="FILE", help="also write the table as JSON")
+    parser.add_argument("--only", metavar="PARTS", help=f"comma-separated parts to run: {', '.join(PARTS)}")
     args = parser.parse_args()
+    chosen = set(args.only.split(",")) if args.only else set(PARTS)
+    if chosen - set(PARTS):
+        parser.error(f"unknown part(s) {', '.join(sorted(chosen - set(PARTS)))}: choose from {', '.join(PARTS)}")
     runs = 3 if args.quick else 11
     home = Path(tempfile.mkdtemp())
     server = FakeServer()
@@ -535,13 +608,22 @@ def main():
     )
     started = time.time()
     try:
-        bench_prompt(env, runs)
-        bench_oneshot(server, env, runs)
-        bench_first_token(server, env, runs)
-        bench_throughput(server, env, max(3, runs // 2), 2_000 if args.quick else 20_000)
-        bench_markdown((1_000, 2_000) if args.quick else (5_000, 20_000, 50_000), 10 if args.quick else 60)
-        bench_trimming(20 if args.quick else 200)
-        bench_session_load(3 if args.quick else 7)
+        if "startup" in chosen:
+            bench_prompt(env, runs)
+            bench_oneshot(server, env, runs)
+            bench_first_token(server, env, runs)
+        if "stream" in chosen:
+            bench_throughput(server, env, max(3, runs // 2), 2_000 if args.quick else 20_000)
+        if "markdown" in chosen:
+            bench_markdown((1_000, 2_000) if args.quick else (5_000, 20_000, 50_000), 10 if args.quick else 60)
+        if "context" in chosen:
+            bench_trimming(20 if args.quick else 200)
+            bench_session_load(3 if args.quick else 7)
+            bench_secure_delete(9 if args.quick else 41)
+        if "telegram" in chosen:
+            import telegram_bench
+
+            telegram_bench.main(row, 3 if args.quick else 5)
     finally:
         server.close()
     widths = [

@@ -1,4 +1,4 @@
-"""Where the programs keep their files, and the request log: one line per request, no content, no key."""
+"""The request log (one line per request, no content, no key), redaction, and reporting our own bugs."""
 
 from __future__ import annotations
 
@@ -6,20 +6,14 @@ import os
 import re
 import sys
 
-
-def user_dir(kind: str) -> str:
-    import platformdirs
-
-    return getattr(platformdirs, f"user_{kind}_dir")("chatbot", appauthor=False)
+from .files import open_private, private_dir, user_dir
 
 
 def write_log(line: str, verbose: bool) -> None:
     if verbose:
         sys.stderr.write(line + "\n")
     try:
-        directory = user_dir("log")
-        os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, "chatbot.log"), "a", encoding="utf-8") as log_file:
+        with open_private(os.path.join(private_dir(user_dir("log")), "chatbot.log")) as log_file:
             log_file.write(line + "\n")
     except OSError:
         pass

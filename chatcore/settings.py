@@ -369,6 +369,7 @@ class Settings:
     telegram_db: str | None = None
     sources: dict[str, str] = field(default_factory=dict)
     discovered: str | None = None  # "Ollama on port 11434" when zero-config found a server
+    warnings: list[str] = field(default_factory=list)  # for the front-end to show: a .env others can read
 
     @property
     def host(self) -> str:
@@ -448,6 +449,14 @@ def load_settings(flags: dict[str, Any], environ: dict[str, str], env_file: str 
 
         dotenv = dict(dotenv_values(env_path))
     settings = resolve_settings(flags, environ, dotenv)
+    secrets = [name for name in ("OPENAI_API_KEY", "TELEGRAM_BOT_TOKEN") if dotenv.get(name)]
+    if secrets and os.name == "posix":
+        mode = os.stat(env_path).st_mode & 0o777
+        if mode & 0o077:  # as ssh warns of a private key others can read
+            settings.warnings.append(
+                f"{env_path} holds {' and '.join(secrets)} and other users can read it "
+                f"(mode {mode:04o}): run chmod 600 {env_path}"
+            )
     if not settings.api_key and "base_url" not in settings.sources:
         ports = environ.get("CHATBOT_LOCAL_PORTS")
         port_list = [int(p) for p in ports.split(",") if p.strip().isdigit()] if ports is not None else LOCAL_PORTS

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .conversation import Conversation, Message
-from .log import user_dir
+from .files import open_private, private_dir, private_file, user_dir
 from .settings import DEFAULT_SYSTEM_PROMPT, Settings
 from .usage import TurnStats, Usage
 
@@ -90,9 +90,13 @@ class SessionStore:
         self.pid = os.getpid()
         directory = os.path.dirname(os.path.abspath(path))
         try:
-            os.makedirs(directory, exist_ok=True)
+            private_dir(directory)
+            for name in (path, path + "-wal", path + "-shm"):  # SQLite gives these the database's mode
+                if name == path or os.path.exists(name):
+                    private_file(name)
             self.db = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA busy_timeout = 10000")
+            self.db.execute("PRAGMA secure_delete = ON")  # deleted text is overwritten, not left in free pages
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 self.db.close()
@@ -236,6 +240,16 @@ class SessionStore:
     @locked
     def delete_messages(self, row_ids: list[int]) -> None:
         self.db.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in row_ids])
+        self.forget()
+
+    @locked
+    def forget(self) -> None:
+        """After a delete: copy the write-ahead log into the database (where secure_delete has zeroed
+        the freed text) and truncate it, so the deleted words are in neither file."""
+        try:
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except self.sqlite3.Error:
+            pass  # another process is reading: its next checkpoint does the same
 
     @locked
     def clear(self, session_id: int) -> None:
@@ -243,6 +257,7 @@ class SessionStore:
         self.db.execute("DELETE FROM messages WHERE session_id = ?", (session_id,))
         self.db.execute("UPDATE sessions SET summary = NULL, summary_covers = 0 WHERE id = ?", (session_id,))
         self.db.execute("COMMIT")
+        self.forget()
 
     @locked
     def add_usage(self, session_id: int, stats: TurnStats, finish_reason: str | None) -> None:
@@ -295,6 +310,7 @@ class SessionStore:
         if row[7] and row[7] != self.pid and pid_alive(row[7]):
             raise StoreError(f"session {name!r} is in use by another chatbot (pid {row[7]})")
         self.db.execute("DELETE FROM sessions WHERE id = ?", (row[0],))
+        self.forget()
         return True
 
     @locked
@@ -429,5 +445,5 @@ def write_export(data: dict[str, Any], path: str) -> None:
         text = export_markdown(data)
     else:
         raise ValueError("the file name must end in .json or .md")
-    with open(path, "w", encoding="utf-8") as export_file:
+    with open_private(os.path.expanduser(path), "w") as export_file:
         export_file.write(text + "\n")

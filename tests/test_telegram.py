@@ -520,3 +520,23 @@ def test_request_log_line_has_model_chat_latency_and_usage(bot, telegram, model)
     assert "model=test-model" in line and "tokens=21/3" in line and "error=-" in line
     assert " latency=" in line and line.split(" latency=")[1].split()[0].endswith("s")
     assert " ttft=" in line and "log me" not in line
+
+
+def test_clear_removes_the_words_from_disk_and_files_are_owner_only(bot, telegram, model, home):
+    from test_privacy import assert_owner_only, files_holding
+
+    phrase = "okapi-secret-9393 customer record"
+    telegram.send_text(120, phrase)
+    final_texts(telegram, 120)
+    assert files_holding(home, phrase)
+    telegram.send_text(120, "/clear")
+    final_texts(telegram, 120, 2)
+    assert files_holding(home, phrase) == []  # the bot is still running: its write-ahead log too
+    assert_owner_only(home)
+
+
+def test_polling_survives_telegram_errors(bot, telegram, model):
+    telegram.fail("getUpdates", 502, "Bad Gateway", times=2)
+    telegram.wait_for(lambda: sum(1 for c in telegram.calls_to("getUpdates") if c.status == 502) == 2)
+    telegram.send_text(121, "are you still there?")
+    assert final_texts(telegram, 121, timeout=30) == ["Hello from the test server."]

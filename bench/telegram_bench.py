@@ -1,0 +1,199 @@
+"""The Telegram assistant under load: the real bot process, a fake Bot API and a fake model, all on 127.0.0.1.
+
+- 50 private chats send a message at the same moment to a model that takes about 2 s a reply:
+  the time until all 50 finished replies have arrived, against one reply's time alone.
+- Telegram calls per chat per second while those replies stream (drafts at most about 3 a second),
+  with 429s injected for some chats: no call may land inside a retry_after window.
+- The bot process's memory with 1,000 chats' histories (20 messages each) loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from server import FakeServer, chat_reply  # noqa: E402
+from telegram_server import TOKEN, FakeTelegram  # noqa: E402
+
+REPLY = "A reply that takes about two seconds to stream, word by word, as a real model would. " * 2
+PIECES, DELAY = 20, 0.1  # 20 deltas, 0.1 s apart: about 2 s
+
+
+def start_bot(home: Path, telegram: FakeTelegram, model: FakeServer) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "CHATBOT_", "TELEGRAM_", "XDG_"))}
+    env.update(
+        HOME=str(home),
+        XDG_DATA_HOME=str(home / "data"),
+        XDG_STATE_HOME=str(home / "state"),
+        XDG_CACHE_HOME=str(home / "cache"),
+        TIKTOKEN_CACHE_DIR=str(home / "tiktoken"),
+        TELEGRAM_BOT_TOKEN=TOKEN,
+        TELEGRAM_API_URL=telegram.api_url,
+        TELEGRAM_ALLOWED_USERS="*",
+        TELEGRAM_RATE_LIMIT="1000",
+        OPENAI_BASE_URL=model.base_url,
+        OPENAI_MODEL="test-model",
+        OPENAI_MAX_RETRIES="0",
+        CHATBOT_LOCAL_PORTS="",
+        NO_PROXY="127.0.0.1",
+    )
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "telegram_bot.py")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=str(home),
+    )
+    telegram.wait_for(lambda: telegram.calls_to("getUpdates"), timeout=30)
+    return process
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def final_at(telegram: FakeTelegram, chat_id: int) -> float | None:
+    sends = [c for c in telegram.calls_to("sendMessage", chat_id) if c.status == 200]
+    return sends[-1].at if sends else None
+
+
+def one_round(telegram: FakeTelegram, chats: list[int], timeout: float = 60) -> tuple[float, dict[int, float]]:
+    """Send one message from each chat at once; (seconds until every final reply, per-chat start)."""
+    sent_at = {}
+    for chat in chats:
+        sent_at[chat] = time.monotonic()
+        telegram.send_text(chat, "tell me something")
+    telegram.wait_for(lambda: all(final_at(telegram, c) for c in chats), timeout=timeout, interval=0.01)
+    return max(final_at(telegram, c) for c in chats) - min(sent_at.values()), sent_at
+
+
+def bench_concurrency(row, runs: int) -> None:
+    telegram, model = FakeTelegram(poll_cap=0.5), FakeServer()
+    model.default_chat = lambda: chat_reply(REPLY, pieces=PIECES, delay=DELAY)
+    home = Path(tempfile.mkdtemp())
+    bot = start_bot(home, telegram, model)
+    try:
+        next_chat = iter(range(10_000, 1_000_000))
+        singles, fifties = [], []
+        limited: list[int] = []
+        for run in range(runs):  # alternate: one chat alone, then fifty at once
+            singles.append(one_round(telegram, [next(next_chat)])[0])
+            chats = [next(next_chat) for _ in range(50)]
+            if run == 0:  # Telegram's flood control for five of them, mid-stream
+                limited = chats[:5]
+                for chat in limited:
+                    telegram.fail(
+                        "sendMessageDraft", 429, "Too Many Requests: retry after 1", chat_id=chat, retry_after=1
+                    )
+            fifties.append(one_round(telegram, chats)[0])
+        single, fifty = statistics.median(singles), statistics.median(fifties)
+        row(
+            "bot: 50 chats at once, all final replies vs one reply (s)",
+            f"{fifty:.2f}",
+            f"{single:.2f} (one chat)",
+            f"{fifty / single:.2f}",
+            "< 1.5x",
+            fifty / single < 1.5,
+        )
+        # Calls per chat per second while a reply streams, over every chat of every round.
+        rates, gaps = [], []
+        for chat in {c.chat_id for c in telegram.calls if c.chat_id}:
+            calls = [c for c in telegram.calls if c.chat_id == chat and c.method != "getUpdates"]
+            drafts = [c.at for c in calls if c.method == "sendMessageDraft"]
+            span = calls[-1].at - calls[0].at
+            if span > 0.5:
+                rates.append(len(calls) / span)
+            gaps += [b - a for a, b in zip(drafts, drafts[1:], strict=False)]
+        row(
+            "bot: Telegram calls per chat per second while streaming (max over chats)",
+            f"{max(rates):.2f}",
+            f"min gap between drafts {min(gaps):.2f}s",
+            "-",
+            "drafts <= ~3/s, gap >= 0.33 s",
+            min(gaps) >= 0.33,
+        )
+        row(
+            "bot: calls inside a retry_after window (5 chats given 429)",
+            str(len(telegram.violations)),
+            f"{sum(1 for c in telegram.calls if c.status == 429)} 429s answered",
+            "-",
+            "0",
+            not telegram.violations and all(final_at(telegram, c) for c in limited),
+        )
+    finally:
+        bot.send_signal(signal.SIGTERM)
+        bot.wait(30)
+        telegram.close()
+        model.close()
+
+
+def seed_histories(path: Path, chats: int, messages: int) -> None:
+    """1,000 chats' saved histories, written straight into the bot's database format."""
+    from chatcore.conversation import Message
+    from chatcore.store import SessionStore
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    store = SessionStore(str(path))
+    for chat in range(chats):
+        session_id, _ = store.open(f"telegram-{chat + 1}", "test-model", "127.0.0.1", "You are helpful.")
+        store.db.execute("BEGIN")
+        for n in range(messages):
+            role = "user" if n % 2 == 0 else "assistant"
+            store.add_message(session_id, Message(role, f"message {n} of chat {chat}: " + "some words " * 20))
+        store.db.execute("COMMIT")
+        store.release(session_id)
+    store.close()
+
+
+def bench_memory(row) -> None:
+    telegram, model = FakeTelegram(poll_cap=0.5), FakeServer()
+    home = Path(tempfile.mkdtemp())
+    seed_histories(home / "data" / "chatbot" / "telegram.db", 1000, 20)
+    bot = start_bot(home, telegram, model)
+    try:
+        time.sleep(1.0)
+        idle = rss_kib(bot.pid)
+        for chat in range(1, 1001):  # /stats loads a chat's history and asks nothing of the model
+            telegram.send_text(chat, "/stats")
+        telegram.wait_for(lambda: len(telegram.calls_to("sendMessage")) >= 1000, timeout=120, interval=0.1)
+        loaded = rss_kib(bot.pid)
+        kept = sum("Messages kept: 20" in m.text for m in telegram.messages.values())
+        row(
+            "bot: memory with 1,000 chats' histories loaded (MiB)",
+            f"{loaded / 1024:.1f}",
+            f"{idle / 1024:.1f} idle",
+            f"+{(loaded - idle) / 1000:.0f} KiB/chat",
+            "< 200 MiB, all loaded",
+            loaded / 1024 < 200 and kept == 1000,
+        )
+        assert not model.posts  # /stats never reached the model
+    finally:
+        bot.send_signal(signal.SIGTERM)
+        bot.wait(30)
+        telegram.close()
+        model.close()
+
+
+def main(row, runs: int) -> None:
+    bench_concurrency(row, runs)
+    bench_memory(row)
+
+
+if __name__ == "__main__":  # python bench/telegram_bench.py: this part alone
+
+    def show(*cells: object) -> None:
+        print(" | ".join(str(c) for c in cells), flush=True)
+
+    main(show, 3)
