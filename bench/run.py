@@ -560,8 +560,14 @@ def bench_secure_delete(repeats):
         undo_plain.append(time.perf_counter() - started)
         put_back()
     a, b = median(undo_ours), median(undo_plain)
-    row("/undo on a 5,000-message session, secure delete + WAL checkpoint (ms)", f"{a * 1e3:.2f}",
-        f"{b * 1e3:.2f} (plain delete)", f"{a / b:.1f}x", "< 50 ms", a < 0.05)
+    row(
+        "/undo on a 5,000-message session, secure delete + WAL checkpoint (ms)",
+        f"{a * 1e3:.2f}",
+        f"{b * 1e3:.2f} (plain delete)",
+        f"{a / b:.1f}x",
+        "< 50 ms",
+        a < 0.05,
+    )
     whole_ours, whole_plain = [], []
     for n in range(max(3, repeats // 4)):
         for connection, times in ((store, whole_ours), (None, whole_plain)):
@@ -582,8 +588,14 @@ def bench_secure_delete(repeats):
                 times.append(time.perf_counter() - started)
                 target_plain.close()
     a, b = median(whole_ours), median(whole_plain)
-    row("delete a 5,000-message session, secure delete + WAL checkpoint (ms)", f"{a * 1e3:.1f}",
-        f"{b * 1e3:.1f} (plain delete)", f"{a / b:.1f}x", "< 1 s", a < 1.0)
+    row(
+        "delete a 5,000-message session, secure delete + WAL checkpoint (ms)",
+        f"{a * 1e3:.1f}",
+        f"{b * 1e3:.1f} (plain delete)",
+        f"{a / b:.1f}x",
+        "< 1 s",
+        a < 1.0,
+    )
     plain.close()
     store.close()
 
