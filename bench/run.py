@@ -569,9 +569,10 @@ def bench_secure_delete(repeats):
         a < 0.05,
     )
     whole_ours, whole_plain = [], []
-    for n in range(max(3, repeats // 4)):
+    copies = iter(range(1_000))
+    for _ in range(max(3, repeats // 4)):
         for connection, times in ((store, whole_ours), (None, whole_plain)):
-            copy = str(directory / f"copy-{n}-{len(times)}.db")
+            copy = str(directory / f"copy-{next(copies)}.db")
             store.db.execute(f"VACUUM INTO '{copy}'")
             if connection is not None:
                 target = SessionStore(copy)
