@@ -477,17 +477,24 @@ def bench_trimming(repeats):
 # -- 5c. session load ------------------------------------------------------------------------------
 
 
+def large_session(path: str, name: str, counter=None):
+    """A SessionStore holding one session of 5,000 messages (2,500 exchanges); (store, session id)."""
+    store = SessionStore(path)
+    session_id, _ = store.open(name, "gpt-4", "h", "system")
+    store.db.execute("BEGIN")
+    for message in make_history(2500):
+        if counter is not None:
+            counter.count_message(message)
+        store.add_message(session_id, message)
+    store.db.execute("COMMIT")
+    return store, session_id
+
+
 def bench_session_load(repeats):
     counter, kind = real_counter()
     directory = Path(tempfile.mkdtemp())
     path = str(directory / "long.db")
-    store = SessionStore(path)
-    session_id, _ = store.open("long", "gpt-4", "h", "system")
-    store.db.execute("BEGIN")
-    for message in make_history(2500):
-        counter.count_message(message)
-        store.add_message(session_id, message)
-    store.db.execute("COMMIT")
+    store, _ = large_session(path, "long", counter)
     store.close()
     ours, naive = [], []
     for _ in range(repeats):
@@ -531,12 +538,7 @@ def bench_secure_delete(repeats):
 
     directory = Path(tempfile.mkdtemp())
     path = str(directory / "large.db")
-    store = SessionStore(path)
-    session_id, _ = store.open("large", "gpt-4", "h", "system")
-    store.db.execute("BEGIN")
-    for message in make_history(2500):
-        store.add_message(session_id, message)
-    store.db.execute("COMMIT")
+    store, session_id = large_session(path, "large")
     plain = sqlite3.connect(path, isolation_level=None)
     plain.execute("PRAGMA secure_delete = OFF")
 

@@ -37,27 +37,16 @@ def home(tmp_path):
     return path
 
 
-@pytest.fixture
-def env(home, tmp_path):
-    """The environment for a chatbot subprocess: nothing from the developer's own setup leaks in."""
+def clean_environment(home, tiktoken_cache_dir) -> dict[str, str]:
+    """The environment for a program under test: nothing from the developer's own setup leaks in
+    (no provider, proxy or Telegram settings; the XDG directories inside `home`)."""
     clean = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("OPENAI_", "CHATBOT_", "APP_", "XDG_"))
-        and k
-        not in (
-            "NO_COLOR",
-            "INPUT_PRICE_PER_MILLION",
-            "OUTPUT_PRICE_PER_MILLION",
-            "HTTPS_PROXY",
-            "https_proxy",
-            "HTTP_PROXY",
-            "http_proxy",
-            "ALL_PROXY",
-        )
+        if not k.startswith(("OPENAI_", "CHATBOT_", "APP_", "XDG_", "TELEGRAM_"))
+        and "PROXY" not in k.upper()
+        and k not in ("NO_COLOR", "INPUT_PRICE_PER_MILLION", "OUTPUT_PRICE_PER_MILLION")
     }
-    cache = tmp_path / "tiktoken-empty"
-    cache.mkdir()
     clean.update(
         {
             "HOME": str(home),
@@ -66,13 +55,21 @@ def env(home, tmp_path):
             "XDG_CONFIG_HOME": str(home / "config"),
             "XDG_CACHE_HOME": str(home / "cache"),
             "CHATBOT_LOCAL_PORTS": "",  # no probing of real local servers
-            "TIKTOKEN_CACHE_DIR": str(cache),
+            "TIKTOKEN_CACHE_DIR": str(tiktoken_cache_dir),
             "NO_PROXY": "127.0.0.1,localhost",
             "PYTHONUNBUFFERED": "1",
             "TERM": "xterm-256color",
         }
     )
     return clean
+
+
+@pytest.fixture
+def env(home, tmp_path):
+    """The environment for a chatbot run (in-process or a subprocess)."""
+    cache = tmp_path / "tiktoken-empty"
+    cache.mkdir()
+    return clean_environment(home, cache)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ configuration start their own.
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
 import subprocess
@@ -16,7 +15,7 @@ import threading
 import time
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, clean_environment
 from server import CUT, FakeServer, chat_reply, error_status
 from telegram_server import BOT_USER, TOKEN, FakeTelegram
 
@@ -54,31 +53,17 @@ class BotProcess:
 
 
 def bot_env(home, telegram: FakeTelegram, model: FakeServer, **extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("OPENAI_", "CHATBOT_", "TELEGRAM_", "XDG_")) and "PROXY" not in k.upper()
-    }
-    env.update(
-        {
-            "HOME": str(home),
-            "XDG_DATA_HOME": str(home / "data"),
-            "XDG_STATE_HOME": str(home / "state"),
-            "XDG_CACHE_HOME": str(home / "cache"),
-            "TIKTOKEN_CACHE_DIR": str(home / "tiktoken"),
-            "TELEGRAM_BOT_TOKEN": TOKEN,
-            "TELEGRAM_API_URL": telegram.api_url,
-            "TELEGRAM_ALLOWED_USERS": ALLOWED,
-            "OPENAI_BASE_URL": model.base_url,
-            "OPENAI_MODEL": "test-model",
-            "OPENAI_MAX_RETRIES": "0",
-            "CHATBOT_LOCAL_PORTS": "",
-            "PYTHONUNBUFFERED": "1",
-            "NO_PROXY": "127.0.0.1",
-        }
-    )
-    env.update(extra)
     home.mkdir(parents=True, exist_ok=True)
+    env = clean_environment(home, home / "tiktoken")
+    env.update(
+        TELEGRAM_BOT_TOKEN=TOKEN,
+        TELEGRAM_API_URL=telegram.api_url,
+        TELEGRAM_ALLOWED_USERS=ALLOWED,
+        OPENAI_BASE_URL=model.base_url,
+        OPENAI_MODEL="test-model",
+        OPENAI_MAX_RETRIES="0",
+        **extra,
+    )
     return env
 
 
@@ -540,3 +525,22 @@ def test_polling_survives_telegram_errors(bot, telegram, model):
     telegram.wait_for(lambda: sum(1 for c in telegram.calls_to("getUpdates") if c.status == 502) == 2)
     telegram.send_text(121, "are you still there?")
     assert final_texts(telegram, 121, timeout=30) == ["Hello from the test server."]
+
+
+def test_a_group_that_became_a_supergroup_keeps_its_history(bot, telegram, model):
+    old, new = -1000555, -1001000555
+    telegram.send_text(old, f"@{BOT_USER['username']} remember the number 31", user_id=124, first_name="Ida")
+    final_texts(telegram, old)
+    telegram.fail(
+        "sendMessage",
+        400,
+        "Bad Request: group chat was upgraded to a supergroup chat",
+        chat_id=old,
+        parameters={"migrate_to_chat_id": new},
+    )
+    telegram.send_text(old, f"@{BOT_USER['username']} which number?", user_id=124, first_name="Ida")
+    final_texts(telegram, new)  # the reply went to the supergroup
+    telegram.send_text(new, f"@{BOT_USER['username']} and again?", user_id=124, first_name="Ida")
+    final_texts(telegram, new, 2)
+    contents = [m["content"] for m in model.posts[-1].body["messages"]]
+    assert contents[1] == "Ida: remember the number 31" and contents[-1] == "Ida: and again?"
