@@ -34,7 +34,7 @@ from chatcore.log import report_bug
 from chatcore.provider import Failure, one_line
 from chatcore.settings import BOOL_SETTINGS, SETTINGS, ConfigError, load_settings, resolve_settings
 from chatcore.store import SessionStore, StoreError, default_db_path, export_data, write_export
-from chatcore.turn import COMPLETE_REASONS, FINISH_NOTES, TurnResult
+from chatcore.turn import TurnResult, finish_note
 from chatcore.usage import TurnStats, format_money, total_usage, usage_line
 from terminal_render import MarkdownView, PlainView
 
@@ -160,8 +160,11 @@ def cmd_summarize(repl: Repl, arg: str) -> None:
     if arg not in ("", "on", "off"):
         repl.error("usage: /summarize [on|off]")
         return
-    settings.summarize = {"on": True, "off": False}.get(arg, not settings.summarize)
-    repl.say(f"summaries of dropped turns: {'on' if settings.summarize else 'off'}")
+    if arg:
+        settings.summarize = arg == "on"
+    repl.say(
+        f"summaries of dropped turns: {'on' if settings.summarize else 'off'}" + ("" if arg else " (/summarize on|off)")
+    )
 
 
 def cmd_sessions(repl: Repl, arg: str) -> None:
@@ -266,7 +269,14 @@ def parse_command(text: str) -> tuple[Command | None, str, str | None]:
     arg = arg.strip()
     command = COMMAND_NAMES.get(word.lower())
     if command is None:
-        return None, "", f"unknown command /{word}: type /help for the list (start with // to send a slash)"
+        return (
+            None,
+            "",
+            (
+                f"unknown command /{word}: type /help for the list. Your text is back in the prompt: "
+                f"start it with // to send it as a message"
+            ),
+        )
     if command.usage and not command.usage.startswith("[") and not arg:
         return None, "", f"/{command.name} needs {command.usage}: /{command.name} {command.usage}"
     if not command.usage and arg:
@@ -350,7 +360,7 @@ class Repl:
         try:
             existed = chat.use_session(name)
         except StoreError as exc:
-            self.error(str(exc))
+            self.early(self.error, str(exc))
             return False
         self.session_name = name
         if existed:
@@ -406,8 +416,8 @@ class Repl:
                 self.pending_text = resend
         elif result.failure is not None:
             self.error(f"reply cut short: {result.failure}")
-        elif result.finish_reason in FINISH_NOTES:
-            self.note(f"[{FINISH_NOTES[result.finish_reason]}]")
+        elif result.ended_early:
+            self.note(f"[{finish_note(result.finish_reason)}]")
         if self.chat.settings.show_usage and chat.turns:
             self.note(usage_line(chat.turns[-1]))
         self.say("")  # a blank line between the reply and the next prompt
@@ -520,10 +530,11 @@ class Repl:
             self.pending_text = ""
             if not text.strip():
                 continue
-            if text.startswith("/") and not text.startswith("//"):
+            if text.startswith("/") and not text.startswith("//") and "\n" not in text.strip():
                 command, arg, problem = parse_command(text.strip())
                 if command is None:
                     self.error(problem or "unknown command")
+                    self.pending_text = text  # never lose what was typed or pasted
                     continue
                 try:
                     command.handler(self, arg)
@@ -648,7 +659,10 @@ def open_session(chat: Chat, args: Any) -> None:
     name = chat.store.latest() if args.continue_ else args.session
     if name is None:
         raise StoreError("no saved conversation to continue")
-    chat.use_session(name)
+    try:
+        chat.use_session(name)
+    except StoreError as exc:
+        raise StoreError(f"{exc}: finish there first, or pick another --session") from None
 
 
 def run_once(chat: Chat, prompt: str, args: Any) -> int:
@@ -670,10 +684,10 @@ def run_once(chat: Chat, prompt: str, args: Any) -> int:
         result = chat.respond(view.on_event, stream=not args.no_stream)
     except PromptTooLarge as exc:
         chat.drop_last_user()
-        return report_failure(args, chat, str(exc), EXIT_USAGE)
+        return report_failure(args, chat, str(exc), EXIT_USAGE, "prompt_too_large")
     except Failure as failure:
         view.abort()
-        return report_failure(args, chat, str(failure), EXIT_FAILED)
+        return report_failure(args, chat, str(failure), EXIT_FAILED, failure.kind)
     view.finish()
     status = EXIT_OK
     if result.interrupted:
@@ -682,11 +696,9 @@ def run_once(chat: Chat, prompt: str, args: Any) -> int:
     elif result.failure is not None:
         err.write(f"chatbot: reply cut short: {result.failure}\n")
         status = EXIT_FAILED
-    elif result.finish_reason in FINISH_NOTES:
-        err.write(f"chatbot: {FINISH_NOTES[result.finish_reason]}\n")
+    elif result.ended_early:
+        err.write(f"chatbot: {finish_note(result.finish_reason)}\n")
         status = EXIT_FAILED
-    elif result.finish_reason not in COMPLETE_REASONS and args.verbose:
-        err.write(f"chatbot: the reply ended with finish reason {result.finish_reason!r}\n")
     stats = chat.turns[-1]
     if args.json:
         print(json.dumps(json_result(result, stats), ensure_ascii=False))
@@ -696,8 +708,9 @@ def run_once(chat: Chat, prompt: str, args: Any) -> int:
 
 
 def json_result(
-    result: TurnResult | None, stats: TurnStats | None, error: str | None = None, model: str = ""
+    result: TurnResult | None, stats: TurnStats | None, error: dict[str, str] | None = None, model: str = ""
 ) -> dict[str, Any]:
+    """The one JSON object --json prints, in every outcome; `error` ({type, message}) when something failed."""
     usage = stats.usage if stats else None
     payload: dict[str, Any] = {
         "model": result.model if result else model,
@@ -720,15 +733,19 @@ def json_result(
     }
     if error:
         payload["error"] = error
+    elif result is not None and result.interrupted:
+        payload["error"] = {"type": "interrupted", "message": "interrupted"}
     elif result is not None and result.failure is not None:
-        payload["error"] = str(result.failure)
+        payload["error"] = {"type": result.failure.kind, "message": str(result.failure)}
+    elif result is not None and result.ended_early:
+        payload["error"] = {"type": "incomplete", "message": finish_note(result.finish_reason)}
     return payload
 
 
-def report_failure(args: Any, chat: Chat, message: str, status: int) -> int:
+def report_failure(args: Any, chat: Chat, message: str, status: int, kind: str) -> int:
     sys.stderr.write(f"chatbot: {message}\n")
     if args.json:
-        print(json.dumps(json_result(None, None, message, chat.model), ensure_ascii=False))
+        print(json.dumps(json_result(None, None, {"type": kind, "message": message}, chat.model), ensure_ascii=False))
     return status
 
 
@@ -768,14 +785,25 @@ def session_tool(args: Any, environ: dict[str, str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    wants_json = "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv
+
+    def fail(kind: str, message: str, status: int) -> int:
+        sys.stderr.write(f"chatbot: {message}\n")
+        if wants_json:  # --json: stdout is one JSON object whatever happened
+            print(json.dumps(json_result(None, None, {"type": kind, "message": message}), ensure_ascii=False))
+        return status
+
     try:
-        return _main(sys.argv[1:] if argv is None else argv)
-    except (UsageError, ConfigError, StoreError) as exc:
-        sys.stderr.write(f"chatbot: {exc}\n")
-        return EXIT_USAGE
+        return _main(argv)
+    except UsageError as exc:
+        return fail("usage", str(exc), EXIT_USAGE)
+    except ConfigError as exc:
+        return fail("configuration", str(exc), EXIT_USAGE)
+    except StoreError as exc:
+        return fail("sessions", str(exc), EXIT_USAGE)
     except KeyboardInterrupt:
-        sys.stderr.write("\n")
-        return EXIT_INTERRUPTED
+        return fail("interrupted", "interrupted", EXIT_INTERRUPTED)
     except BrokenPipeError:
         try:
             sys.stdout = open(os.devnull, "w")  # the reader went away: exit quietly
@@ -783,8 +811,7 @@ def main(argv: list[str] | None = None) -> int:
             pass
         return EXIT_FAILED
     except Exception as exc:  # a bug of ours: one line for the user, the traceback in the log
-        sys.stderr.write(f"chatbot: internal error: {report_bug(exc)}\n")
-        return EXIT_FAILED
+        return fail("internal", f"internal error: {report_bug(exc)}", EXIT_FAILED)
 
 
 def _main(argv: list[str]) -> int:
@@ -823,9 +850,12 @@ def _main(argv: list[str]) -> int:
             if args.continue_:
                 name = chat.store.latest()
                 if name is None:
-                    repl.note("no saved conversation to continue: starting a new one")
-            if not repl.start_session(name):
-                return EXIT_USAGE
+                    repl.early(repl.note, "no saved conversation to continue: starting a new one")
+            if not repl.start_session(name):  # open in another chatbot: go on in a new session
+                repl.early(
+                    repl.note, "starting a new session instead: /sessions lists the saved ones, /session NAME opens one"
+                )
+                repl.start_session(None)
             repl.saving = True
     first = " ".join(args.prompt) if args.interactive and args.prompt else None
     return repl.run(first)

@@ -39,7 +39,7 @@ from chatcore.provider import Failure, Provider
 from chatcore.settings import ConfigError, Settings, check_credentials, load_settings
 from chatcore.store import SessionStore, StoreError
 from chatcore.streams import TEXT
-from chatcore.turn import FINISH_NOTES, Cancel, TurnResult
+from chatcore.turn import Cancel, TurnResult, finish_note
 from chatcore.usage import total_usage
 from telegram_render import Part, draft_text, split_message, to_telegram
 
@@ -408,8 +408,8 @@ def closing_note(result: TurnResult) -> str:
         return "⏹ Stopped." if result.reply else "⏹ Stopped before the reply began."
     if result.failure is not None:
         return f"⚠️ The reply was cut short: {friendly(result.failure)}"
-    if result.finish_reason in FINISH_NOTES:
-        return f"… ({FINISH_NOTES[result.finish_reason].replace(' (--max-tokens)', '')})"
+    if result.ended_early:
+        return f"… ({finish_note(result.finish_reason).replace(' (--max-tokens)', '')})"
     if not result.reply.strip():
         return "(The model sent an empty reply.)"
     return ""

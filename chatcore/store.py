@@ -169,10 +169,7 @@ class SessionStore:
             else:
                 owner = row[7]
                 if owner and owner != self.pid and pid_alive(owner):
-                    raise StoreError(
-                        f"session {name!r} is in use by another chatbot (pid {owner}): "
-                        f"finish there first, or pick another --session"
-                    )
+                    raise StoreError(f"session {name!r} is in use by another chatbot (pid {owner})")
                 self.db.execute("UPDATE sessions SET owner_pid = ? WHERE id = ?", (self.pid, row[0]))
                 session_id, existed = row[0], True
             self.db.execute("COMMIT")

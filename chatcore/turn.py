@@ -21,8 +21,14 @@ FINISH_NOTES = {
 }
 
 
-# Finish reasons that mean the reply is whole; anything in FINISH_NOTES means it is not.
+# Finish reasons that mean the reply is whole. Only these: any other reason (a gateway's
+# "unexpected_eof", an incomplete response) means the reply may be cut short.
 COMPLETE_REASONS = {"stop", "end_turn", "eos", "eos_token", "stop_sequence", "tool_calls", "function_call"}
+
+
+def finish_note(reason: str | None) -> str:
+    """What to tell the user about a reply that ended with a reason that does not mean it is whole."""
+    return FINISH_NOTES.get(reason or "") or f"the reply ended early (finish reason {reason!r}): it may be incomplete"
 
 
 @dataclass
@@ -31,7 +37,7 @@ class TurnResult:
     reasoning_chars: int = 0
     finish_reason: str | None = None
     usage: Usage | None = None
-    ttft: float | None = None
+    ttft: float | None = None  # None when not measured (a whole reply without streaming)
     latency: float = 0.0
     failure: Failure | None = None  # why the turn failed or was cut short
     interrupted: bool = False
@@ -43,14 +49,19 @@ class TurnResult:
         return self.failure is not None and bool(self.reply)
 
     @property
+    def ended_early(self) -> bool:
+        """The stream ended cleanly, but its finish reason does not say the reply is whole."""
+        return not self.interrupted and self.failure is None and self.finish_reason not in COMPLETE_REASONS
+
+    @property
     def truncated(self) -> bool:
-        return self.cut_short or self.interrupted or self.finish_reason is None or self.finish_reason in FINISH_NOTES
+        return self.cut_short or self.interrupted or self.finish_reason not in COMPLETE_REASONS
 
     @property
     def flags(self) -> str:
         if self.interrupted:
             return "interrupted"
-        if self.cut_short:
+        if self.cut_short or self.ended_early:
             return "cut short"
         return ""
 
@@ -192,6 +203,8 @@ def stream_turn(
             cancel.release()
     result.latency = time.monotonic() - started
     result.reply = "".join(parts)
+    if not stream:
+        result.ttft = None  # the whole reply arrived at once: no first token was timed
     if result.failure is not None and not result.reply and not result.interrupted:
         result.failure.latency = result.latency
         raise result.failure

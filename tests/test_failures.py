@@ -198,6 +198,8 @@ def test_stall_longer_than_the_read_timeout(run, server, db):
         ("error", 1, "error"),
         ("eos", 0, None),
         ("end_turn", 0, None),
+        ("unexpected_eof", 1, "the reply ended early (finish reason 'unexpected_eof')"),
+        ("recitation", 1, "may be incomplete"),
     ],
 )
 def test_finish_reasons(run, server, reason, status, needle):

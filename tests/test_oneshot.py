@@ -8,8 +8,9 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import assert_clean, run_chatbot
-from server import chat_reply
+from server import chat_reply, error_status
 
 
 def test_argument_prompt_prints_the_reply(run, server):
@@ -298,3 +299,35 @@ def test_one_shot_in_a_terminal_renders_markdown_unless_no_color(env, server):
     plain = child.read()
     assert "\x1b" not in plain
     assert plain.replace("\r\n", "\n") == reply
+
+
+def test_no_stream_does_not_pass_the_whole_reply_time_off_as_time_to_first_token(run, server):
+    server.push(chat_reply("Whole.", delay=0.05))
+    payload = json.loads(run("--no-stream", "--json", "q").out)
+    assert payload["ttft_ms"] is None and payload["latency_ms"] > 0
+    result = run("--no-stream", "--show-usage", "q")
+    assert "first token" not in result.err and "tok/s" not in result.err
+
+
+@pytest.mark.parametrize(
+    "args, extra_env, kind, needle",
+    [
+        (["--json", "--max-tokens", "-5", "q"], {}, "configuration", "--max-tokens"),
+        (["--json", "--bogus-flag", "q"], {}, "usage", "--bogus-flag"),
+        (["--json", "  "], {}, "usage", "nothing to send"),
+        (["--json", "q"], {"OPENAI_BASE_URL": "https://api.example.invalid/v1"}, "configuration", "OPENAI_API_KEY"),
+        (["--json", "--continue", "q"], {}, "sessions", "no saved conversation"),
+    ],
+)
+def test_json_is_one_object_with_an_error_in_every_outcome(run, server, args, extra_env, kind, needle):
+    result = run(*args, extra_env=extra_env)
+    assert result.returncode == 2
+    payload = json.loads(result.out)  # exactly one JSON object, nothing else
+    assert payload["error"]["type"] == kind and needle in payload["error"]["message"]
+    assert payload["reply"] == "" and payload["truncated"] is True
+
+
+def test_json_error_for_a_provider_failure_names_its_type(run, server):
+    server.push(error_status(401, "Incorrect API key provided"))
+    payload = json.loads(run("--json", "q").out)
+    assert payload["error"]["type"] == "auth" and "OPENAI_API_KEY" in payload["error"]["message"]

@@ -103,10 +103,15 @@ def test_unknown_command_and_bad_arguments(spawn, server):
     child = started(spawn, "--no-save")
     send(child, "/frobnicate")
     child.expect_exact("unknown command /frobnicate")
+    child.expect_exact(PROMPT)
+    child.expect_exact("/frobnicate")  # what was typed is back in the prompt, not lost
+    child.sendcontrol("c")  # Ctrl-C clears the line
     send(child, "/stats now")
     child.expect_exact("/stats takes no argument")
+    child.sendcontrol("c")
     send(child, "/rename")
     child.expect_exact("/rename needs NAME")
+    child.sendcontrol("c")
     send(child, "/model nonexistent-model")
     child.expect_exact("unknown model 'nonexistent-model'")
     child.expect_exact("test-model")
@@ -286,3 +291,39 @@ def test_ctrl_c_mid_markdown_reply_leaves_a_clean_screen(spawn, server):
     assert numbers == list(range(len(numbers))) and len(numbers) >= 5  # each once, in order, no leftovers
     assert all(row in paragraphs or paragraphs[n].startswith(row) for n, row in zip(numbers, shown, strict=True))
     assert any("[interrupted]" in row for row in rows)
+
+
+def test_text_starting_with_a_slash_is_never_lost(spawn, server):
+    child = started(spawn, "--no-save")
+    send(child, "/etc/hosts is missing")
+    child.expect_exact("unknown command /etc/hosts")
+    child.expect_exact("start it with // to send it as a message")
+    child.expect_exact(PROMPT)
+    child.sendcontrol("a")  # the text is back in the prompt: add one slash at its start and send it
+    send(child, "/")
+    child.expect_exact("Hello from the test server.")
+    child.expect_exact(PROMPT)
+    assert server.posts[-1].body["messages"][-1]["content"] == "/etc/hosts is missing"
+    # Pasted text of several lines is a message, whatever its first character.
+    child.send("\x1b[200~/usr/bin/python3 fails:\nTraceback (most recent call last)\x1b[201~")
+    send(child, "")
+    child.expect_exact("Hello from the test server.")
+    assert (
+        server.posts[-1].body["messages"][-1]["content"] == "/usr/bin/python3 fails:\nTraceback (most recent call last)"
+    )
+    send(child, "/exit")
+    child.expect(pexpect.EOF)
+
+
+def test_summarize_without_an_argument_shows_the_setting(spawn, server):
+    child = started(spawn, "--no-save")
+    send(child, "/summarize")
+    child.expect_exact("summaries of dropped turns: off (/summarize on|off)")
+    send(child, "/summarize")
+    child.expect_exact("summaries of dropped turns: off (/summarize on|off)")  # shown, not toggled
+    send(child, "/summarize on")
+    child.expect_exact("summaries of dropped turns: on")
+    send(child, "/summarize")
+    child.expect_exact("summaries of dropped turns: on (/summarize on|off)")
+    send(child, "/exit")
+    child.expect(pexpect.EOF)

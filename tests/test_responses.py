@@ -76,6 +76,17 @@ def case_content_filter():
     ), dict(reply="Filtered", status=1, finish="content_filter", needle="content filter")
 
 
+def case_incomplete_unknown_reason():
+    """A gateway whose upstream died: response.incomplete with a reason nobody documents."""
+    return responses_openai(
+        "Half a rep",
+        terminal={
+            "type": "response.incomplete",
+            "response": {"status": "incomplete", "incomplete_details": {"reason": "unexpected_eof"}},
+        },
+    ), dict(reply="Half a rep", status=1, finish="unexpected_eof", needle="finish reason 'unexpected_eof'")
+
+
 def case_error_event():
     return responses_openai(
         "Some", terminal={"type": "error", "code": "rate_limit_exceeded", "message": "slow down please"}
@@ -138,6 +149,7 @@ CASES = [
     case_response_done_event,
     case_failed,
     case_incomplete,
+    case_incomplete_unknown_reason,
     case_content_filter,
     case_error_event,
     case_function_calls_and_unknown_events,

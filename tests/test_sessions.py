@@ -339,3 +339,23 @@ def test_a_chat_with_no_messages_leaves_no_session(spawn, run, server, db):
     child.sendcontrol("d")
     child.expect(pexpect.EOF)
     assert run("--db", db, "--list-sessions").out.strip() == "no saved sessions"
+
+
+def test_continue_when_the_newest_session_is_open_elsewhere_starts_a_new_one(spawn, server, db):
+    first = spawn("--db", db, "--session", "busy")
+    first.expect_exact(PROMPT)
+    first.send("hello\r")
+    first.expect_exact("Hello from the test server.")
+    second = spawn("--db", db, "-c")
+    second.expect_exact("session 'busy' is in use by another chatbot")
+    second.expect_exact("starting a new session instead: /sessions lists the saved ones, /session NAME opens one")
+    second.expect_exact(PROMPT)
+    second.send("still usable\r")
+    second.expect_exact("Hello from the test server.")
+    second.send("/exit\r")
+    second.expect(pexpect.EOF)
+    second.close()
+    assert second.exitstatus == 0
+    assert "--session" not in (second.before or "")
+    first.send("/exit\r")
+    first.expect(pexpect.EOF)
