@@ -306,6 +306,8 @@ class Repl:
         self.prompt_session: Any = None
         self.startup_notes: list[tuple[Callable[[str], None], str]] = []  # shown under the banner
         chat.notify = chat.provider.notify = self.note
+        if args.verbose:
+            chat.log_sink = held_log.append
         files.notice = lambda text: self.early(self.note, text)
         for warning in chat.settings.warnings:
             self.early(self.warn, warning)
@@ -420,6 +422,7 @@ class Repl:
             self.note(f"[{finish_note(result.finish_reason)}]")
         if self.chat.settings.show_usage and chat.turns:
             self.note(usage_line(chat.turns[-1]))
+        show_held_log(sys.stderr)
         self.say("")  # a blank line between the reply and the next prompt
 
     # -- the loop --------------------------------------------------------------------
@@ -742,6 +745,17 @@ def json_result(
     return payload
 
 
+held_log: list[str] = []  # -v request log lines, written out once the reply has ended
+
+
+def show_held_log(out: Any, prefix: str = "") -> None:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+    for line in held_log:
+        out.write(f"{prefix}{stamp} {line}\n")
+    held_log.clear()
+    out.flush()
+
+
 def report_failure(args: Any, chat: Chat, message: str, status: int, kind: str) -> int:
     sys.stderr.write(f"chatbot: {message}\n")
     if args.json:
@@ -832,16 +846,17 @@ def _main(argv: list[str]) -> int:
         for warning in settings.warnings:
             print(f"chatbot: warning: {warning}", file=sys.stderr)
         chat = Chat(settings, lambda text: print(f"chatbot: {text}", file=sys.stderr))
-        chat.verbose = args.verbose
+        if args.verbose:  # shown once the reply has ended, so a log line never joins the reply's last line
+            chat.log_sink = held_log.append
         if args.session or args.continue_:
             open_session(chat, args)
         try:
             return run_once(chat, prompt or "", args)
         finally:
+            show_held_log(sys.stderr)
             if chat.store is not None:
                 chat.store.close()
     chat = Chat(settings, lambda text: None)
-    chat.verbose = args.verbose
     repl = Repl(chat, args)
     if not settings.no_save or args.session or args.continue_:
         repl.open_store()

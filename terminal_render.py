@@ -10,6 +10,24 @@ from typing import Any
 
 from chatcore.streams import REASONING, TEXT
 
+# Model output is untrusted: on a terminal, a control character could set the window title,
+# clear the screen or the scrollback, or write the clipboard (OSC 52). Every one but newline and
+# tab is shown as a visible symbol instead of being obeyed (ESC as ␛); output into a pipe or a
+# file is left byte for byte.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _picture(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return chr(0x2400 + code) if code < 0x20 else "␡" if code == 0x7F else "\ufffd"
+
+
+def visible_controls(text: str) -> str:
+    """Text made safe to write to a terminal: control characters shown, never obeyed."""
+    if "\r\n" in text:
+        text = text.replace("\r\n", "\n")
+    return CONTROL_CHARACTERS.sub(_picture, text) if CONTROL_CHARACTERS.search(text) else text
+
 
 class PlainView:
     """Writes the model's text byte for byte; reasoning (if shown) goes dimmed to stderr or the terminal.
@@ -29,6 +47,10 @@ class PlainView:
         self.flushed_at = 0.0
         self.show_reasoning = show_reasoning
         self.reasoning_out = reasoning_out
+        try:
+            self.reasoning_tty = reasoning_out is not None and reasoning_out.isatty()
+        except (AttributeError, ValueError):
+            self.reasoning_tty = False
         self.dim = dim
         self.wrote_text = False
         self.ends_with_newline = True
@@ -38,7 +60,7 @@ class PlainView:
         if kind is TEXT:
             if self._reasoning_open:
                 self._close_reasoning()
-            self.out.write(text)
+            self.out.write(text if self.batch else visible_controls(text))
             if self.batch:
                 now = time.monotonic()
                 if now - self.flushed_at >= self.FLUSH_SECONDS:
@@ -55,7 +77,7 @@ class PlainView:
                 if not self.show_reasoning:
                     self.reasoning_out.write("thinking…")
             if self.show_reasoning:
-                self.reasoning_out.write(text)
+                self.reasoning_out.write(visible_controls(text) if self.reasoning_tty else text)
             self.reasoning_out.flush()
 
     def _close_reasoning(self) -> None:
@@ -143,7 +165,8 @@ class MarkdownView:
                 legacy_windows=False,
                 theme=None,
             )
-        markdown = Markdown(markdown_text, code_theme=self.code_theme)
+        # Links show their URL: a terminal hyperlink (OSC 8) would hide where it goes.
+        markdown = Markdown(markdown_text, code_theme=self.code_theme, hyperlinks=False)
         capture.file.seek(0)
         capture.file.truncate()
         capture.print(markdown)
@@ -182,6 +205,7 @@ class MarkdownView:
     # -- the stream ----------------------------------------------------------------
 
     def on_event(self, kind: str, text: str) -> None:
+        text = visible_controls(text)  # this view only ever writes to a terminal
         if kind is REASONING:
             self.reasoning_chars += len(text)
             if self.show_reasoning:

@@ -73,7 +73,7 @@ def console():
 def whole(text):
     out = TerminalOut()
     reference = Console(file=io.StringIO(), width=WIDTH, force_terminal=True, color_system="truecolor")
-    reference.print(Markdown(text, code_theme="monokai"))
+    reference.print(Markdown(text, code_theme="monokai", hyperlinks=False))
     out.write(reference.file.getvalue())
     return out.lines()
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import assert_clean, run_chatbot
+from conftest import CHATBOT, assert_clean, run_chatbot
 from server import chat_reply, error_status
 
 
@@ -331,3 +331,20 @@ def test_json_error_for_a_provider_failure_names_its_type(run, server):
     server.push(error_status(401, "Incorrect API key provided"))
     payload = json.loads(run("--json", "q").out)
     assert payload["error"]["type"] == "auth" and "OPENAI_API_KEY" in payload["error"]["message"]
+
+
+def test_verbose_log_line_never_joins_the_reply_when_both_streams_share_a_pipe(env, server):
+    """`chatbot -v q 2>&1 | ...`: one pipe for both; every log line starts a line of its own."""
+    server.push(chat_reply("A reply with no final newline", size=3))
+    full_env = dict(env, OPENAI_BASE_URL=server.base_url, OPENAI_MODEL="test-model")
+    result = subprocess.run(
+        [sys.executable, CHATBOT, "-v", "q"],
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        timeout=30,
+        cwd=env["HOME"],
+    )
+    lines = result.stdout.decode().splitlines()
+    assert lines[0] == "A reply with no final newline"
+    assert any(" model=test-model " in line for line in lines[1:])
