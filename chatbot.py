@@ -17,8 +17,10 @@ tiktoken, genai-prices) are imported where they are first needed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -34,9 +36,58 @@ from chatcore.log import report_bug
 from chatcore.provider import Failure, one_line
 from chatcore.settings import BOOL_SETTINGS, SETTINGS, ConfigError, load_settings, resolve_settings
 from chatcore.store import SessionStore, StoreError, default_db_path, export_data, write_export
-from chatcore.turn import TurnResult, finish_note
+from chatcore.turn import Cancel, TurnResult, finish_note
 from chatcore.usage import TurnStats, format_money, total_usage, usage_line
 from terminal_render import MarkdownView, PlainView
+
+# ---------------------------------------------------------------------------
+# Ctrl-C during a turn
+# ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def ctrl_c_stops(turn: Callable[[], Cancel | None]) -> Iterator[None]:
+    """Ctrl-C stops the turn in progress (`turn()`), once; every other press changes nothing.
+
+    Python raises KeyboardInterrupt wherever the program happens to be: a second press arriving
+    while a reply was being recorded or drawn, or between two prompts, used to leave the history
+    and the screen half done, or end the chat. Here a press interrupts only a reply that is still
+    streaming, and only the first time (the stream keeps what arrived). At the prompt, Ctrl-C is a
+    key that prompt_toolkit reads, not a signal. The terminal does not echo ^C.
+    """
+
+    def on_ctrl_c(signum: int, frame: Any) -> None:
+        cancel = turn()
+        if cancel is None or cancel.is_set() or cancel.finished:
+            return
+        cancel.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_ctrl_c)
+    echo = quiet_ctrl_echo()
+    try:
+        yield
+    finally:
+        echo()
+        signal.signal(signal.SIGINT, previous)
+
+
+def quiet_ctrl_echo() -> Callable[[], None]:
+    """Stop the terminal echoing ^C; returns what puts it back (nothing to do off a terminal)."""
+    try:
+        import termios
+    except ImportError:  # Windows: no ^C echo to quiet
+        return lambda: None
+    try:
+        descriptor = sys.stdin.fileno()
+        saved = termios.tcgetattr(descriptor)
+        quiet = list(saved)
+        quiet[3] &= ~termios.ECHOCTL
+        termios.tcsetattr(descriptor, termios.TCSANOW, quiet)
+    except (termios.error, OSError, ValueError, AttributeError):  # not a terminal
+        return lambda: None
+    return lambda: termios.tcsetattr(descriptor, termios.TCSANOW, saved)
+
 
 # ---------------------------------------------------------------------------
 # Commands: one table drives dispatch, /help and completion
@@ -304,6 +355,7 @@ class Repl:
         self.saving = False
         self._store_error: str | None = None
         self.prompt_session: Any = None
+        self.cancel: Cancel | None = None  # the turn in progress: what Ctrl-C stops
         self.startup_notes: list[tuple[Callable[[str], None], str]] = []  # shown under the banner
         chat.notify = chat.provider.notify = self.note
         if args.verbose:
@@ -391,6 +443,12 @@ class Repl:
 
     def run_turn(self, text: str | None) -> None:
         """Send `text` (or, for /retry, the history as it is) and show the reply."""
+        try:
+            self._run_turn(text)
+        finally:
+            self.cancel = None  # no turn in progress: Ctrl-C has nothing to stop
+
+    def _run_turn(self, text: str | None) -> None:
         chat = self.chat
         if text is not None:
             chat.add_user(text)
@@ -399,8 +457,10 @@ class Repl:
             return
         resend = chat.conversation.history[-1].content
         view = self.view()
+        cancel = self.cancel = Cancel()
         try:
-            result = chat.respond(view.on_event, stream=not self.args.no_stream)
+            result = chat.respond(view.on_event, stream=not self.args.no_stream, cancel=cancel)
+            view.finish()
         except PromptTooLarge as exc:
             chat.drop_last_user()
             self.error(str(exc))
@@ -411,7 +471,6 @@ class Repl:
             self.error(str(failure))
             self.pending_text = resend
             return
-        view.finish()
         if result.interrupted:
             self.note("[interrupted]" if result.reply else "[interrupted before the reply began]")
             if not result.reply:
@@ -515,11 +574,46 @@ class Repl:
         except OSError:
             pass
 
+    def handle(self, text: str) -> bool:
+        """One line from the prompt: a command, or a message to send. False when the chat should end."""
+        if not text.strip():
+            return True
+        if text.startswith("/") and not text.startswith("//") and "\n" not in text.strip():
+            command, arg, problem = parse_command(text.strip())
+            if command is None:
+                self.pending_text = text  # never lose what was typed or pasted
+                self.error(problem or "unknown command")
+                return True
+            try:
+                command.handler(self, arg)
+            except EOFError:
+                return False
+            except KeyboardInterrupt:
+                self.note("[interrupted]")
+            except Exception as exc:
+                self.error(f"internal error: {report_bug(exc)}")
+            return True
+        try:
+            self.run_turn(text[1:] if text.startswith("//") else text)
+        except KeyboardInterrupt:  # outside the stream (preparing the request): nothing was sent
+            self.chat.drop_last_user()
+            self.pending_text = text
+            self.note("[interrupted]")
+        except Exception as exc:  # a bug of ours must not end the chat or lose the message
+            self.chat.drop_last_user()
+            self.pending_text = text
+            self.error(f"internal error: {report_bug(exc)}")
+        return True
+
     def run(self, first_prompt: str | None = None) -> int:
         self.say(self.banner())
         for show, text in self.startup_notes:
             show(text)
         self.prompt_session = self.make_prompt()
+        with ctrl_c_stops(lambda: self.cancel):
+            return self.loop(first_prompt)
+
+    def loop(self, first_prompt: str | None) -> int:
         if first_prompt:
             self.run_turn(first_prompt)
         while True:
@@ -531,33 +625,12 @@ class Repl:
             except EOFError:
                 break
             self.pending_text = ""
-            if not text.strip():
-                continue
-            if text.startswith("/") and not text.startswith("//") and "\n" not in text.strip():
-                command, arg, problem = parse_command(text.strip())
-                if command is None:
-                    self.error(problem or "unknown command")
-                    self.pending_text = text  # never lose what was typed or pasted
-                    continue
-                try:
-                    command.handler(self, arg)
-                except EOFError:
-                    break
-                except KeyboardInterrupt:
-                    self.note("[interrupted]")
-                except Exception as exc:
-                    self.error(f"internal error: {report_bug(exc)}")
-                continue
             try:
-                self.run_turn(text[1:] if text.startswith("//") else text)
-            except KeyboardInterrupt:  # outside the stream (preparing the request): nothing was sent
-                self.chat.drop_last_user()
-                self.pending_text = text
-                self.note("[interrupted]")
-            except Exception as exc:  # a bug of ours must not end the chat or lose the message
-                self.chat.drop_last_user()
-                self.pending_text = text
-                self.error(f"internal error: {report_bug(exc)}")
+                if not self.handle(text):
+                    break
+            except KeyboardInterrupt:  # a Ctrl-C between two steps, outside the prompt: the chat goes on
+                self.pending_text = self.pending_text or text
+                continue
         if self.chat.store is not None:
             if self.chat.session_id is not None:
                 self.chat.store.drop_if_empty(self.chat.session_id)
@@ -683,15 +756,17 @@ def run_once(chat: Chat, prompt: str, args: Any) -> int:
         view = PlainView(sys.stdout, settings.show_reasoning, err if settings.show_reasoning else None)
     chat.wants_cost = bool(args.json or settings.show_usage or chat.store is not None)
     chat.add_user(prompt)
+    cancel = Cancel()
     try:
-        result = chat.respond(view.on_event, stream=not args.no_stream)
+        with ctrl_c_stops(lambda: cancel):
+            result = chat.respond(view.on_event, stream=not args.no_stream, cancel=cancel)
+            view.finish()
     except PromptTooLarge as exc:
         chat.drop_last_user()
         return report_failure(args, chat, str(exc), EXIT_USAGE, "prompt_too_large")
     except Failure as failure:
         view.abort()
         return report_failure(args, chat, str(failure), EXIT_FAILED, failure.kind)
-    view.finish()
     status = EXIT_OK
     if result.interrupted:
         err.write("chatbot: interrupted\n")

@@ -85,6 +85,7 @@ class Cancel:
         self._event = threading.Event()
         self._lock = threading.Lock()
         self._response: Any = None
+        self.finished = False  # the stream is over: setting the token now changes nothing
 
     def is_set(self) -> bool:
         return self._event.is_set()
@@ -200,6 +201,7 @@ def stream_turn(
         result.failure = describe_exception(exc, settings, model)
     finally:
         if cancel is not None:
+            cancel.finished = True
             cancel.release()
     result.latency = time.monotonic() - started
     result.reply = "".join(parts)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import re
 import time
 
 import pexpect
+import pytest
 from server import chat_reply, error_status
 
 PROMPT = "❯"
@@ -106,12 +108,17 @@ def test_unknown_command_and_bad_arguments(spawn, server):
     child.expect_exact(PROMPT)
     child.expect_exact("/frobnicate")  # what was typed is back in the prompt, not lost
     child.sendcontrol("c")  # Ctrl-C clears the line
+    child.expect_exact(PROMPT)
     send(child, "/stats now")
     child.expect_exact("/stats takes no argument")
+    child.expect_exact(PROMPT)
     child.sendcontrol("c")
+    child.expect_exact(PROMPT)
     send(child, "/rename")
     child.expect_exact("/rename needs NAME")
+    child.expect_exact(PROMPT)
     child.sendcontrol("c")
+    child.expect_exact(PROMPT)
     send(child, "/model nonexistent-model")
     child.expect_exact("unknown model 'nonexistent-model'")
     child.expect_exact("test-model")
@@ -327,3 +334,44 @@ def test_summarize_without_an_argument_shows_the_setting(spawn, server):
     child.expect_exact("summaries of dropped turns: on (/summarize on|off)")
     send(child, "/exit")
     child.expect(pexpect.EOF)
+
+
+@pytest.mark.parametrize("gap", [0.0, 0.05, 0.2])
+def test_fast_repeated_ctrl_c_leaves_one_marker_and_a_valid_history(spawn, server, gap):
+    code = "```python\n" + "\n".join(f"print({n})" for n in range(300)) + "\n```\n"
+    server.push(chat_reply("Here:\n\n" + code, size=6, delay=0.02))
+    child = started(spawn, "--no-save")
+    child.logfile_read = io.StringIO()
+    send(child, "show me code")
+    child.expect_exact("print(3)")
+    for _ in range(3):
+        child.sendcontrol("c")
+        time.sleep(gap)
+    child.expect_exact("[interrupted]")
+    child.expect_exact(PROMPT)
+    send(child, "next")
+    child.expect_exact("Hello from the test server.")
+    child.expect_exact(PROMPT)
+    shown = child.logfile_read.getvalue()
+    assert shown.count("[interrupted]") == 1 and "^C" not in shown
+    messages = server.posts[-1].body["messages"]
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    assert messages[-1]["content"] == "next"  # the prompt held only what was typed
+    assert messages[2]["content"].startswith("Here:")
+    send(child, "/exit")
+    child.expect(pexpect.EOF)
+
+
+def test_ctrl_c_between_prompts_never_ends_the_chat(spawn, server):
+    child = started(spawn, "--no-save")
+    for _ in range(5):  # presses that land while a command runs or before the prompt is back
+        send(child, "/help")
+        child.sendcontrol("c")
+    child.expect_exact(PROMPT)
+    send(child, "still alive?")
+    child.expect_exact("Hello from the test server.")
+    child.expect_exact(PROMPT)
+    send(child, "/exit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
