@@ -356,6 +356,7 @@ class Repl:
         self._store_error: str | None = None
         self.prompt_session: Any = None
         self.cancel: Cancel | None = None  # the turn in progress: what Ctrl-C stops
+        self.typed_ahead: list[str] = []  # lines entered before the first prompt was drawn
         self.startup_notes: list[tuple[Callable[[str], None], str]] = []  # shown under the banner
         chat.notify = chat.provider.notify = self.note
         if args.verbose:
@@ -616,6 +617,9 @@ class Repl:
     def loop(self, first_prompt: str | None) -> int:
         if first_prompt:
             self.run_turn(first_prompt)
+        for line in self.typed_ahead:  # entered before the prompt was drawn: handled as if typed at it
+            if not self.handle(line):
+                return self.close()
         while True:
             try:
                 text = self.prompt_session.prompt("❯ ", default=self.pending_text)
@@ -631,11 +635,15 @@ class Repl:
             except KeyboardInterrupt:  # a Ctrl-C between two steps, outside the prompt: the chat goes on
                 self.pending_text = self.pending_text or text
                 continue
+        return self.close()
+
+    def close(self) -> int:
+        """Leave: an empty chat leaves no session behind, and the session is released."""
         if self.chat.store is not None:
             if self.chat.session_id is not None:
                 self.chat.store.drop_if_empty(self.chat.session_id)
             self.chat.store.close()
-        return 0
+        return EXIT_OK
 
 
 # ---------------------------------------------------------------------------
@@ -914,25 +922,83 @@ def _main(argv: list[str]) -> int:
         raise UsageError("-i/--interactive needs a terminal on stdin and stdout")
     if not one_shot and not interactive_terminal:
         raise UsageError("no prompt and no terminal: pass a prompt or pipe one on stdin")
-    prompt = read_prompt(args, sys.stdin) if one_shot and not args.interactive else None
+    if not one_shot or args.interactive:
+        return run_chat(args, environ)
+    prompt = read_prompt(args, sys.stdin)
     flags = {s.name: getattr(args, s.name, None) for s in SETTINGS if s.flags}
     settings = load_settings(flags, environ, args.env_file)
-    if one_shot and not args.interactive:
-        for warning in settings.warnings:
-            print(f"chatbot: warning: {warning}", file=sys.stderr)
-        chat = Chat(settings, lambda text: print(f"chatbot: {text}", file=sys.stderr))
-        if args.verbose:  # shown once the reply has ended, so a log line never joins the reply's last line
-            chat.log_sink = held_log.append
-        if args.session or args.continue_:
-            open_session(chat, args)
-        try:
-            return run_once(chat, prompt or "", args)
-        finally:
-            show_held_log(sys.stderr)
-            if chat.store is not None:
-                chat.store.close()
+    for warning in settings.warnings:
+        print(f"chatbot: warning: {warning}", file=sys.stderr)
+    chat = Chat(settings, lambda text: print(f"chatbot: {text}", file=sys.stderr))
+    if args.verbose:  # shown once the reply has ended, so a log line never joins the reply's last line
+        chat.log_sink = held_log.append
+    if args.session or args.continue_:
+        open_session(chat, args)
+    try:
+        return run_once(chat, prompt, args)
+    finally:
+        show_held_log(sys.stderr)
+        if chat.store is not None:
+            chat.store.close()
+
+
+def run_chat(args: Any, environ: dict[str, str]) -> int:
+    """The interactive chat. Keys typed before the prompt is drawn wait as keys, and leaving is
+    immediate: once everything is saved, the process ends without the interpreter's slow teardown."""
+    restore_terminal, typed_ahead = keys_not_lines()
+    try:
+        status = EXIT_OK if typed_ahead is None else start_chat(args, environ, typed_ahead)
+    finally:
+        restore_terminal()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+def keys_not_lines() -> tuple[Callable[[], None], list[str] | None]:
+    """Put the terminal in cbreak mode at once, so keys typed before the prompt is drawn wait as keys.
+
+    What was typed even earlier, while Python was starting, is still in the terminal's line buffer:
+    lines finished with Enter are read now, to be handled first as if typed at the prompt (a line
+    not yet finished stays for the prompt to read), and a Ctrl-D there (an end-of-file, which used
+    to leave the prompt deaf for good) means leave: then the lines are None. Returns (restore, lines).
+    """
+    try:
+        import select
+        import termios
+        import tty
+    except ImportError:
+        return (lambda: None), []
+    try:
+        descriptor = sys.stdin.fileno()
+        saved = termios.tcgetattr(descriptor)
+    except (termios.error, OSError, ValueError):
+        return (lambda: None), []
+    typed = b""
+    # Still in line mode: whole lines and an end-of-file (Ctrl-D) are what a read can return now.
+    while select.select([descriptor], [], [], 0)[0]:
+        chunk = os.read(descriptor, 4096)
+        if not chunk:
+            return (lambda: None), None  # Ctrl-D typed ahead: leave
+        typed += chunk
+    lines = typed.decode("utf-8", "replace").splitlines()
+    try:
+        tty.setcbreak(descriptor, termios.TCSANOW)
+    except termios.error:
+        return (lambda: None), lines
+
+    def restore() -> None:
+        termios.tcsetattr(descriptor, termios.TCSADRAIN, saved)
+
+    return restore, lines
+
+
+def start_chat(args: Any, environ: dict[str, str], typed_ahead: list[str]) -> int:
+    flags = {s.name: getattr(args, s.name, None) for s in SETTINGS if s.flags}
+    settings = load_settings(flags, environ, args.env_file)
     chat = Chat(settings, lambda text: None)
     repl = Repl(chat, args)
+    repl.typed_ahead = typed_ahead
     if not settings.no_save or args.session or args.continue_:
         repl.open_store()
         if chat.store is not None:

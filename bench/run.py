@@ -121,6 +121,33 @@ def bench_prompt(env, runs):
 # -- 2. one-shot overhead ----------------------------------------------------------------
 
 
+def exit_latency(env, after_reply: bool) -> float:
+    """Seconds from sending /exit to the end of the process, in a real pseudo-terminal."""
+    import pexpect
+
+    child = pexpect.spawn(PY, [CHATBOT, "--no-save"], env=env, encoding="utf-8", dimensions=(40, 100))
+    child.expect_exact("❯", timeout=20)
+    if after_reply:
+        child.send("hello\r")
+        child.expect_exact("Hello from the test server.", timeout=20)
+        child.expect_exact("❯", timeout=20)
+    time.sleep(0.3)
+    started = time.perf_counter()
+    child.send("/exit\r")
+    child.expect(pexpect.EOF, timeout=20)
+    elapsed = time.perf_counter() - started
+    child.close()
+    return elapsed
+
+
+def bench_exit(env, runs):
+    for after_reply in (False, True):
+        times = [exit_latency(env, after_reply) for _ in range(runs)]
+        when = "after a reply (SDK loaded)" if after_reply else "right after start"
+        ours = median(times)
+        row(f"/exit to process end, {when} (s)", f"{ours:.3f}", f"max {max(times):.3f}", "-", "< 0.15 s", ours < 0.15)
+
+
 def bench_oneshot(server, env, runs):
     walls_a, walls_b, rss_a, rss_b = [], [], [], []
     for _ in range(runs):
@@ -625,6 +652,7 @@ def main():
     try:
         if "startup" in chosen:
             bench_prompt(env, runs)
+            bench_exit(env, runs)
             bench_oneshot(server, env, runs)
             bench_first_token(server, env, runs)
         if "stream" in chosen:

@@ -375,3 +375,23 @@ def test_ctrl_c_between_prompts_never_ends_the_chat(spawn, server):
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
+
+
+@pytest.mark.parametrize("keys", ["\x04", "/exit\r"], ids=["ctrl-d", "exit"])
+def test_leaving_typed_ahead_before_the_prompt_is_drawn_ends_the_chat(spawn, server, keys):
+    child = spawn("--no-save")
+    child.send(keys)  # at once: Python is still starting, the banner not yet drawn
+    child.expect(pexpect.EOF, timeout=10)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def test_text_typed_ahead_goes_into_the_first_prompt(spawn, server):
+    child = spawn("--no-save")
+    child.send("typed early")
+    child.expect_exact(PROMPT)
+    send(child, "")
+    child.expect_exact("Hello from the test server.")
+    assert server.posts[-1].body["messages"][-1]["content"] == "typed early"
+    send(child, "/exit")
+    child.expect(pexpect.EOF)
