@@ -38,7 +38,7 @@ from chatcore.settings import BOOL_SETTINGS, SETTINGS, ConfigError, load_setting
 from chatcore.store import SessionStore, StoreError, default_db_path, export_data, write_export
 from chatcore.turn import Cancel, TurnResult, finish_note
 from chatcore.usage import TurnStats, format_money, total_usage, usage_line
-from terminal_render import MarkdownView, PlainView
+from terminal_render import MarkdownView, PlainView, Waiting
 
 # ---------------------------------------------------------------------------
 # Ctrl-C during a turn
@@ -357,6 +357,7 @@ class Repl:
         self.prompt_session: Any = None
         self.cancel: Cancel | None = None  # the turn in progress: what Ctrl-C stops
         self.typed_ahead: list[str] = []  # lines entered before the first prompt was drawn
+        self.waiting: Waiting | None = None  # the "waiting for the model…" line, until the first token
         self.startup_notes: list[tuple[Callable[[str], None], str]] = []  # shown under the banner
         chat.notify = chat.provider.notify = self.note
         if args.verbose:
@@ -371,6 +372,8 @@ class Repl:
         self.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
     def note(self, text: str) -> None:
+        if self.waiting is not None:
+            self.waiting.clear()  # a retry notice while waiting: on a line of its own
         self.console.print(text, style="dim", markup=False, highlight=False, soft_wrap=True)
 
     def warn(self, text: str) -> None:
@@ -459,19 +462,28 @@ class Repl:
         resend = chat.conversation.history[-1].content
         view = self.view()
         cancel = self.cancel = Cancel()
+        waiting = self.waiting = Waiting(sys.stdout).start()
         try:
-            result = chat.respond(view.on_event, stream=not self.args.no_stream, cancel=cancel)
+            result = chat.respond(
+                waiting.until_first_event(view.on_event), stream=not self.args.no_stream, cancel=cancel
+            )
+            waiting.stop()
             view.finish()
         except PromptTooLarge as exc:
+            waiting.stop()
             chat.drop_last_user()
             self.error(str(exc))
             self.pending_text = resend
             return
         except Failure as failure:
+            waiting.stop()
             view.abort()
             self.error(str(failure))
             self.pending_text = resend
             return
+        finally:
+            waiting.stop()
+            self.waiting = None
         if result.interrupted:
             self.note("[interrupted]" if result.reply else "[interrupted before the reply began]")
             if not result.reply:
@@ -765,9 +777,15 @@ def run_once(chat: Chat, prompt: str, args: Any) -> int:
     chat.wants_cost = bool(args.json or settings.show_usage or chat.store is not None)
     chat.add_user(prompt)
     cancel = Cancel()
+    waiting = Waiting(sys.stdout) if sys.stdout.isatty() and not args.json else None
+    on_event = view.on_event if waiting is None else waiting.start().until_first_event(view.on_event)
     try:
         with ctrl_c_stops(lambda: cancel):
-            result = chat.respond(view.on_event, stream=not args.no_stream, cancel=cancel)
+            try:
+                result = chat.respond(on_event, stream=not args.no_stream, cancel=cancel)
+            finally:
+                if waiting is not None:
+                    waiting.stop()  # before anything else is written, the error line included
             view.finish()
     except PromptTooLarge as exc:
         chat.drop_last_user()

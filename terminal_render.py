@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -350,3 +351,67 @@ class MarkdownView:
     def abort(self) -> None:
         """Interrupted: clear the live region and keep what was received, rendered."""
         self.finish()
+
+
+class Waiting:
+    """A dim "waiting for the model…" on a terminal until the first token, with the elapsed seconds
+    after a moment; erased without a trace (nothing is left in the scrollback) when the reply starts.
+
+    A small thread draws it, so the wait for a slow server shows signs of life; every write, its own
+    and the erase, happens under one lock, and nothing is drawn once `stop()` has been called.
+    """
+
+    def __init__(self, out: Any, delay: float = 0.25, interval: float = 0.5):
+        self.out, self.delay, self.interval = out, delay, interval
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.drawn = False
+        self.started = time.monotonic()
+        self.thread = threading.Thread(target=self._run, name="waiting", daemon=True)
+
+    def start(self) -> Waiting:
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        if self.stopped.wait(self.delay):
+            return
+        while True:
+            elapsed = time.monotonic() - self.started
+            seconds = f" {elapsed:.0f}s" if elapsed >= 1 else ""
+            with self.lock:
+                if self.stopped.is_set():
+                    return
+                self.out.write(f"\r\x1b[2K\x1b[2mwaiting for the model…{seconds}\x1b[0m")
+                self.out.flush()
+                self.drawn = True
+            if self.stopped.wait(self.interval):
+                return
+
+    def clear(self) -> None:
+        """Erase the line now (a note is about to be printed); it is drawn again at the next tick."""
+        with self.lock:
+            if self.drawn:
+                self.out.write("\r\x1b[2K")
+                self.out.flush()
+                self.drawn = False
+
+    def stop(self) -> None:
+        if self.stopped.is_set():
+            return
+        with self.lock:
+            self.stopped.set()
+            if self.drawn:
+                self.out.write("\r\x1b[2K")
+                self.out.flush()
+                self.drawn = False
+
+    def until_first_event(self, on_event: Callable[[str, str], None]) -> Callable[[str, str], None]:
+        """`on_event`, stopping the indicator before the first text or reasoning is shown."""
+
+        def first(kind: str, text: str) -> None:
+            if not self.stopped.is_set():
+                self.stop()
+            on_event(kind, text)
+
+        return first

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 from conftest import CHATBOT, assert_clean, run_chatbot
-from server import chat_reply, error_status
+from server import SLEEP, chat_reply, error_status
 
 
 def test_argument_prompt_prints_the_reply(run, server):
@@ -348,3 +348,11 @@ def test_verbose_log_line_never_joins_the_reply_when_both_streams_share_a_pipe(e
     lines = result.stdout.decode().splitlines()
     assert lines[0] == "A reply with no final newline"
     assert any(" model=test-model " in line for line in lines[1:])
+
+
+def test_piped_output_has_no_waiting_line(run, server):
+    behaviour = chat_reply("Late.")
+    behaviour.pieces.insert(0, (SLEEP, 1.2))
+    server.push(behaviour)
+    result = run("q")
+    assert result.out == "Late.\n" and "waiting" not in result.err

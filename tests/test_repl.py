@@ -8,7 +8,7 @@ import time
 
 import pexpect
 import pytest
-from server import chat_reply, error_status
+from server import SLEEP, chat_reply, error_status
 
 PROMPT = "❯"
 
@@ -393,5 +393,32 @@ def test_text_typed_ahead_goes_into_the_first_prompt(spawn, server):
     send(child, "")
     child.expect_exact("Hello from the test server.")
     assert server.posts[-1].body["messages"][-1]["content"] == "typed early"
+    send(child, "/exit")
+    child.expect(pexpect.EOF)
+
+
+def final_screen(output: str, columns: int = 100, lines: int = 40) -> list[str]:
+    """What a terminal shows (scrollback included) after `output`, through a terminal emulator."""
+    import pyte
+
+    screen = pyte.HistoryScreen(columns, lines, history=1000)
+    pyte.Stream(screen).feed(output)
+    history = ["".join(ch.data for ch in row.values()).rstrip() for row in screen.history.top]
+    return history + [line.rstrip() for line in screen.display]
+
+
+def test_a_slow_first_token_shows_a_waiting_line_that_leaves_no_trace(spawn, server):
+    behaviour = chat_reply("Finally here.")
+    behaviour.pieces.insert(0, (SLEEP, 2.5))
+    server.push(behaviour)
+    child = started(spawn, "--no-save")
+    child.logfile_read = io.StringIO()
+    send(child, "slow one")
+    child.expect("waiting for the model… [12]s")  # signs of life, with the seconds
+    child.expect_exact("Finally here.")
+    child.expect_exact(PROMPT)
+    screen = final_screen(child.logfile_read.getvalue())
+    assert not any("waiting" in line for line in screen)
+    assert any("Finally here." in line for line in screen)
     send(child, "/exit")
     child.expect(pexpect.EOF)
