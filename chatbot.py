@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -358,6 +359,7 @@ class Repl:
         self.cancel: Cancel | None = None  # the turn in progress: what Ctrl-C stops
         self.typed_ahead: list[str] = []  # lines entered before the first prompt was drawn
         self.waiting: Waiting | None = None  # the "waiting for the model…" line, until the first token
+        self.kept_message: str | None = None  # a failed message too tall to put back in the prompt
         self.startup_notes: list[tuple[Callable[[str], None], str]] = []  # shown under the banner
         chat.notify = chat.provider.notify = self.note
         if args.verbose:
@@ -472,14 +474,12 @@ class Repl:
         except PromptTooLarge as exc:
             waiting.stop()
             chat.drop_last_user()
-            self.error(str(exc))
-            self.pending_text = resend
+            self.restore(resend, str(exc))
             return
         except Failure as failure:
             waiting.stop()
             view.abort()
-            self.error(str(failure))
-            self.pending_text = resend
+            self.restore(resend, str(failure))
             return
         finally:
             waiting.stop()
@@ -587,6 +587,20 @@ class Repl:
         except OSError:
             pass
 
+    def restore(self, text: str, error: str) -> None:
+        """Say why a message failed and give it back: in the prompt, or, when it is taller than the
+        screen (its error would scroll out of sight), kept aside with the error as the last line."""
+        if text.count("\n") + 4 < shutil.get_terminal_size().lines:
+            self.error(error)
+            self.pending_text = text
+            return
+        lines = text.count("\n") + 1
+        self.kept_message = text
+        self.note(
+            f"your message ({lines} lines) is kept: Enter on the empty prompt resends it, ↑ brings it back to edit"
+        )
+        self.error(error)
+
     def handle(self, text: str) -> bool:
         """One line from the prompt: a command, or a message to send. False when the chat should end."""
         if not text.strip():
@@ -641,6 +655,9 @@ class Repl:
             except EOFError:
                 break
             self.pending_text = ""
+            kept, self.kept_message = self.kept_message, None
+            if kept and not text.strip():
+                text = kept  # Enter on the empty prompt resends the message that failed
             try:
                 if not self.handle(text):
                     break

@@ -143,6 +143,7 @@ class MarkdownView:
         self.last_draw = -1e9
         self.clock = clock
         self.reasoning_chars = 0
+        self.reasoning = ""  # shown reasoning not yet committed to the scrollback
         self.wrote_text = False
         self._capture: Any = None
 
@@ -209,11 +210,14 @@ class MarkdownView:
         text = visible_controls(text)  # this view only ever writes to a terminal
         if kind is REASONING:
             self.reasoning_chars += len(text)
-            if self.show_reasoning:
-                self._write_reasoning(text)
+            if self.show_reasoning and not self.wrote_text:
+                self.reasoning += text  # shown growing in the live region, committed before the answer
+                self._draw_live()
             elif self.reasoning_chars == len(text):
                 self._draw_live(force=True)
             return
+        if self.reasoning:
+            self._commit_reasoning()
         self.wrote_text = True
         pending, self.pending = self.pending, ""
         pending += text  # with the only reference held here, CPython appends in place: no copy per delta
@@ -222,8 +226,23 @@ class MarkdownView:
             self._scan()
         self._draw_live()
 
-    def _write_reasoning(self, text: str) -> None:
-        self.out.write(self._erase_live(self._width()) + f"\x1b[2m{text}\x1b[0m")
+    def _reasoning_lines(self, width: int) -> list[str]:
+        """The reasoning so far, dimmed and wrapped to the terminal's width."""
+        lines = []
+        for paragraph in self.reasoning.strip("\n").split("\n"):
+            while True:
+                lines.append(f"\x1b[2m{paragraph[:width]}\x1b[0m" if paragraph else "")
+                paragraph = paragraph[width:]
+                if not paragraph:
+                    break
+        return lines
+
+    def _commit_reasoning(self) -> None:
+        """Print the whole reasoning, dimmed, into the scrollback above the answer (once)."""
+        width = self._width()
+        out = self._erase_live(width) + "\n".join(self._reasoning_lines(width)) + "\n\n"
+        self.reasoning = ""
+        self.out.write(out)
         self.out.flush()
 
     def _scan(self) -> None:
@@ -314,6 +333,8 @@ class MarkdownView:
             lines = self._code_lines(width)  # unfinished code: plain lines, highlighted once it is committed
         elif source.strip():
             lines, _ = self._render(source, width)
+        elif self.reasoning:
+            lines = self._reasoning_lines(width)
         elif self.reasoning_chars and not self.show_reasoning and not self.wrote_text:
             lines = [f"\x1b[2mthinking… ({self.reasoning_chars:,} characters of reasoning)\x1b[0m"]
         else:
@@ -342,6 +363,8 @@ class MarkdownView:
 
     def finish(self) -> None:
         """Commit whatever is left as the final block."""
+        if self.reasoning:
+            self._commit_reasoning()  # reasoning with no answer after it: still shown whole
         if self.pending.strip():
             self._commit(len(self.pending))
         out = self._erase_live(self._width())

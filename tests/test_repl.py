@@ -422,3 +422,42 @@ def test_a_slow_first_token_shows_a_waiting_line_that_leaves_no_trace(spawn, ser
     assert any("Finally here." in line for line in screen)
     send(child, "/exit")
     child.expect(pexpect.EOF)
+
+
+@pytest.mark.parametrize("flags", [[], ["--raw"]], ids=["markdown", "raw"])
+def test_show_reasoning_shows_all_of_it_above_the_whole_answer(spawn, server, flags):
+    reasoning = "First I consider the question. Then I weigh two options carefully. Finally I decide."
+    server.push(chat_reply("Line one of the answer.\n\nLine two of the answer.", size=4, reasoning=reasoning))
+    child = started(spawn, "--no-save", "--show-reasoning", *flags)
+    child.logfile_read = io.StringIO()
+    send(child, "think")
+    child.expect_exact("Line two of the answer.")
+    child.expect_exact(PROMPT)
+    screen = "\n".join(final_screen(child.logfile_read.getvalue()))
+    flat = " ".join(screen.split())
+    assert reasoning in flat  # complete
+    assert "Line one of the answer." in screen and "Line two of the answer." in screen
+    assert flat.index("Finally I decide.") < flat.index("Line one of the answer.")  # above the answer
+    assert "\x1b[2m" in child.logfile_read.getvalue()  # dimmed
+    send(child, "/exit")
+    child.expect(pexpect.EOF)
+
+
+def test_a_failed_long_paste_keeps_its_error_in_view(spawn, server):
+    server.push(error_status(500, "broken", headers={"x-should-retry": "false"}))
+    child = started(spawn, "--no-save", dimensions=(20, 100))
+    child.logfile_read = io.StringIO()
+    paste = "\n".join(f"pasted line {n}" for n in range(60))
+    child.send(f"\x1b[200~{paste}\x1b[201~")
+    send(child, "")
+    child.expect_exact("your message (60 lines) is kept")
+    child.expect_exact("error: the provider failed (500)")
+    child.expect_exact(PROMPT)
+    time.sleep(0.5)
+    visible = final_screen(child.logfile_read.getvalue(), 100, 20)[-20:]
+    assert any("error: the provider failed (500)" in line for line in visible), visible
+    send(child, "")  # Enter on the empty prompt resends the whole message
+    child.expect_exact("Hello from the test server.")
+    assert server.posts[-1].body["messages"][-1]["content"] == paste
+    send(child, "/exit")
+    child.expect(pexpect.EOF)
