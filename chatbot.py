@@ -360,6 +360,7 @@ class Repl:
         self.typed_ahead: list[str] = []  # lines entered before the first prompt was drawn
         self.waiting: Waiting | None = None  # the "waiting for the model…" line, until the first token
         self.kept_message: str | None = None  # a failed message too tall to put back in the prompt
+        self.readonly_store: SessionStore | None = None  # a database that can be read but not written
         self.startup_notes: list[tuple[Callable[[str], None], str]] = []  # shown under the banner
         chat.notify = chat.provider.notify = self.note
         if args.verbose:
@@ -400,9 +401,10 @@ class Repl:
     # -- sessions ------------------------------------------------------------------
 
     def require_store(self) -> SessionStore | None:
-        if self.chat.store is None:
+        store = self.chat.store or self.readonly_store  # a read-only database can still be listed
+        if store is None:
             self.error(self._store_error or "sessions are off (--no-save)")
-        return self.chat.store
+        return store
 
     def open_store(self) -> None:
         try:
@@ -410,6 +412,11 @@ class Repl:
         except StoreError as exc:
             self._store_error = str(exc)
             self.early(self.error, f"{exc}; chatting without saving")
+            return
+        if self.chat.store.readonly:
+            self.readonly_store = self.chat.store
+            self._store_error = self.chat.store.readonly_note
+            self.early(self.note, self._store_error)
 
     def start_session(self, name: str | None) -> bool:
         """Switch to a named session (resuming it if it exists) or start an automatic one."""
@@ -464,7 +471,7 @@ class Repl:
         resend = chat.conversation.history[-1].content
         view = self.view()
         cancel = self.cancel = Cancel()
-        waiting = self.waiting = Waiting(sys.stdout).start()
+        waiting = self.waiting = Waiting(sys.stdout, shown=not os.environ.get("NO_COLOR")).start()
         try:
             result = chat.respond(
                 waiting.until_first_event(view.on_event), stream=not self.args.no_stream, cancel=cancel
@@ -769,6 +776,8 @@ def read_prompt(args: Any, stdin: Any) -> str:
 def open_session(chat: Chat, args: Any) -> None:
     """Attach the sessions store and resume or start the session --session or -c asks for."""
     chat.store = SessionStore(default_db_path(chat.settings))
+    if chat.store.readonly:
+        sys.stderr.write(f"chatbot: {chat.store.readonly_note}\n")
     name = chat.store.latest() if args.continue_ else args.session
     if name is None:
         raise StoreError("no saved conversation to continue")
@@ -794,7 +803,7 @@ def run_once(chat: Chat, prompt: str, args: Any) -> int:
     chat.wants_cost = bool(args.json or settings.show_usage or chat.store is not None)
     chat.add_user(prompt)
     cancel = Cancel()
-    waiting = Waiting(sys.stdout) if sys.stdout.isatty() and not args.json else None
+    waiting = Waiting(sys.stdout) if sys.stdout.isatty() and not args.json and not os.environ.get("NO_COLOR") else None
     on_event = view.on_event if waiting is None else waiting.start().until_first_event(view.on_event)
     try:
         with ctrl_c_stops(lambda: cancel):

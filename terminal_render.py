@@ -384,8 +384,9 @@ class Waiting:
     and the erase, happens under one lock, and nothing is drawn once `stop()` has been called.
     """
 
-    def __init__(self, out: Any, delay: float = 0.25, interval: float = 0.5):
+    def __init__(self, out: Any, delay: float = 0.25, interval: float = 0.5, shown: bool = True):
         self.out, self.delay, self.interval = out, delay, interval
+        self.shown = shown  # False (NO_COLOR: plain output, no cursor movement): nothing is drawn
         self.lock = threading.Lock()
         self.stopped = threading.Event()
         self.drawn = False
@@ -393,7 +394,8 @@ class Waiting:
         self.thread = threading.Thread(target=self._run, name="waiting", daemon=True)
 
     def start(self) -> Waiting:
-        self.thread.start()
+        if self.shown:
+            self.thread.start()
         return self
 
     def _run(self) -> None:

@@ -229,8 +229,19 @@ class Chat:
         return True
 
     def use_session(self, name: str) -> bool:
-        """Claim a saved session (StoreError if another process has it) and load it; True if it existed."""
+        """Claim a saved session (StoreError if another process has it) and load it; True if it existed.
+
+        On a read-only store the session (if it exists) is loaded and the store detached: the chat
+        goes on, and nothing tries to write."""
         store = self.store
+        if store.readonly:
+            row = store.find(name)
+            if row is not None:
+                self.conversation, self.turns, model = store.load(row[0])
+                if model and model != self.model and "model" not in self.settings.sources:
+                    self.set_model(model)
+            self.store, self.session_id = None, None
+            return row is not None
         session_id, existed = store.open(name, self.model, self.settings.host, self.conversation.system)
         if self.session_id is not None and self.session_id != session_id:
             store.drop_if_empty(self.session_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -42,6 +43,7 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+READ_ONLY_ERRORS = re.compile(r"readonly|read-only|unable to open|permission", re.I)
 
 
 class StoreError(Exception):
@@ -61,6 +63,19 @@ def pid_alive(pid: int | None) -> bool:
 
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def writes(method: F) -> F:
+    """A store method that writes: refused on a read-only database (under the lock, like every method)."""
+
+    @functools.wraps(method)
+    def checked(self: SessionStore, *args: Any, **kwargs: Any) -> Any:
+        if self.readonly:
+            raise StoreError(self.readonly_note)
+        with self.lock:
+            return method(self, *args, **kwargs)
+
+    return checked  # type: ignore[return-value]
 
 
 def locked(method: F) -> F:
@@ -88,6 +103,7 @@ class SessionStore:
         self.sqlite3 = sqlite3
         self.lock = threading.RLock()  # a transaction never interleaves with another thread's writes
         self.pid = os.getpid()
+        self.readonly = False  # the file or its directory cannot be written: reading works, saving does not
         directory = os.path.dirname(os.path.abspath(path))
         try:
             private_dir(directory)
@@ -107,12 +123,59 @@ class SessionStore:
             self.db.execute("PRAGMA journal_mode = WAL")
             self.db.execute("PRAGMA foreign_keys = ON")
             self._migrate(version)
+            self.readonly = not self._can_write()
+        except sqlite3.OperationalError as exc:
+            if not os.path.isfile(path) or not READ_ONLY_ERRORS.search(str(exc)):
+                raise StoreError(f"cannot open the sessions database {path}: {exc}") from None
+            self._open_read_only(path)
         except sqlite3.DatabaseError as exc:
             raise StoreError(
                 f"the sessions database {path} is unreadable ({exc}): it was left untouched; use --db for another file"
             ) from None
         except OSError as exc:
             raise StoreError(f"cannot open the sessions database {path}: {exc.strerror or exc}") from None
+
+    def _can_write(self) -> bool:
+        """A real write, rolled back: in WAL mode a lock can succeed on a file that cannot be written."""
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            finally:
+                self.db.execute("ROLLBACK")
+            return True
+        except self.sqlite3.OperationalError:
+            return False
+
+    def _open_read_only(self, path: str) -> None:
+        """A database that cannot be written (the file or its directory is read-only): open it for
+        reading, without the write-ahead files if they cannot be created."""
+        from urllib.parse import quote
+
+        self.readonly = True
+        for options in ("mode=ro", "immutable=1"):
+            try:
+                self.db = self.sqlite3.connect(
+                    f"file:{quote(os.path.abspath(path))}?{options}",
+                    uri=True,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+                version = self.db.execute("PRAGMA user_version").fetchone()[0]
+                break
+            except self.sqlite3.OperationalError:
+                continue
+        else:
+            raise StoreError(f"cannot read the sessions database {path}: it is read-only and SQLite cannot open it")
+        if version != SCHEMA_VERSION:
+            raise StoreError(
+                f"the sessions database {path} is read-only and needs an upgrade (schema {version}, "
+                f"this chatbot uses {SCHEMA_VERSION}): make it writable once, or use --db"
+            )
+
+    @property
+    def readonly_note(self) -> str:
+        return f"the sessions database {self.path} is read-only: this conversation will not be saved"
 
     def _migrate(self, version: int) -> None:
         for number in range(version, SCHEMA_VERSION):
@@ -133,7 +196,8 @@ class SessionStore:
     @locked
     def close(self) -> None:
         try:
-            self.db.execute("UPDATE sessions SET owner_pid = NULL WHERE owner_pid = ?", (self.pid,))
+            if not self.readonly:
+                self.db.execute("UPDATE sessions SET owner_pid = NULL WHERE owner_pid = ?", (self.pid,))
             self.db.close()
         except self.sqlite3.Error:
             pass
@@ -154,7 +218,13 @@ class SessionStore:
 
     @locked
     def open(self, name: str, model: str, host: str, system: str) -> tuple[int, bool]:
-        """Create or claim a session; (id, existed). Raises StoreError if another process has it."""
+        """Create or claim a session; (id, existed). Raises StoreError if another process has it.
+        On a read-only database an existing session is found (for reading) but not claimed."""
+        if self.readonly:
+            row = self.find(name)
+            if row is None:
+                raise StoreError(self.readonly_note)
+            return row[0], True
         self.db.execute("BEGIN IMMEDIATE")
         try:
             row = self.find(name)
@@ -181,6 +251,8 @@ class SessionStore:
     @locked
     def drop_if_empty(self, session_id: int) -> None:
         """Forget a session that never got a message, so /sessions lists only real conversations."""
+        if self.readonly:
+            return
         self.db.execute(
             "DELETE FROM sessions WHERE id = ? AND owner_pid = ? AND NOT EXISTS "
             "(SELECT 1 FROM messages WHERE session_id = ?)",
@@ -189,6 +261,8 @@ class SessionStore:
 
     @locked
     def release(self, session_id: int) -> None:
+        if self.readonly:
+            return
         self.db.execute("UPDATE sessions SET owner_pid = NULL WHERE id = ? AND owner_pid = ?", (session_id, self.pid))
 
     @locked
@@ -216,7 +290,7 @@ class SessionStore:
         ]
         return conversation, turns, row[3]
 
-    @locked
+    @writes
     def add_message(self, session_id: int, message: Message) -> None:
         key, tokens = message.tokens if message.tokens else (None, None)
         cursor = self.db.execute(
@@ -227,14 +301,14 @@ class SessionStore:
         message.row_id = cursor.lastrowid
         self.db.execute("UPDATE sessions SET updated = ? WHERE id = ?", (time.time(), session_id))
 
-    @locked
+    @writes
     def update_message(self, message: Message) -> None:
         self.db.execute(
             "UPDATE messages SET content = ?, flags = ?, tokens = NULL WHERE id = ?",
             (message.content, message.flags, message.row_id),
         )
 
-    @locked
+    @writes
     def delete_messages(self, row_ids: list[int]) -> None:
         self.db.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in row_ids])
         self.forget()
@@ -248,7 +322,7 @@ class SessionStore:
         except self.sqlite3.Error:
             pass  # another process is reading: its next checkpoint does the same
 
-    @locked
+    @writes
     def clear(self, session_id: int) -> None:
         self.db.execute("BEGIN IMMEDIATE")
         self.db.execute("DELETE FROM messages WHERE session_id = ?", (session_id,))
@@ -256,7 +330,7 @@ class SessionStore:
         self.db.execute("COMMIT")
         self.forget()
 
-    @locked
+    @writes
     def add_usage(self, session_id: int, stats: TurnStats, finish_reason: str | None) -> None:
         usage = stats.usage
         self.db.execute(
@@ -280,26 +354,26 @@ class SessionStore:
             ),
         )
 
-    @locked
+    @writes
     def set_meta(self, session_id: int, **values: Any) -> None:
         for column, value in values.items():
             assert column in ("model", "system", "name")
             self.db.execute(f"UPDATE sessions SET {column} = ? WHERE id = ?", (value, session_id))
 
-    @locked
+    @writes
     def save_summary(self, session_id: int, summary: str, covers: int) -> None:
         self.db.execute(
             "UPDATE sessions SET summary = ?, summary_covers = ? WHERE id = ?", (summary, covers, session_id)
         )
 
-    @locked
+    @writes
     def rename(self, session_id: int, name: str) -> None:
         try:
             self.db.execute("UPDATE sessions SET name = ? WHERE id = ?", (name, session_id))
         except self.sqlite3.IntegrityError:
             raise StoreError(f"a session named {name!r} already exists") from None
 
-    @locked
+    @writes
     def delete(self, name: str) -> bool:
         row = self.find(name)
         if row is None:
@@ -328,7 +402,7 @@ class SessionStore:
         conversation, turns, model = self.load(row[0])
         return export_data(row[1], model, row[3], conversation, turns)
 
-    @locked
+    @writes
     def import_session(self, data: dict[str, Any], name: str | None = None) -> str:
         if data.get("format") != "chatbot-session":
             raise StoreError("not a chatbot session export (expected the JSON that /save FILE.json writes)")

@@ -359,3 +359,52 @@ def test_continue_when_the_newest_session_is_open_elsewhere_starts_a_new_one(spa
     assert "--session" not in (second.before or "")
     first.send("/exit\r")
     first.expect(pexpect.EOF)
+
+
+@pytest.fixture
+def immutable():
+    """Make paths read-only even for root (chattr +i); undone afterwards so they can be deleted."""
+    marked = []
+
+    def mark(path):
+        result = subprocess.run(["chattr", "+i", str(path)], capture_output=True)
+        if result.returncode != 0:
+            pytest.skip("chattr +i is not available here")
+        marked.append(str(path))
+
+    yield mark
+    for path in reversed(marked):
+        subprocess.run(["chattr", "-i", path], capture_output=True)
+
+
+@pytest.mark.parametrize("what", ["directory", "file"])
+def test_a_read_only_database_can_be_read_and_the_chat_goes_on_unsaved(run, spawn, server, tmp_path, immutable, what):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    db = str(folder / "s.db")
+    assert run("--db", db, "--session", "s", "first question").returncode == 0
+    immutable(folder if what == "directory" else db)
+    listing = run("--db", db, "--list-sessions")
+    assert listing.returncode == 0 and "s " in listing.out, listing.err
+    out = tmp_path / "export.md"
+    exported = run("--db", db, "--export", "s", str(out))
+    assert exported.returncode == 0 and "first question" in out.read_text()
+    again = run("--db", db, "--session", "s", "second question")
+    assert_clean(again)
+    assert again.returncode == 0 and again.out == "Hello from the test server.\n", again.err
+    assert again.err.count("\n") == 1 and "is read-only: this conversation will not be saved" in again.err
+    sent = [m["content"] for m in server.posts[-1].body["messages"]]
+    assert sent[1:] == ["first question", "Hello from the test server.", "second question"]  # history was read
+    child = spawn("--db", db, "-c")
+    child.expect_exact("is read-only: this conversation will not be saved")
+    child.expect_exact(PROMPT)
+    child.send("third\r")
+    child.expect_exact("Hello from the test server.")
+    child.send("/sessions\r")
+    child.expect_exact("s ")
+    child.send("/exit\r")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert run("--db", db, "--export", "s", str(out)).returncode == 0
+    assert "second question" not in out.read_text() and "third" not in out.read_text()  # nothing was written
