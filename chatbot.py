@@ -95,6 +95,23 @@ def quiet_ctrl_echo() -> Callable[[], None]:
 # ---------------------------------------------------------------------------
 
 
+def plural(count: int, word: str) -> str:
+    return f"{count:,} {word}{'' if count == 1 else 's'}"
+
+
+def fit(text: str, width: int) -> str:
+    """Text cut to `width` characters, with an ellipsis when something was cut."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def wrapped(text: str, indent: int) -> str:
+    """A line wrapped to the terminal's width, continuation lines indented under its text."""
+    import textwrap
+
+    width = max(40, shutil.get_terminal_size().columns - 1)
+    return "\n".join(textwrap.wrap(text, width, subsequent_indent=" " * indent, break_on_hyphens=False))
+
+
 @dataclass(frozen=True)
 class Command:
     name: str
@@ -109,10 +126,13 @@ def cmd_help(repl: Repl, arg: str) -> None:
     for command in COMMANDS:
         names = f"/{command.name} {command.usage}".strip()
         aliases = f" (also {', '.join('/' + a for a in command.aliases)})" if command.aliases else ""
-        repl.say(f"  {names:<{width}}  {command.help}{aliases}")
+        repl.say(wrapped(f"  {names:<{width}}  {command.help}{aliases}", width + 4))
     repl.say(
-        "  Enter sends · Esc Enter adds a line · Ctrl-C stops a reply · Ctrl-D quits · "
-        "start a message with // to send a leading slash"
+        wrapped(
+            "  Enter sends · Esc Enter adds a line · Ctrl-C stops a reply · Ctrl-D quits · "
+            "start a message with // to send a leading slash",
+            2,
+        )
     )
 
 
@@ -133,20 +153,25 @@ def cmd_clear(repl: Repl, arg: str) -> None:
 def cmd_stats(repl: Repl, arg: str) -> None:
     chat = repl.chat
     turns = chat.turns
-    repl.say(f"messages in memory: {len(chat.conversation.history) + 1} (system prompt included)")
+    history = chat.conversation.history
+    exchanges = sum(1 for m in history if m.role == "user")
+    repl.say(f"messages in memory: {len(history) + 1} (system prompt included; {plural(exchanges, 'turn')})")
     if chat.last_request is not None:
         request = chat.last_request
         dropped = f", {request.dropped} older not sent" if request.dropped else ""
-        repl.say(f"sent last turn: {len(request.turns) + 1} messages{dropped}")
+        repl.say(f"sent last turn: {plural(len(request.turns) + 1, 'message')}{dropped}")
     if not turns:
         repl.say("no replies yet")
         return
     repl.say(f"last turn: {usage_line(turns[-1])}")
     usage, money = total_usage(turns)
     about = "~" if usage.estimated else ""
+    estimated = ""
+    if usage.estimated:
+        estimated = " (estimated)" if all(t.usage.estimated for t in turns) else " (some counts estimated)"
     repl.say(
-        f"session: {len(turns)} turns · {about}{usage.input_tokens:,} in · {about}{usage.output_tokens:,} out"
-        f" · {money}" + (" (some counts estimated)" if usage.estimated else "")
+        f"session: {plural(len(turns), 'request')} · {about}{usage.input_tokens:,} in · "
+        f"{about}{usage.output_tokens:,} out · {money}{estimated}"
     )
 
 
@@ -236,8 +261,15 @@ def session_lines(rows: list[tuple], current: str | None = None) -> list[str]:
         mark = "*" if name == current else " "
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(updated))
         money = "-" if cost is None else format_money(cost)
-        lines.append(f"{mark} {name:<24} {(model or '-')[:24]:<24} {turns:>4} turns  {when}  {money}")
+        lines.append(
+            f"{mark} {fit(name, 24):<24} {fit(model or '-', 24):<24} {plural(turns, 'turn'):>10}  {when}  {money}"
+        )
     return lines
+
+
+def export_problem(path: str, exc: Exception) -> str:
+    """Why an export failed, worded the same for /save and --export."""
+    return f"cannot export to {path}: {getattr(exc, 'strerror', None) or exc}"
 
 
 def cmd_session(repl: Repl, arg: str) -> None:
@@ -290,7 +322,7 @@ def cmd_save(repl: Repl, arg: str) -> None:
     try:
         write_export(data, arg)
     except (OSError, ValueError) as exc:
-        repl.error(f"cannot save to {arg}: {getattr(exc, 'strerror', None) or exc}")
+        repl.error(export_problem(arg, exc))
         return
     repl.say(f"saved {len(data['messages'])} messages to {arg}")
 
@@ -434,7 +466,11 @@ class Repl:
             conversation = chat.conversation
             flagged = sum(1 for m in conversation.history if m.flags)
             extra = f", {flagged} marked interrupted or cut short" if flagged else ""
-            notes = [f"resumed session {name!r}: {len(conversation.history)} messages{extra}"]
+            turns = sum(1 for m in conversation.history if m.role == "user")
+            notes = [
+                f"resumed session {name!r}: {plural(turns, 'turn')} "
+                f"({plural(len(conversation.history), 'message')}){extra}"
+            ]
             for message in conversation.history[-2:]:
                 mark = f" [{message.flags}]" if message.flags else ""
                 notes.append(f"  {message.role}{mark}: {one_line(message.content, 200)}")
@@ -486,7 +522,8 @@ class Repl:
         except Failure as failure:
             waiting.stop()
             view.abort()
-            self.restore(resend, str(failure))
+            hint = ": use /clear, /undo or lower --max-messages" if failure.kind == "context_length" else ""
+            self.restore(resend, f"{failure}{hint}")
             return
         finally:
             waiting.stop()
@@ -499,6 +536,8 @@ class Repl:
             self.error(f"reply cut short: {result.failure}")
         elif result.ended_early:
             self.note(f"[{finish_note(result.finish_reason)}]")
+        elif not result.reply:
+            self.note(f"[{empty_reply_note(result)}]")
         if self.chat.settings.show_usage and chat.turns:
             self.note(usage_line(chat.turns[-1]))
         show_held_log(sys.stderr)
@@ -507,10 +546,22 @@ class Repl:
     # -- the loop --------------------------------------------------------------------
 
     def banner(self) -> str:
+        """One line, or several broken between its parts (never inside one) on a narrow terminal."""
         chat = self.chat
-        found = f" · found {chat.settings.discovered}" if chat.settings.discovered else ""
-        api = " · responses API" if chat.settings.api == "responses" else ""
-        return f"chatbot {__version__} · {chat.model} · {chat.settings.host}{found}{api} · /help for commands"
+        parts = [f"chatbot {__version__}", chat.model, chat.settings.host]
+        if chat.settings.discovered:
+            parts.append(f"found {chat.settings.discovered}")
+        if chat.settings.api == "responses":
+            parts.append("responses API")
+        parts.append("/help for commands")
+        width = max(40, shutil.get_terminal_size().columns - 1)
+        lines = [parts[0]]
+        for part in parts[1:]:
+            if len(lines[-1]) + 3 + len(part) > width:
+                lines.append(part)
+            else:
+                lines[-1] += f" · {part}"
+        return "\n".join(lines)
 
     def make_prompt(self) -> Any:
         from prompt_toolkit import PromptSession
@@ -649,6 +700,7 @@ class Repl:
 
     def loop(self, first_prompt: str | None) -> int:
         if first_prompt:
+            self.say(f"❯ {first_prompt}")  # -i: the prompt shows, as if typed, above its reply
             self.run_turn(first_prompt)
         for line in self.typed_ahead:  # entered before the prompt was drawn: handled as if typed at it
             if not self.handle(line):
@@ -818,7 +870,8 @@ def run_once(chat: Chat, prompt: str, args: Any) -> int:
         return report_failure(args, chat, str(exc), EXIT_USAGE, "prompt_too_large")
     except Failure as failure:
         view.abort()
-        return report_failure(args, chat, str(failure), EXIT_FAILED, failure.kind)
+        hint = ": lower --max-messages, or start a new --session" if failure.kind == "context_length" else ""
+        return report_failure(args, chat, f"{failure}{hint}", EXIT_FAILED, failure.kind)
     status = EXIT_OK
     if result.interrupted:
         err.write("chatbot: interrupted\n")
@@ -829,6 +882,8 @@ def run_once(chat: Chat, prompt: str, args: Any) -> int:
     elif result.ended_early:
         err.write(f"chatbot: {finish_note(result.finish_reason)}\n")
         status = EXIT_FAILED
+    elif not result.reply:
+        err.write(f"chatbot: {empty_reply_note(result)}\n")
     stats = chat.turns[-1]
     if args.json:
         print(json.dumps(json_result(result, stats), ensure_ascii=False))
@@ -872,6 +927,12 @@ def json_result(
     return payload
 
 
+def empty_reply_note(result: TurnResult) -> str:
+    if result.reasoning_chars:
+        return f"the model sent only reasoning ({plural(result.reasoning_chars, 'character')}) and no answer"
+    return "the model sent an empty reply"
+
+
 held_log: list[str] = []  # -v request log lines, written out once the reply has ended
 
 
@@ -912,7 +973,7 @@ def session_tool(args: Any, environ: dict[str, str]) -> int:
             try:
                 write_export(store.export(name), path)
             except (OSError, ValueError) as exc:
-                raise UsageError(f"cannot write {path}: {getattr(exc, 'strerror', None) or exc}") from None
+                raise UsageError(export_problem(path, exc)) from None
         else:
             try:
                 with open(args.import_file, encoding="utf-8") as import_file:

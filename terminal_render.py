@@ -313,8 +313,9 @@ class MarkdownView:
 
         lines = []
         first_newline = self.pending.find("\n")
-        tail = tail_lines(self.pending[first_newline + 1 :] if first_newline >= 0 else "", self.max_live)
-        for line in tail.split("\n")[-self.max_live :]:
+        rows = max(self.max_live, self._height() - 2)
+        tail = tail_lines(self.pending[first_newline + 1 :] if first_newline >= 0 else "", rows)
+        for line in tail.split("\n")[-rows:]:
             line = self.CONTROL.sub("", line.replace("\t", "    "))
             if cell_len(line) >= width:
                 line = set_cell_size(line, width - 1)
@@ -339,7 +340,8 @@ class MarkdownView:
             lines = [f"\x1b[2mthinking… ({self.reasoning_chars:,} characters of reasoning)\x1b[0m"]
         else:
             lines = []
-        limit = max(1, min(self.max_live, self._height() - 2))
+        # An open code block grows on screen up to its height (then its tail); other blocks keep to a few lines.
+        limit = max(1, self._height() - 2 if self.fence is not None else min(self.max_live, self._height() - 2))
         lines = lines[-limit:]
         if lines == self.live and width == self.live_width:
             return

@@ -257,7 +257,7 @@ def describe_status_error(exc: Any, settings: Settings, model: str) -> Failure:
         return Failure(f"the provider failed ({status}){retries}{suffix}", "server", status, retryable=True)
     if is_context_error(code, message):
         return Failure(
-            f"the conversation is too long for the model's context window{suffix}: use /clear or lower --max-messages",
+            f"the conversation is too long for the model's context window{suffix}",
             "context_length",
             status,
             code=code,

@@ -66,6 +66,18 @@ def _text(value: str) -> str:
     return value
 
 
+def _ports(value: str) -> tuple[int, ...]:
+    """Comma-separated TCP ports; empty means none (no probing)."""
+    ports = []
+    for part in (p.strip() for p in value.split(",")):
+        if not part:
+            continue
+        if not part.isdigit() or not 1 <= int(part) <= 65535:
+            raise ValueError(f"{part!r} is not a port number (1 to 65535); empty turns probing off")
+        ports.append(int(part))
+    return tuple(ports)
+
+
 def _access_list(value: str) -> tuple[str, ...]:
     """Comma-separated user ids, @usernames, (negative) group ids, or *; validated one by one."""
     entries = tuple(part.strip() for part in value.split(",") if part.strip())
@@ -247,6 +259,15 @@ SETTINGS: tuple[Setting, ...] = (
         _parse_bool,
         "print replies as plain text, not rendered Markdown",
     ),
+    Setting(
+        "local_ports",
+        "CHATBOT_LOCAL_PORTS",
+        (),
+        (11434, 1234, 8080, 8000),
+        _ports,
+        "ports probed for a local server when no key and no base URL are set (Ollama, LM Studio, llama.cpp, "
+        "vLLM); empty turns probing off",
+    ),
     # The Telegram assistant's own settings: no flags (the token must never be one).
     Setting(
         "telegram_token",
@@ -295,6 +316,11 @@ SETTINGS: tuple[Setting, ...] = (
 BOOL_SETTINGS = {s.name for s in SETTINGS if s.parse is _parse_bool}
 
 
+def shown(value: Any) -> str:
+    """A default as it would be written in .env: a list comma-separated."""
+    return ",".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
+
+
 def env_example() -> str:
     """The text of `.env.example`, generated from the settings table (a test keeps the file in step)."""
     lines = [
@@ -310,7 +336,7 @@ def env_example() -> str:
         default = (
             ""
             if setting.default in (None, "", False, ()) or setting.name == "system"
-            else f" Default: {setting.default}."
+            else f" Default: {shown(setting.default)}."
         )
         lines.append(f"# {setting.help[0].upper()}{setting.help[1:]}{flags}.{default}")
         value = setting.example
@@ -324,14 +350,11 @@ def settings_table() -> str:
     lines = ["| variable | flag | default | what it does |", "|---|---|---|---|"]
     for setting in SETTINGS:
         flags = ", ".join(f"`{f}`" for f in setting.flags) or "—"
-        default = "—" if setting.default in (None, "", False, ()) else f"`{setting.default}`"
+        default = "—" if setting.default in (None, "", False, ()) else f"`{shown(setting.default)}`"
         if setting.name == "system":
             default = "a short, neutral assistant prompt"
         lines.append(f"| `{setting.env}` | {flags} | {default} | {setting.help} |")
     return "\n".join(lines)
-
-
-LOCAL_PORTS = (11434, 1234, 8080, 8000)  # Ollama, LM Studio, llama.cpp, vLLM
 
 
 @dataclass
@@ -362,6 +385,7 @@ class Settings:
     show_usage: bool = False
     show_reasoning: bool = False
     raw: bool = False
+    local_ports: tuple[int, ...] = (11434, 1234, 8080, 8000)
     telegram_token: str | None = None
     telegram_api_url: str = "https://api.telegram.org"
     telegram_allowed: tuple[str, ...] = ()
@@ -391,7 +415,7 @@ def resolve_settings(flags: dict[str, str | None], environ: dict[str, str], dote
             raw, source = environ.get(setting.env), setting.env
             if raw is None:
                 raw, source = dotenv.get(setting.env), f"{setting.env} (in .env)"
-        if raw is None or (raw == "" and setting.name not in ("system",)):
+        if raw is None or (raw == "" and setting.name not in ("system", "local_ports")):
             continue
         try:
             value = setting.parse(raw) if not isinstance(raw, bool) else raw
@@ -442,6 +466,8 @@ def load_settings(flags: dict[str, Any], environ: dict[str, str], env_file: str 
     """Resolve settings from flags, the environment and .env; find a local server if nothing is set."""
     env_path = env_file or ".env"
     dotenv: dict[str, str | None] = {}
+    if env_file and os.path.isdir(env_file):
+        raise ConfigError(f"--env-file {env_file} is a directory: give the path of a file (such as {env_file}/.env)")
     if env_file and not os.path.isfile(env_file):
         raise ConfigError(f"--env-file {env_file}: no such file")
     if os.path.isfile(env_path):
@@ -457,10 +483,8 @@ def load_settings(flags: dict[str, Any], environ: dict[str, str], env_file: str 
                 f"{env_path} holds {' and '.join(secrets)} and other users can read it "
                 f"(mode {mode:04o}): run chmod 600 {env_path}"
             )
-    if not settings.api_key and "base_url" not in settings.sources:
-        ports = environ.get("CHATBOT_LOCAL_PORTS")
-        port_list = [int(p) for p in ports.split(",") if p.strip().isdigit()] if ports is not None else LOCAL_PORTS
-        found = probe_local_servers(port_list)
+    if not settings.api_key and "base_url" not in settings.sources and settings.local_ports:
+        found = probe_local_servers(settings.local_ports)
         if found:
             settings.base_url, models = found
             settings.discovered = f"a local server at {settings.host}"

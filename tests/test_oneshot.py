@@ -356,3 +356,30 @@ def test_piped_output_has_no_waiting_line(run, server):
     server.push(behaviour)
     result = run("q")
     assert result.out == "Late.\n" and "waiting" not in result.err
+
+
+def test_polish_env_file_directory_bad_ports_empty_reply_and_context_hint(run, server, home):
+    folder = run("--env-file", str(home), "q")
+    assert folder.returncode == 2 and "is a directory: give the path of a file" in folder.err
+    ports = run("q", extra_env={"CHATBOT_LOCAL_PORTS": "abc"}, base=False)
+    assert ports.returncode == 2 and "CHATBOT_LOCAL_PORTS='abc' is not valid" in ports.err
+    server.push(chat_reply(""))
+    empty = run("q")
+    assert empty.returncode == 0 and empty.out == "" and "the model sent an empty reply" in empty.err
+    server.push(error_status(400, "This model's maximum context length is 100 tokens", code="context_length_exceeded"))
+    too_long = run("q")
+    assert too_long.returncode == 1 and "/clear" not in too_long.err and "--max-messages" in too_long.err
+
+
+def test_save_expands_the_home_directory(spawn, server, home):
+    import pexpect
+
+    child = spawn("--no-save")
+    child.expect_exact("❯")
+    child.send("hi\r")
+    child.expect_exact("Hello from the test server.")
+    child.send("/save ~/talk.md\r")
+    child.expect_exact("saved 2 messages to ~/talk.md")
+    child.send("/exit\r")
+    child.expect(pexpect.EOF)
+    assert "Hello from the test server." in (home / "talk.md").read_text()

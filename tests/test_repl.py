@@ -33,7 +33,7 @@ def test_banner_reply_stats_clear_exit(spawn, server):
     child.expect("messages in memory: 3")
     child.expect("sent last turn: 2 messages")
     child.expect(r"last turn: 12 in · 6 out · cost unknown · first token [\d.]+s")
-    child.expect(r"session: 1 turns")
+    child.expect(r"session: 1 request · ")
     child.expect_exact(PROMPT)
     send(child, "/clear")
     child.expect_exact("Conversation cleared.")
@@ -266,7 +266,7 @@ def test_zero_config_banner_names_the_local_server(spawn, server):
     child = spawn(
         "--no-save", extra_env={"OPENAI_BASE_URL": "", "OPENAI_MODEL": "", "CHATBOT_LOCAL_PORTS": f"1,{server.port}"}
     )
-    child.expect(f"chatbot .* · test-model · 127.0.0.1:{server.port} · found a local server")
+    child.expect(f"chatbot .* · test-model · 127.0.0.1:{server.port}( · |\\s+)found a local server")
     child.expect_exact(PROMPT)
     send(child, "hi")
     child.expect_exact("Hello from the test server.")

@@ -77,10 +77,10 @@ def test_repl_saves_by_default_and_resumes(spawn, server, db):
     child.sendcontrol("d")
     child.expect(pexpect.EOF)
     child = spawn("--db", db, "--session", "talk")
-    child.expect_exact("resumed session 'talk': 2 messages")
+    child.expect_exact("resumed session 'talk': 1 turn (2 messages)")
     child.expect_exact(PROMPT)
     child.send("/stats\r")
-    child.expect("session: 1 turns · 12 in · 6 out")
+    child.expect("session: 1 request · 12 in · 6 out")
     child.expect_exact(PROMPT)
     child.send("what was the word?\r")
     child.expect_exact("Hello from the test server.")
@@ -96,7 +96,7 @@ def test_automatic_name_and_no_save(spawn, server, db):
     child.expect_exact("Hello from the test server.")
     child.expect_exact(PROMPT)
     child.send("/sessions\r")
-    child.expect(r"\* chat-\d{8}-\d{6}\s+test-model\s+1 turns")
+    child.expect(r"\* chat-\d{8}-\d{6}\s+test-model\s+1 turn ")
     child.expect_exact(PROMPT)
     child.sendcontrol("d")
     child.expect(pexpect.EOF)
@@ -187,7 +187,7 @@ def test_sigkill_mid_reply_loses_nothing_committed(env, server, db, spawn):
     with sqlite3.connect(db) as connection:
         assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     child = spawn("--db", db, "--session", "crash")
-    child.expect_exact("resumed session 'crash': 2 messages, 1 marked interrupted or cut short")
+    child.expect_exact("resumed session 'crash': 1 turn (2 messages), 1 marked interrupted or cut short")
     child.expect_exact("assistant [cut short]: partial partial")
     child.expect_exact(PROMPT)
 
