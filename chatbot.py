@@ -163,6 +163,8 @@ def cmd_stats(repl: Repl, arg: str) -> None:
     if not turns:
         repl.say("no replies yet")
         return
+    window = chat.context_window(False)
+    repl.say(f"context window: {window.tokens:,} tokens ({window.source})")
     repl.say(f"last turn: {usage_line(turns[-1])}")
     usage, money = total_usage(turns)
     about = "~" if usage.estimated else ""
@@ -400,6 +402,8 @@ class Repl:
         files.notice = lambda text: self.early(self.note, text)
         for warning in chat.settings.warnings:
             self.early(self.warn, warning)
+        for note in chat.settings.notes:
+            self.early(self.note, note)
 
     # -- output ------------------------------------------------------------------
 
@@ -535,7 +539,7 @@ class Repl:
         elif result.failure is not None:
             self.error(f"reply cut short: {result.failure}")
         elif result.ended_early:
-            self.note(f"[{finish_note(result.finish_reason)}]")
+            self.note(f"[{finish_note(result.finish_reason, result.window_full)}]")
         elif not result.reply:
             self.note(f"[{empty_reply_note(result)}]")
         if self.chat.settings.show_usage and chat.turns:
@@ -871,7 +875,8 @@ def run_once(chat: Chat, prompt: str, args: Any) -> int:
     except Failure as failure:
         view.abort()
         hint = ": lower --max-messages, or start a new --session" if failure.kind == "context_length" else ""
-        return report_failure(args, chat, f"{failure}{hint}", EXIT_FAILED, failure.kind)
+        status = EXIT_USAGE if failure.kind == "no_endpoint" else EXIT_FAILED  # --api responses where there is none
+        return report_failure(args, chat, f"{failure}{hint}", status, failure.kind)
     status = EXIT_OK
     if result.interrupted:
         err.write("chatbot: interrupted\n")
@@ -880,7 +885,7 @@ def run_once(chat: Chat, prompt: str, args: Any) -> int:
         err.write(f"chatbot: reply cut short: {result.failure}\n")
         status = EXIT_FAILED
     elif result.ended_early:
-        err.write(f"chatbot: {finish_note(result.finish_reason)}\n")
+        err.write(f"chatbot: {finish_note(result.finish_reason, result.window_full)}\n")
         status = EXIT_FAILED
     elif not result.reply:
         err.write(f"chatbot: {empty_reply_note(result)}\n")
@@ -923,7 +928,7 @@ def json_result(
     elif result is not None and result.failure is not None:
         payload["error"] = {"type": result.failure.kind, "message": str(result.failure)}
     elif result is not None and result.ended_early:
-        payload["error"] = {"type": "incomplete", "message": finish_note(result.finish_reason)}
+        payload["error"] = {"type": "incomplete", "message": finish_note(result.finish_reason, result.window_full)}
     return payload
 
 
@@ -1034,6 +1039,8 @@ def _main(argv: list[str]) -> int:
     settings = load_settings(flags, environ, args.env_file)
     for warning in settings.warnings:
         print(f"chatbot: warning: {warning}", file=sys.stderr)
+    for note in settings.notes:  # what zero-config chose
+        print(f"chatbot: {note}", file=sys.stderr)
     chat = Chat(settings, lambda text: print(f"chatbot: {text}", file=sys.stderr))
     if args.verbose:  # shown once the reply has ended, so a log line never joins the reply's last line
         chat.log_sink = held_log.append

@@ -409,7 +409,7 @@ def closing_note(result: TurnResult) -> str:
     if result.failure is not None:
         return f"⚠️ The reply was cut short: {friendly(result.failure)}"
     if result.ended_early:
-        return f"… ({finish_note(result.finish_reason).replace(' (--max-tokens)', '')})"
+        return f"… ({finish_note(result.finish_reason, result.window_full).replace(' (--max-tokens)', '')})"
     if not result.reply.strip():
         return "(The model sent an empty reply.)"
     return ""
@@ -622,7 +622,8 @@ async def on_stats(update: Any, context: Any) -> None:
         lines.append(f"Cost: {money} (estimate)" if money[:1] == "$" else f"Cost: {money}")
     if chat.last_request is not None and chat.last_request.dropped:
         lines.append(f"Trimmed: {chat.last_request.dropped} older messages not sent last time")
-    lines.append(f"Model: {chat.model}")
+    window = chat.context_window(False)
+    lines.append(f"Model: {chat.model} · context window {window.tokens:,} tokens ({window.source})")
     await reply_text(update, context, "\n".join(lines))
 
 
@@ -791,6 +792,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings)
     for warning in settings.warnings:
         log.warning("%s", warning)
+    for note in settings.notes:
+        log.info("%s", note)
     return run(settings, store)
 
 

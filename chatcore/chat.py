@@ -16,7 +16,8 @@ from .conversation import (
     token_budget,
 )
 from .log import write_log
-from .provider import MAX_CONTEXT_NUMBER, Failure, Provider, rejected_parameter
+from .provider import Failure, Provider, rejected_parameter
+from .serverinfo import Window, ask_window, cached_window, remember_window
 from .settings import Settings, is_local_url
 from .streams import TEXT
 from .tokens import TokenCounter, encoding_for_model
@@ -50,8 +51,9 @@ class Chat:
         self.turns: list[TurnStats] = []
         self.last_request: Request | None = None
         self._counter: TokenCounter | None = None
-        self._context_tokens: int | None = settings.context_tokens
-        self._context_known = settings.context_tokens is not None
+        self.window: Window | None = None  # the model's context window and where the figure came from
+        self._window_asked = False
+        self.set_model(self.model)
         self.store: Any = None  # a SessionStore when saving
         self.session_id: int | None = None
         self.wants_cost = True  # plain one-shot output shows no cost: skip loading the price table
@@ -65,17 +67,40 @@ class Chat:
         return self._counter
 
     def context_tokens(self, need_exact: bool) -> int:
-        if not self._context_known and need_exact:
-            self._context_known = True
-            _, window = model_info(self.model, self.settings.base_url)
-            if window:
-                self._context_tokens = window
-        return self._context_tokens or DEFAULT_CONTEXT_TOKENS
+        return self.context_window(need_exact).tokens
+
+    def context_window(self, need_exact: bool = True) -> Window:
+        """The model's context window and its source. A setting wins; a local server is asked before the
+        first request (once per server and model, then remembered), since guessing too big a window
+        dead-ends a small model; for a cloud model the price table (or OpenRouter's listing) is read
+        only when a request might not fit the default."""
+        settings = self.settings
+        local = is_local_url(settings.base_url)
+        if self.window is None and not self._window_asked and (local or need_exact):
+            self._window_asked = True
+            self.window = cached_window(settings.base_url, self.model)
+            if self.window is None and (local or "openrouter.ai" in settings.host):
+                self.window = ask_window(settings.base_url, self.model, settings.api_key, local)
+                if self.window is not None:
+                    remember_window(settings.base_url, self.model, self.window)
+            if self.window is None and not local:
+                _, tokens = model_info(self.model, settings.base_url)
+                if tokens:
+                    self.window = Window(tokens, "genai-prices table")
+        return self.window or Window(DEFAULT_CONTEXT_TOKENS, "a guess: the server does not say")
+
+    def learn_window(self, tokens: int, source: str) -> None:
+        """A smaller window learned the hard way (an overflow): used from now on, and remembered."""
+        if self.settings.context_tokens is not None:
+            return
+        self.window, self._window_asked = Window(tokens, source), True
+        remember_window(self.settings.base_url, self.model, self.window)
 
     def set_model(self, model: str) -> None:
         self.model = model
-        self._context_known = self.settings.context_tokens is not None
-        self._context_tokens = self.settings.context_tokens
+        tokens = self.settings.context_tokens
+        self.window = Window(tokens, "--context-tokens / OPENAI_CONTEXT_TOKENS") if tokens else None
+        self._window_asked = tokens is not None
 
     def prepare(self, cap: int | None = None) -> Request:
         """Build the request from the history; look up the real context window only when it matters."""
@@ -88,7 +113,7 @@ class Chat:
         try:
             request = build_request(conversation, self.settings.max_messages, budget(False), self.counter)
         except PromptTooLarge:
-            if self._context_known:
+            if self._window_asked:
                 raise
             request = build_request(conversation, self.settings.max_messages, budget(True), self.counter)
         if request.dropped and self.settings.summarize:
@@ -186,13 +211,30 @@ class Chat:
                 self.log(model, failure.status or "error", None, failure.latency, None, failure.kind)
                 if self.unsupported_parameter(failure, request, model, stream):
                     continue
+                sent = self.counter.count_messages([Message("system", request.system), *request.turns])
+                if (
+                    failure.kind == "no_finish"
+                    and cap is None
+                    and len(request.turns) > 1
+                    and (sent >= 1024 or sent >= self.context_tokens(False) // 2)
+                ):
+                    # Some servers (llama-cpp-python) answer a prompt larger than their window with an
+                    # empty stream: nothing at all came back, for a large prompt. Treat it as an overflow.
+                    failure.kind = "context_length"
+                    failure.args = (
+                        f"the server sent back nothing for a prompt of about {sent:,} tokens: it is "
+                        f"probably larger than the model's context window",
+                    )
                 if failure.kind == "context_length" and cap is None and len(request.turns) > 1:
-                    window = MAX_CONTEXT_NUMBER.search(str(failure))
-                    if window and self.settings.context_tokens is None:
-                        self._context_tokens, self._context_known = int(window.group(1)), True
-                    sent = self.counter.count_messages([Message("system", request.system), *request.turns])
+                    if failure.window:
+                        self.learn_window(failure.window, "the server's context-length error")
+                    elif sent >= 1024:  # a large prompt that did not fit: the window is no bigger than it
+                        self.learn_window(min(sent, self.context_tokens(False)), f"an overflow at {sent:,} tokens")
                     cap = int(sent * 0.75)
-                    self.notify("the context window overflowed: retrying once with fewer older turns")
+                    self.notify(
+                        f"the context window ({self.context_tokens(False):,} tokens) overflowed: retrying "
+                        f"once with fewer older turns"
+                    )
                     continue
                 if (
                     failure.retryable
@@ -308,6 +350,12 @@ class Chat:
                 estimated=True,
             )
         result.usage = usage
+        if (
+            result.finish_reason == "length"
+            and not usage.estimated
+            and usage.output_tokens < self.settings.max_tokens * 0.9
+        ):
+            result.window_full = True
         cost, _ = turn_cost(usage, self.settings, result.model) if self.wants_cost else (None, "")
         stats = TurnStats(result.model, usage, cost, result.ttft, result.latency, result.sent_messages)
         self.turns.append(stats)
@@ -341,8 +389,10 @@ class Chat:
             "-" if usage is None else f"{usage.input_tokens}/{usage.output_tokens}" + ("~" if usage.estimated else "")
         )
         label = f" {self.label}" if self.label else ""
+        window = self.window
+        window_text = f" window={window.tokens}({window.source.replace(' ', '_')})" if window else ""
         fields = (
-            f"model={model}{label} host={self.settings.host} status={status} "
+            f"model={model}{label} host={self.settings.host}{window_text} status={status} "
             f"ttft={'-' if ttft is None else f'{ttft:.3f}s'} latency={latency:.3f}s tokens={tokens} "
             f"cost={'-' if cost is None else f'{cost:.6f}'} error={error or '-'}"
         )

@@ -28,11 +28,13 @@ class Failure(Exception):
         super().__init__(message)
         self.kind, self.status, self.retryable, self.code, self.param = kind, status, retryable, code, param
         self.latency = 0.0  # how long the failed attempt took, for the log
+        self.window: int | None = None  # a context window the error states (context-length errors)
 
 
 CONTEXT_PATTERNS = re.compile(
     r"context_length_exceeded|maximum context length|context length|context window|"
-    r"too many tokens|prompt is too long|exceeds the (?:model'?s? )?(?:context|maximum)",
+    r"too many tokens|prompt is too long|exceeds the (?:model'?s? )?(?:context|maximum)|"
+    r"exceeds the available context size|exceed_context_size",
     re.I,
 )
 MAX_CONTEXT_NUMBER = re.compile(r"maximum context length is (\d+)", re.I)
@@ -57,6 +59,16 @@ def error_details(exc: Any) -> tuple[str | None, str, str | None]:
         except Exception:
             message = ""
     return (str(code) if code else None), message, (str(param) if param else None)
+
+
+def window_in_error(exc: Any, message: str) -> int | None:
+    """The context window a context-length error states: llama.cpp's `n_ctx`, or "maximum context length is N"."""
+    body = getattr(exc, "body", None)
+    inner = body.get("error") if isinstance(body, dict) and isinstance(body.get("error"), dict) else body
+    if isinstance(inner, dict) and isinstance(inner.get("n_ctx"), int) and inner["n_ctx"] > 0:
+        return int(inner["n_ctx"])
+    found = MAX_CONTEXT_NUMBER.search(message or "")
+    return int(found.group(1)) if found else None
 
 
 def is_context_error(code: str | None, message: str) -> bool:
@@ -256,12 +268,14 @@ def describe_status_error(exc: Any, settings: Settings, model: str) -> Failure:
     if status in (408, 409) or (status or 0) >= 500:
         return Failure(f"the provider failed ({status}){retries}{suffix}", "server", status, retryable=True)
     if is_context_error(code, message):
-        return Failure(
+        failure = Failure(
             f"the conversation is too long for the model's context window{suffix}",
             "context_length",
             status,
             code=code,
         )
+        failure.window = window_in_error(exc, message)
+        return failure
     if "alternate" in message.lower():
         return Failure(f"the server rejected the message order ({status}){suffix}", "roles", status)
     return Failure(

@@ -394,6 +394,7 @@ class Settings:
     sources: dict[str, str] = field(default_factory=dict)
     discovered: str | None = None  # "Ollama on port 11434" when zero-config found a server
     warnings: list[str] = field(default_factory=list)  # for the front-end to show: a .env others can read
+    notes: list[str] = field(default_factory=list)  # what zero-config chose, for the front-end to say
 
     @property
     def host(self) -> str:
@@ -483,12 +484,45 @@ def load_settings(flags: dict[str, Any], environ: dict[str, str], env_file: str 
                 f"{env_path} holds {' and '.join(secrets)} and other users can read it "
                 f"(mode {mode:04o}): run chmod 600 {env_path}"
             )
-    if not settings.api_key and "base_url" not in settings.sources and settings.local_ports:
-        found = probe_local_servers(settings.local_ports)
+    from .serverinfo import is_placeholder_key, served_models
+
+    if is_placeholder_key(settings.api_key):  # "ollama", "none", "lm-studio": a local-model guide's stand-in
+        settings.api_key = None
+    if not settings.api_key and "base_url" not in settings.sources:
+        found = probe_local_servers(settings.local_ports) if settings.local_ports else None
         if found:
             settings.base_url, models = found
             settings.discovered = f"a local server at {settings.host}"
             if "model" not in settings.sources and models:
                 settings.model = models[0]
+                more = f" (the first of {len(models)} it lists; set OPENAI_MODEL to choose)" if len(models) > 1 else ""
+                settings.notes.append(
+                    f"no key or base URL set: using the local server at {settings.host} and its "
+                    f"model {settings.model}{more}"
+                )
+            else:
+                settings.notes.append(f"no key or base URL set: using the local server at {settings.host}")
+        elif settings.local_ports:
+            tried = ", ".join(str(port) for port in settings.local_ports)
+            raise ConfigError(
+                f"OPENAI_API_KEY is not set and no local server answered on 127.0.0.1 ports {tried}: "
+                f"put the key in .env (see .env.example), start a local server, or set OPENAI_BASE_URL"
+            )
+    elif "base_url" in settings.sources and "model" not in settings.sources:
+        # A base URL and no model: ask for the model the server serves; the cloud default is for the cloud.
+        models = served_models(settings.base_url, settings.api_key)
+        if len(models) == 1:
+            settings.model = models[0]
+        elif models and is_local_url(settings.base_url):
+            settings.model = models[0]
+            settings.notes.append(
+                f"no OPENAI_MODEL set: using {settings.model}, the first of {len(models)} models {settings.host} lists"
+            )
+        elif models:
+            shown = ", ".join(models[:6]) + (" …" if len(models) > 6 else "")
+            raise ConfigError(
+                f"OPENAI_MODEL is not set and {settings.host} serves {len(models)} models ({shown}): "
+                f"set OPENAI_MODEL or pass --model"
+            )
     check_credentials(settings)
     return settings

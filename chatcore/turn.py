@@ -26,8 +26,10 @@ FINISH_NOTES = {
 COMPLETE_REASONS = {"stop", "end_turn", "eos", "eos_token", "stop_sequence", "tool_calls", "function_call"}
 
 
-def finish_note(reason: str | None) -> str:
+def finish_note(reason: str | None, window_full: bool = False) -> str:
     """What to tell the user about a reply that ended with a reason that does not mean it is whole."""
+    if reason == "length" and window_full:
+        return "reply cut off because the model's context window is full (not by --max-tokens): send less history"
     return FINISH_NOTES.get(reason or "") or f"the reply ended early (finish reason {reason!r}): it may be incomplete"
 
 
@@ -43,6 +45,7 @@ class TurnResult:
     interrupted: bool = False
     model: str = ""
     sent_messages: int = 0
+    window_full: bool = False  # a "length" finish well below the output limit: the context window ran out
 
     @property
     def cut_short(self) -> bool:

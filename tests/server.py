@@ -346,6 +346,13 @@ class FakeServer:
         self.strict_roles = True  # reject what strict chat templates reject, as vLLM and llama.cpp do
         self.default_chat = lambda: chat_reply()
         self.default_responses = lambda: responses_router()
+        # A local server to emulate, with its context window and what it does when a prompt overflows it:
+        # "llama.cpp" (/props; 400 exceed_context_size_error), "llama-cpp-python" (no window endpoint;
+        # 200 with an empty stream), "vllm" (max_model_len in /models; 400 "maximum context length"),
+        # "ollama" (/api/show num_ctx; truncates silently), "lmstudio" (/api/v0/models), "openrouter".
+        self.local: str | None = None
+        self.n_ctx: int | None = None
+        self.overflows = 0  # requests refused (or emptied) because the prompt did not fit
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -356,10 +363,15 @@ class FakeServer:
 
             def do_GET(self) -> None:
                 server._record(self, None)
-                if self.path.rstrip("/").endswith("/models") and server.models is not None:
-                    body = json.dumps(
-                        {"object": "list", "data": [{"id": m, "object": "model"} for m in server.models]}
-                    ).encode()
+                path = self.path.rstrip("/")
+                info = server._local_info(path)
+                if info is not None:
+                    self._send(
+                        Behaviour(headers={"Content-Type": "application/json"}, pieces=[json.dumps(info).encode()])
+                    )
+                elif path.endswith("/models") and server.models is not None:
+                    entries = [{"id": m, "object": "model", **server._model_extra()} for m in server.models]
+                    body = json.dumps({"object": "list", "data": entries}).encode()
                     self._send(Behaviour(headers={"Content-Type": "application/json"}, pieces=[body]))
                 else:
                     self._send(error_status(404, "not found"))
@@ -372,9 +384,24 @@ class FakeServer:
                 except ValueError:
                     body = raw.decode("utf-8", "replace")
                 server._record(self, body)
+                if self.path.rstrip("/") == "/api/show" and server.local == "ollama":
+                    show = {
+                        "parameters": f'num_ctx                        {server.n_ctx}\nstop "<|eot_id|>"',
+                        "model_info": {"llama.context_length": 131072},
+                    }
+                    self._send(
+                        Behaviour(headers={"Content-Type": "application/json"}, pieces=[json.dumps(show).encode()])
+                    )
+                    return
+                if not self.path.rstrip("/").endswith(("/chat/completions", "/responses")):
+                    self._send(error_status(404, "not found"))  # an endpoint this server does not have
+                    return
                 problem = server._role_problem(body)
+                overflow = server._overflow(body)
                 if problem:
                     self._send(error_status(400, problem))
+                elif overflow is not None:
+                    self._send(overflow)
                 else:
                     self._send(server._next(self.path))
 
@@ -403,7 +430,12 @@ class FakeServer:
                             self.wfile.flush()
                     self.wfile.write(b"0\r\n\r\n")
                     self.wfile.flush()
-                    server.finished.append(time.monotonic())
+                    if (
+                        behaviour.pieces
+                        and behaviour.status == 200
+                        and "event-stream" in behaviour.headers.get("Content-Type", "")
+                    ):
+                        server.finished.append(time.monotonic())  # a reply body sent whole
                 except (BrokenPipeError, ConnectionResetError, OSError):
                     server.disconnects.append(time.monotonic())
                     self.close_connection = True
@@ -429,6 +461,71 @@ class FakeServer:
                     return self.queue.pop(index)
         return self.default_responses() if path.endswith("/responses") else self.default_chat()
 
+    def _local_info(self, path: str) -> Any:
+        """The window endpoints of the emulated local server, or None."""
+        if self.local == "llama.cpp" and path == "/props":
+            return {"default_generation_settings": {"n_ctx": self.n_ctx, "model": "model.gguf"}, "total_slots": 1}
+        if self.local == "lmstudio" and path == "/api/v0/models":
+            return {
+                "object": "list",
+                "data": [
+                    {
+                        "id": m,
+                        "type": "llm",
+                        "state": "loaded",
+                        "max_context_length": 32768,
+                        "loaded_context_length": self.n_ctx,
+                    }
+                    for m in self.models
+                ],
+            }
+        return None
+
+    def _model_extra(self) -> dict:
+        if self.local == "vllm":
+            return {"max_model_len": self.n_ctx, "owned_by": "vllm"}
+        if self.local == "openrouter":
+            return {"context_length": self.n_ctx}
+        return {}
+
+    @staticmethod
+    def prompt_tokens(body: Any) -> int:
+        """The prompt's size as the client estimates it offline (about 4 bytes a token, 3 per message)."""
+        messages = (body or {}).get("messages") or []
+        return 3 + sum(3 + 1 + (len(str(m.get("content", "")).encode()) + 3) // 4 for m in messages)
+
+    def _overflow(self, body: Any) -> Behaviour | None:
+        """What the emulated server does with a prompt its window cannot hold, or None if it fits."""
+        if self.n_ctx is None or not isinstance(body, dict) or self.local in (None, "ollama"):
+            return None
+        prompt = self.prompt_tokens(body)
+        wanted = prompt + int(body.get("max_tokens") or body.get("max_completion_tokens") or 0)
+        if self.local == "vllm" and wanted > self.n_ctx:
+            self.overflows += 1
+            return error_status(
+                400,
+                f"This model's maximum context length is {self.n_ctx} tokens. However, you "
+                f"requested {wanted} tokens ({prompt} in the messages, {wanted - prompt} in the "
+                f"completion). Please reduce the length of the messages or completion.",
+            )
+        if prompt < self.n_ctx:
+            return None
+        self.overflows += 1
+        if self.local == "llama-cpp-python":
+            return Behaviour(pieces=[])  # 200, event stream headers, and nothing at all
+        return error_status(
+            400,
+            body={
+                "error": {
+                    "code": 400,
+                    "type": "exceed_context_size_error",
+                    "n_prompt_tokens": prompt,
+                    "n_ctx": self.n_ctx,
+                    "message": "the request exceeds the available context size, try increasing it",
+                }
+            },
+        )
+
     def _role_problem(self, body: Any) -> str | None:
         """What a strict chat template (vLLM, llama.cpp) says about the message order, if anything."""
         if not self.strict_roles or not isinstance(body, dict):
@@ -451,7 +548,12 @@ class FakeServer:
 
     @property
     def posts(self) -> list[Recorded]:
-        return [r for r in self.requests if r.method == "POST"]
+        """The model requests (chat completions and responses), not the probes of a server's other endpoints."""
+        return [
+            r
+            for r in self.requests
+            if r.method == "POST" and r.path.rstrip("/").endswith(("/chat/completions", "/responses"))
+        ]
 
     def reset(self) -> None:
         with self.lock:

@@ -239,11 +239,11 @@ def test_server_without_responses_endpoint(run, server):
         )
     )
     result = run("--api", "responses", "q")
-    assert result.returncode == 1
+    assert result.returncode == 2  # a configuration problem, as the README says
     assert "no Responses API endpoint" in result.err and "--api chat" in result.err
     server.push(error_status(405, "Method Not Allowed"))
     result = run("--api", "responses", "q")
-    assert result.returncode == 1 and "--api chat" in result.err
+    assert result.returncode == 2 and "--api chat" in result.err
 
 
 def test_api_from_environment(run, server):

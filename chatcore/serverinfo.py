@@ -1,0 +1,162 @@
+"""What a server says about the model it serves: its context window and where the figure came from, asked once.
+
+Local servers know their window and say so, each its own way: llama.cpp's `/props` (`n_ctx`),
+vLLM's `max_model_len` in `/v1/models`, LM Studio's loaded context length in `/api/v0/models`,
+Ollama's `/api/show` (its `num_ctx`, which is what it really uses, not the model's maximum), and
+OpenRouter's `context_length` in `/models`. The answer is remembered per server and model in the
+user cache directory (owner-only), and so is a window learned from a context-length error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .files import open_private, private_dir, user_dir
+
+# Keys that local-model guides put in OPENAI_API_KEY to satisfy clients that insist on one.
+PLACEHOLDER_KEYS = {
+    "ollama",
+    "none",
+    "lm-studio",
+    "lmstudio",
+    "empty",
+    "not-needed",
+    "no-key",
+    "nokey",
+    "sk-no-key-required",
+    "dummy",
+    "local",
+    "llama",
+    "vllm",
+    "x",
+    "-",
+    "n/a",
+    "na",
+    "null",
+    "sk-xxx",
+    "sk-1234",
+    "fake",
+    "placeholder",
+}
+OLLAMA_DEFAULT_NUM_CTX = 2048  # what Ollama uses when nothing sets num_ctx (conservative: some versions use 4096)
+
+
+def is_placeholder_key(key: str | None) -> bool:
+    return key is not None and key.strip().lower() in PLACEHOLDER_KEYS
+
+
+@dataclass
+class Window:
+    """A context window in tokens, and where the figure came from (for /stats and --verbose)."""
+
+    tokens: int
+    source: str
+
+
+def _get_json(url: str, body: Any = None, api_key: str | None = None, timeout: float = 2.0) -> Any:
+    """GET (or POST `body`) JSON from a server; None on any failure."""
+    import urllib.request
+
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    if api_key:
+        request.add_header("Authorization", f"Bearer {api_key}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read(8_000_000) or b"null")
+    except Exception:
+        return None
+
+
+def server_root(base_url: str) -> str:
+    """The server itself, from an OpenAI-compatible base URL: http://host:8080/v1 -> http://host:8080."""
+    return re.sub(r"/(api/)?v1/?$", "", base_url.rstrip("/"))
+
+
+def _entry(listing: Any, model: str) -> dict[str, Any] | None:
+    entries = listing.get("data") if isinstance(listing, dict) else None
+    for entry in entries if isinstance(entries, list) else []:
+        if isinstance(entry, dict) and entry.get("id") == model:
+            return entry
+    return None
+
+
+def _positive(value: Any) -> int | None:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else None
+
+
+def ask_window(base_url: str, model: str, api_key: str | None, local: bool) -> Window | None:
+    """Ask the server for the model's context window; None if it does not say."""
+    root = server_root(base_url)
+    if local:
+        props = _get_json(root + "/props")
+        if isinstance(props, dict):
+            settings = props.get("default_generation_settings") or {}
+            tokens = _positive(settings.get("n_ctx") if isinstance(settings, dict) else None) or _positive(
+                props.get("n_ctx")
+            )
+            if tokens:
+                return Window(tokens, "llama.cpp /props")
+        show = _get_json(root + "/api/show", {"model": model})
+        if isinstance(show, dict) and ("parameters" in show or "model_info" in show):
+            found = re.search(r"num_ctx\s+(\d+)", str(show.get("parameters") or ""))
+            if found:
+                return Window(int(found.group(1)), "Ollama /api/show num_ctx")
+            return Window(OLLAMA_DEFAULT_NUM_CTX, "Ollama's default num_ctx")
+        entry = _entry(_get_json(root + "/api/v0/models"), model)
+        if entry is not None:
+            tokens = _positive(entry.get("loaded_context_length")) or _positive(entry.get("max_context_length"))
+            if tokens:
+                return Window(tokens, "LM Studio /api/v0/models")
+    entry = _entry(_get_json(base_url.rstrip("/") + "/models", api_key=api_key), model)
+    if entry is not None:
+        if _positive(entry.get("max_model_len")):
+            return Window(int(entry["max_model_len"]), "vLLM /models max_model_len")
+        if _positive(entry.get("context_length")):
+            return Window(int(entry["context_length"]), "/models context_length")
+    return None
+
+
+def _cache_path() -> str:
+    return os.path.join(private_dir(user_dir("cache")), "servers.json")
+
+
+def _load_cache() -> dict[str, Any]:
+    try:
+        with open(_cache_path(), encoding="utf-8") as cache_file:
+            cache = json.load(cache_file)
+        return cache if isinstance(cache, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def cached_window(base_url: str, model: str) -> Window | None:
+    entry = _load_cache().get(f"{base_url} {model}")
+    if isinstance(entry, dict) and _positive(entry.get("tokens")):
+        return Window(int(entry["tokens"]), str(entry.get("source") or "cache"))
+    return None
+
+
+def remember_window(base_url: str, model: str, window: Window) -> None:
+    """Keep what was learned about this server and model for the next run."""
+    try:
+        cache = _load_cache()
+        cache[f"{base_url} {model}"] = {"tokens": window.tokens, "source": window.source, "at": time.time()}
+        path = _cache_path()
+        with open_private(path + ".new", "w") as cache_file:
+            json.dump(cache, cache_file)
+        os.replace(path + ".new", path)
+    except OSError:
+        pass
+
+
+def served_models(base_url: str, api_key: str | None) -> list[str]:
+    """The model ids a server lists at /models, in its order; empty if it does not answer."""
+    listing = _get_json(base_url.rstrip("/") + "/models", api_key=api_key, timeout=3.0)
+    entries = listing.get("data") if isinstance(listing, dict) else None
+    return [str(e["id"]) for e in entries or [] if isinstance(e, dict) and e.get("id")]

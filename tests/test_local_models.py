@@ -1,0 +1,106 @@
+"""Local models as first-class providers: the model, the window and the counts come from the server."""
+
+from __future__ import annotations
+
+import json
+
+import pexpect
+import pytest
+from server import chat_reply
+
+SERVERS = [
+    ("llama.cpp", "llama.cpp /props"),
+    ("vllm", "vLLM /models max_model_len"),
+    ("ollama", "Ollama /api/show num_ctx"),
+    ("lmstudio", "LM Studio /api/v0/models"),
+    ("openrouter", "/models context_length"),
+]
+
+
+@pytest.mark.parametrize("local, source", SERVERS, ids=[s[0] for s in SERVERS])
+def test_the_window_is_learned_from_the_server_and_said_with_its_source(run, server, local, source):
+    server.local, server.n_ctx = local, 3072
+    result = run("-v", "hi")
+    assert result.returncode == 0, result.err
+    assert f"window=3072({source.replace(' ', '_')})" in result.err
+    asked = len(server.requests)
+    assert run("-v", "again").returncode == 0  # remembered: not asked again
+    assert [r.path for r in server.requests[asked:] if r.method == "GET" or "/api/" in r.path] == []
+
+
+def test_stats_shows_the_window_and_where_it_came_from(spawn, server):
+    server.local, server.n_ctx = "llama.cpp", 2048
+    child = spawn("--no-save")
+    child.expect_exact("❯")
+    child.send("hi\r")
+    child.expect_exact("Hello from the test server.")
+    child.send("/stats\r")
+    child.expect_exact("context window: 2,048 tokens (llama.cpp /props)")
+    child.send("/exit\r")
+    child.expect(pexpect.EOF)
+
+
+@pytest.mark.parametrize("local", ["llama.cpp", "llama-cpp-python", "vllm"])
+def test_thirty_turns_in_a_2048_token_window_get_a_reply_every_turn(run, server, tmp_path, local):
+    server.local, server.n_ctx = local, 2048
+    db = str(tmp_path / "s.db")
+    no_message_limit = {"OPENAI_MAX_HISTORY_MESSAGES": "1000"}  # only the window can keep the prompt in bounds
+    for turn in range(30):
+        server.push(chat_reply(f"Answer {turn}. " + "Some explanation of the point. " * 8))
+        question = f"Question {turn}: " + "please tell me more about the topic we discussed. " * 6
+        result = run("--db", db, "--session", "long", question, extra_env=no_message_limit)
+        assert result.returncode == 0, (turn, result.err)
+        assert result.out.startswith(f"Answer {turn}.")
+        sent = server.posts[-1].body["messages"]
+        assert sent[-1]["content"] == question and sent[0]["role"] == "system"
+    assert server.overflows <= (1 if local == "llama-cpp-python" else 0)  # no window endpoint: learned once
+    assert len(server.posts) <= 31
+
+
+def test_an_overflow_is_recovered_once_and_the_smaller_window_remembered(run, server, tmp_path):
+    server.local, server.n_ctx = "llama-cpp-python", 2048  # says nothing of its window; empty stream when full
+    db = str(tmp_path / "s.db")
+    results = []
+    for turn in range(14):
+        question = f"Question {turn}: " + "words and more words to fill the window. " * 24
+        results.append(run("--db", db, "--session", "s", question, extra_env={"OPENAI_MAX_HISTORY_MESSAGES": "1000"}))
+    assert all(r.returncode == 0 and r.out.startswith("Hello") for r in results)
+    assert server.overflows == 1  # learned once, then remembered across runs
+    [recovered] = [r for r in results if "overflowed" in r.err]
+    assert "retrying once with fewer older turns" in recovered.err and "older messages not sent" in recovered.err
+
+
+def test_with_a_base_url_and_no_model_the_served_model_is_asked_for(run, server):
+    server.models = ["qwen2.5-0.5b-instruct"]
+    result = run("hi", extra_env={"OPENAI_MODEL": ""})
+    assert result.returncode == 0 and server.posts[-1].body["model"] == "qwen2.5-0.5b-instruct"
+    assert result.err == ""
+    server.models = ["first-model", "second-model"]
+    result = run("hi", extra_env={"OPENAI_MODEL": ""})
+    assert server.posts[-1].body["model"] == "first-model"
+    assert "using first-model, the first of 2 models" in result.err
+
+
+def test_zero_config_with_a_placeholder_key_finds_the_local_server_and_says_so(run, server):
+    server.models = ["llama3.2"]
+    env = {"OPENAI_API_KEY": "ollama", "CHATBOT_LOCAL_PORTS": f"1,{server.port}"}
+    result = run("hi", extra_env=env, base=False)
+    assert result.returncode == 0, result.err
+    assert server.posts[-1].body["model"] == "llama3.2"
+    assert f"using the local server at 127.0.0.1:{server.port} and its model llama3.2" in result.err
+    assert server.posts[-1].headers["authorization"] == "Bearer not-needed"  # the placeholder is not sent on
+
+
+def test_when_no_local_server_answers_the_ports_tried_are_listed(run, server):
+    result = run("hi", extra_env={"CHATBOT_LOCAL_PORTS": "1,2"}, base=False)
+    assert result.returncode == 2
+    assert "no local server answered on 127.0.0.1 ports 1, 2" in result.err
+
+
+def test_a_length_finish_below_the_output_limit_is_blamed_on_the_window(run, server):
+    server.push(chat_reply("Cut", finish="length", completion_tokens=40))
+    result = run("--json", "q")
+    payload = json.loads(result.out)
+    assert result.returncode == 1 and "context window is full" in payload["error"]["message"]
+    server.push(chat_reply("Cut", finish="length", completion_tokens=1000))
+    assert "--max-tokens" in run("q").err
