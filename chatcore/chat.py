@@ -17,7 +17,7 @@ from .conversation import (
 )
 from .log import write_log
 from .provider import Failure, Provider, rejected_parameter
-from .serverinfo import Window, ask_window, cached_window, remember_window
+from .serverinfo import Window, ask_window, cached_scale, cached_window, remember_scale, remember_window
 from .settings import Settings, is_local_url
 from .streams import TEXT
 from .tokens import TokenCounter, encoding_for_model
@@ -64,6 +64,8 @@ class Chat:
     def counter(self) -> TokenCounter:
         if self._counter is None or encoding_for_model(self.model)[0] != self._counter.encoding_name:
             self._counter = TokenCounter(self.model)
+            if self._counter.estimated and is_local_url(self.settings.base_url):
+                self._counter.scale = cached_scale(self.settings.base_url, self.model) or 1.0
         return self._counter
 
     def context_tokens(self, need_exact: bool) -> int:
@@ -78,11 +80,10 @@ class Chat:
         local = is_local_url(settings.base_url)
         if self.window is None and not self._window_asked and (local or need_exact):
             self._window_asked = True
-            self.window = cached_window(settings.base_url, self.model)
-            if self.window is None and (local or "openrouter.ai" in settings.host):
+            asked, self.window = cached_window(settings.base_url, self.model)
+            if not asked and (local or "openrouter.ai" in settings.host):
                 self.window = ask_window(settings.base_url, self.model, settings.api_key, local)
-                if self.window is not None:
-                    remember_window(settings.base_url, self.model, self.window)
+                remember_window(settings.base_url, self.model, self.window)  # an unanswered ask is kept too
             if self.window is None and not local:
                 _, tokens = model_info(self.model, settings.base_url)
                 if tokens:
@@ -342,13 +343,20 @@ class Chat:
             # Nothing arrived (interrupted before the first token): the user turn is not left dangling.
             self.drop_last_user()
         usage = result.usage
+        counter = self.counter
         if usage is None or (usage.input_tokens == 0 and usage.output_tokens == 0):
-            counter = self.counter
             usage = Usage(
                 counter.count_messages(Message(m["role"], m["content"]) for m in request.messages()),
-                counter.count_text(result.reply) if result.reply else 0,
+                # an estimate never exceeds the limit the reply was bounded by
+                min(counter.count_text(result.reply), self.settings.max_tokens) if result.reply else 0,
                 estimated=True,
             )
+        elif request.tokens is not None and request.estimated and usage.input_tokens and not usage.estimated:
+            # The request was counted (it came near the window) with an estimate, and the server counted
+            # it too: later estimates follow the server's tokenizer, here and in later runs. Only then:
+            # a request far from the window is never tokenised, and tiktoken is never loaded for it.
+            if counter.calibrate(request.tokens, usage.input_tokens):
+                remember_scale(self.settings.base_url, self.model, counter.scale)
         result.usage = usage
         if (
             result.finish_reason == "length"

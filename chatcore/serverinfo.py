@@ -135,24 +135,47 @@ def _load_cache() -> dict[str, Any]:
         return {}
 
 
-def cached_window(base_url: str, model: str) -> Window | None:
+def cached_window(base_url: str, model: str) -> tuple[bool, Window | None]:
+    """(asked before, the window then learned): a server that did not say is not asked again."""
     entry = _load_cache().get(f"{base_url} {model}")
-    if isinstance(entry, dict) and _positive(entry.get("tokens")):
-        return Window(int(entry["tokens"]), str(entry.get("source") or "cache"))
-    return None
+    if not isinstance(entry, dict) or "tokens" not in entry:
+        return False, None
+    if _positive(entry.get("tokens")):
+        return True, Window(int(entry["tokens"]), str(entry.get("source") or "cache"))
+    return True, None
 
 
-def remember_window(base_url: str, model: str, window: Window) -> None:
+def _remember(base_url: str, model: str, **facts: Any) -> None:
     """Keep what was learned about this server and model for the next run."""
     try:
         cache = _load_cache()
-        cache[f"{base_url} {model}"] = {"tokens": window.tokens, "source": window.source, "at": time.time()}
+        entry = cache.get(f"{base_url} {model}")
+        cache[f"{base_url} {model}"] = {**(entry if isinstance(entry, dict) else {}), **facts, "at": time.time()}
         path = _cache_path()
         with open_private(path + ".new", "w") as cache_file:
             json.dump(cache, cache_file)
         os.replace(path + ".new", path)
     except OSError:
         pass
+
+
+def remember_window(base_url: str, model: str, window: Window | None) -> None:
+    """What was learned about the window, or (None) that the server does not say."""
+    if window is None:
+        _remember(base_url, model, tokens=0)
+    else:
+        _remember(base_url, model, tokens=window.tokens, source=window.source)
+
+
+def remember_scale(base_url: str, model: str, scale: float) -> None:
+    """How the server's tokenizer compares with our estimate: later estimates are scaled by it."""
+    _remember(base_url, model, scale=scale)
+
+
+def cached_scale(base_url: str, model: str) -> float | None:
+    entry = _load_cache().get(f"{base_url} {model}")
+    scale = entry.get("scale") if isinstance(entry, dict) else None
+    return float(scale) if isinstance(scale, (int, float)) and 0.5 <= scale <= 2.0 else None
 
 
 def served_models(base_url: str, api_key: str | None) -> list[str]:

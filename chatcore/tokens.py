@@ -73,6 +73,7 @@ class TokenCounter:
         self.load_wait = load_wait
         self._encoding: Any = None
         self._tried = False
+        self.scale = 1.0  # estimates only: calibrated from the prompt sizes a server reports (see calibrate)
 
     @property
     def encoding(self) -> Any:
@@ -89,13 +90,24 @@ class TokenCounter:
 
     @property
     def key(self) -> str:
-        return self.encoding_name if self.encoding is not None else "estimate"
+        name = self.encoding_name if self.encoding is not None else "estimate"
+        return name if self.scale == 1.0 or not self.estimated else f"{name}*{self.scale:.3f}"
 
     def count_text(self, text: str) -> int:
         encoding = self.encoding
-        if encoding is None:
-            return estimate_tokens(text)
-        return len(encoding.encode(text, disallowed_special=()))
+        count = estimate_tokens(text) if encoding is None else len(encoding.encode(text, disallowed_special=()))
+        return count if self.scale == 1.0 or not self.estimated else round(count * self.scale)
+
+    def calibrate(self, estimated: int, reported: int) -> bool:
+        """Scale later estimates by how the server counted a prompt we estimated; True if it changed.
+        An exact count (a model whose tokenizer we have) is never scaled."""
+        if not self.estimated or estimated <= 0 or reported <= 0 or not 0.5 <= reported / estimated <= 2.0:
+            return False  # an implausible count (a server's placeholder usage) is not followed
+        scale = min(2.0, max(0.5, self.scale * reported / estimated))
+        if abs(scale - self.scale) < 0.02:
+            return False
+        self.scale = round(scale, 3)
+        return True
 
     def count_chat(self, messages: Iterable[dict[str, str]]) -> int:
         """Tokens for a list of message dicts, per the cookbook: 3 per message, 1 per name, 3 to prime."""

@@ -353,6 +353,7 @@ class FakeServer:
         self.local: str | None = None
         self.n_ctx: int | None = None
         self.overflows = 0  # requests refused (or emptied) because the prompt did not fit
+        self.tokenizer_ratio: float | None = None  # default replies report the prompt as the estimate times this
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -402,6 +403,9 @@ class FakeServer:
                     self._send(error_status(400, problem))
                 elif overflow is not None:
                     self._send(overflow)
+                elif server.tokenizer_ratio and not server.queue and self.path.endswith("/chat/completions"):
+                    reported = round(server.prompt_tokens(body) * server.tokenizer_ratio)
+                    self._send(chat_reply(prompt_tokens=reported))
                 else:
                     self._send(server._next(self.path))
 

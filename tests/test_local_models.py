@@ -104,3 +104,29 @@ def test_a_length_finish_below_the_output_limit_is_blamed_on_the_window(run, ser
     assert result.returncode == 1 and "context window is full" in payload["error"]["message"]
     server.push(chat_reply("Cut", finish="length", completion_tokens=1000))
     assert "--max-tokens" in run("q").err
+
+
+def test_estimates_are_calibrated_by_the_server_and_never_exceed_the_output_limit(run, server, tmp_path):
+    from chatcore.tokens import TokenCounter, estimate_tokens
+
+    counter = TokenCounter("some-local-model", load_wait=0.0)
+    counter._tried, counter._encoding = True, None  # no tokenizer: a byte estimate
+    assert counter.calibrate(estimated=1250, reported=1000) and counter.scale == 0.8
+    assert not counter.calibrate(estimated=1000, reported=12)  # implausible: a placeholder usage is ignored
+    assert counter.count_text("x" * 400) == round(estimate_tokens("x" * 400) * 0.8) and "0.800" in counter.key
+    # End to end: the server counts prompts 20% smaller than our estimate; the next estimate follows it.
+    server.tokenizer_ratio = 0.8
+    server.local, server.n_ctx = "llama.cpp", 2048  # a small window: requests come near it and are counted
+    db = str(tmp_path / "s.db")
+    question = "a question that is long enough to measure " * 24
+    first = json.loads(run("--db", db, "--session", "s", "--json", question).out)
+    assert first["usage"]["estimated"] is False  # the server counted: this run calibrates
+    server.push(chat_reply("No usage this time.", usage="none"))
+    second = json.loads(run("--db", db, "--session", "s", "--json", "and again").out)
+    assert second["usage"]["estimated"] is True
+    raw = server.prompt_tokens(server.posts[-1].body)  # our estimate, before calibration
+    assert 0.72 * raw <= second["usage"]["input_tokens"] <= 0.88 * raw, (second["usage"], raw)
+    # An output estimate is bounded by the limit the reply was asked to keep to.
+    server.push(chat_reply("word " * 400, usage="none"))
+    capped = json.loads(run("--json", "--max-tokens", "50", "long please").out)
+    assert capped["usage"]["output_tokens"] <= 50
