@@ -17,99 +17,31 @@ tiktoken, genai-prices) are imported where they are first needed.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from chatcore import __version__, files
 from chatcore.chat import Chat
 from chatcore.conversation import PromptTooLarge
-from chatcore.files import open_private, private_dir, private_file, user_dir
 from chatcore.log import report_bug
 from chatcore.provider import Failure, one_line
 from chatcore.settings import BOOL_SETTINGS, SETTINGS, ConfigError, load_settings, resolve_settings
 from chatcore.store import SessionStore, StoreError, default_db_path, export_data, write_export
 from chatcore.turn import Cancel, TurnResult, finish_note
 from chatcore.usage import TurnStats, format_money, total_usage, usage_line
-from terminal_render import MarkdownView, PlainView, Waiting
-
-# ---------------------------------------------------------------------------
-# Ctrl-C during a turn
-# ---------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def ctrl_c_stops(turn: Callable[[], Cancel | None]) -> Iterator[None]:
-    """Ctrl-C stops the turn in progress (`turn()`), once; every other press changes nothing.
-
-    Python raises KeyboardInterrupt wherever the program happens to be: a second press arriving
-    while a reply was being recorded or drawn, or between two prompts, used to leave the history
-    and the screen half done, or end the chat. Here a press interrupts only a reply that is still
-    streaming, and only the first time (the stream keeps what arrived). At the prompt, Ctrl-C is a
-    key that prompt_toolkit reads, not a signal. The terminal does not echo ^C.
-    """
-
-    def on_ctrl_c(signum: int, frame: Any) -> None:
-        cancel = turn()
-        if cancel is None or cancel.is_set() or cancel.finished:
-            return
-        cancel.set()
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGINT, on_ctrl_c)
-    echo = quiet_ctrl_echo()
-    try:
-        yield
-    finally:
-        echo()
-        signal.signal(signal.SIGINT, previous)
-
-
-def quiet_ctrl_echo() -> Callable[[], None]:
-    """Stop the terminal echoing ^C; returns what puts it back (nothing to do off a terminal)."""
-    try:
-        import termios
-    except ImportError:  # Windows: no ^C echo to quiet
-        return lambda: None
-    try:
-        descriptor = sys.stdin.fileno()
-        saved = termios.tcgetattr(descriptor)
-        quiet = list(saved)
-        quiet[3] &= ~termios.ECHOCTL
-        termios.tcsetattr(descriptor, termios.TCSANOW, quiet)
-    except (termios.error, OSError, ValueError, AttributeError):  # not a terminal
-        return lambda: None
-    return lambda: termios.tcsetattr(descriptor, termios.TCSANOW, saved)
-
+from terminal_input import ctrl_c_stops, forget_typed, keys_not_lines, make_prompt_session
+from terminal_render import MarkdownView, PlainView, Waiting, fit, plural, wrapped
 
 # ---------------------------------------------------------------------------
 # Commands: one table drives dispatch, /help and completion
 # ---------------------------------------------------------------------------
-
-
-def plural(count: int, word: str) -> str:
-    return f"{count:,} {word}{'' if count == 1 else 's'}"
-
-
-def fit(text: str, width: int) -> str:
-    """Text cut to `width` characters, with an ellipsis when something was cut."""
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def wrapped(text: str, indent: int) -> str:
-    """A line wrapped to the terminal's width, continuation lines indented under its text."""
-    import textwrap
-
-    width = max(40, shutil.get_terminal_size().columns - 1)
-    return "\n".join(textwrap.wrap(text, width, subsequent_indent=" " * indent, break_on_hyphens=False))
 
 
 @dataclass(frozen=True)
@@ -226,7 +158,7 @@ def cmd_undo(repl: Repl, arg: str) -> None:
     del chat.conversation.history[start:]
     if chat.store is not None:
         chat.store.delete_messages([m.row_id for m in removed if m.row_id is not None])
-    repl.forget_typed({m.content for m in removed if m.role == "user"})
+    forget_typed(repl.prompt_session, {m.content for m in removed if m.role == "user"})
     repl.say(f"removed the last exchange ({len(removed)} message{'s' if len(removed) != 1 else ''})")
 
 
@@ -309,7 +241,7 @@ def cmd_delete(repl: Repl, arg: str) -> None:
     typed = {m["content"] for m in store.export(arg)["messages"] if m["role"] == "user"}
     try:
         store.delete(arg)
-        repl.forget_typed(typed)
+        forget_typed(repl.prompt_session, typed)
     except StoreError as exc:
         repl.error(str(exc))
         return
@@ -567,88 +499,6 @@ class Repl:
                 lines[-1] += f" · {part}"
         return "\n".join(lines)
 
-    def make_prompt(self) -> Any:
-        from prompt_toolkit import PromptSession
-        from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
-        from prompt_toolkit.completion import Completer, Completion
-        from prompt_toolkit.history import FileHistory, InMemoryHistory
-        from prompt_toolkit.key_binding import KeyBindings
-
-        class SlashCompleter(Completer):
-            def get_completions(self, document: Any, complete_event: Any) -> Iterator[Any]:
-                text = document.text_before_cursor
-                if text.startswith("/") and " " not in text and not text.startswith("//"):
-                    for command in COMMANDS:
-                        for name in (command.name, *command.aliases):
-                            if name.startswith(text[1:].lower()):
-                                yield Completion("/" + name, start_position=-len(text), display_meta=command.help)
-
-        # prompt_toolkit asks the terminal where the cursor is, and at exit waits up to a second for
-        # the answer: in a terminal that never answers, every /exit took a second. The chat does not
-        # need the answer (space for the completion menu is reserved either way).
-        os.environ.setdefault("PROMPT_TOOLKIT_NO_CPR", "1")
-        bindings = KeyBindings()
-
-        @bindings.add("escape", "enter")
-        def _(event: Any) -> None:
-            event.current_buffer.insert_text("\n")
-
-        try:
-            history: Any = FileHistory(self.history_path())
-        except OSError:
-            history = InMemoryHistory()
-        session: Any = PromptSession(
-            history=history,
-            auto_suggest=AutoSuggestFromHistory(),
-            completer=SlashCompleter(),
-            complete_while_typing=True,
-            key_bindings=bindings,
-            enable_history_search=False,
-            prompt_continuation="… ",
-        )
-        warmed: list[bool] = []
-
-        def warm_up(_: Any) -> None:
-            # The prompt is on screen: load the SDK (and price table) while the user types.
-            if not warmed:
-                warmed.append(True)
-                threading.Thread(target=self.chat.warm_up, daemon=True).start()
-
-        session.app.after_render += warm_up
-        return session
-
-    def history_path(self) -> str:
-        """The input history: in the state directory, owner-only (it holds everything typed)."""
-        path = os.path.join(private_dir(user_dir("state")), "prompt-history")
-        older = os.path.join(user_dir("data"), "prompt-history")  # where versions before 0.2 kept it
-        if os.path.exists(older) and not os.path.exists(path):
-            os.replace(older, path)
-        return private_file(path)
-
-    def forget_typed(self, texts: set[str]) -> None:
-        """Deleted means gone: take deleted messages out of the input history too, file and memory."""
-        texts = {t for t in texts if t}
-        if not texts:
-            return
-        history = getattr(self.prompt_session, "history", None)
-        loaded = getattr(history, "_loaded_strings", None)
-        if isinstance(loaded, list):
-            loaded[:] = [t for t in loaded if t not in texts]
-        try:
-            path = self.history_path()
-            with open(path, encoding="utf-8") as history_file:
-                entries = history_file.read().split("\n\n")  # FileHistory: "# time" then "+line"s, blank-separated
-            kept = [
-                entry
-                for entry in entries
-                if "\n".join(line[1:] for line in entry.split("\n") if line.startswith("+")) not in texts
-            ]
-            with open_private(path + ".new", "w") as new_file:
-                new_file.write("\n\n".join(kept))
-            os.replace(path + ".new", path)
-        except OSError:
-            pass
-
     def restore(self, text: str, error: str) -> None:
         """Say why a message failed and give it back: in the prompt, or, when it is taller than the
         screen (its error would scroll out of sight), kept aside with the error as the last line."""
@@ -698,7 +548,9 @@ class Repl:
         self.say(self.banner())
         for show, text in self.startup_notes:
             show(text)
-        self.prompt_session = self.make_prompt()
+        self.prompt_session = make_prompt_session(
+            COMMANDS, lambda: threading.Thread(target=self.chat.warm_up, daemon=True).start()
+        )  # the prompt is on screen: load the SDK (and price table) while the user types
         with ctrl_c_stops(lambda: self.cancel):
             return self.loop(first_prompt)
 
@@ -1065,44 +917,6 @@ def run_chat(args: Any, environ: dict[str, str]) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
-
-
-def keys_not_lines() -> tuple[Callable[[], None], list[str] | None]:
-    """Put the terminal in cbreak mode at once, so keys typed before the prompt is drawn wait as keys.
-
-    What was typed even earlier, while Python was starting, is still in the terminal's line buffer:
-    lines finished with Enter are read now, to be handled first as if typed at the prompt (a line
-    not yet finished stays for the prompt to read), and a Ctrl-D there (an end-of-file, which used
-    to leave the prompt deaf for good) means leave: then the lines are None. Returns (restore, lines).
-    """
-    try:
-        import select
-        import termios
-        import tty
-    except ImportError:
-        return (lambda: None), []
-    try:
-        descriptor = sys.stdin.fileno()
-        saved = termios.tcgetattr(descriptor)
-    except (termios.error, OSError, ValueError):
-        return (lambda: None), []
-    typed = b""
-    # Still in line mode: whole lines and an end-of-file (Ctrl-D) are what a read can return now.
-    while select.select([descriptor], [], [], 0)[0]:
-        chunk = os.read(descriptor, 4096)
-        if not chunk:
-            return (lambda: None), None  # Ctrl-D typed ahead: leave
-        typed += chunk
-    lines = typed.decode("utf-8", "replace").splitlines()
-    try:
-        tty.setcbreak(descriptor, termios.TCSANOW)
-    except termios.error:
-        return (lambda: None), lines
-
-    def restore() -> None:
-        termios.tcsetattr(descriptor, termios.TCSADRAIN, saved)
-
-    return restore, lines
 
 
 def start_chat(args: Any, environ: dict[str, str], typed_ahead: list[str]) -> int:

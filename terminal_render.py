@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -442,3 +443,23 @@ class Waiting:
             on_event(kind, text)
 
         return first
+
+
+# -- text shaped for the terminal -------------------------------------------------------
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count:,} {word}{'' if count == 1 else 's'}"
+
+
+def fit(text: str, width: int) -> str:
+    """Text cut to `width` characters, with an ellipsis when something was cut."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def wrapped(text: str, indent: int) -> str:
+    """A line wrapped to the terminal's width, continuation lines indented under its text."""
+    import textwrap
+
+    width = max(40, shutil.get_terminal_size().columns - 1)
+    return "\n".join(textwrap.wrap(text, width, subsequent_indent=" " * indent, break_on_hyphens=False))

@@ -70,7 +70,7 @@ ENGINE = [
 ]
 TERMINAL_LIBRARIES = {"rich", "prompt_toolkit"}
 TELEGRAM_LIBRARIES = {"telegram", "telegramify_markdown"}
-FRONT_ENDS = {"chatbot", "telegram_bot", "terminal_render", "telegram_render"}
+FRONT_ENDS = {"chatbot", "telegram_bot", "terminal_render", "terminal_input", "telegram_render"}
 
 
 def imported_modules(path):
@@ -91,14 +91,19 @@ def test_imports_run_one_way():
     for module in ENGINE:
         used = imported_modules(os.path.join(ROOT, *module.split(".")) + ".py")
         assert not used & (TERMINAL_LIBRARIES | TELEGRAM_LIBRARIES | FRONT_ENDS), (module, used)
-    terminal = imported_modules(os.path.join(ROOT, "chatbot.py")) | imported_modules(
-        os.path.join(ROOT, "terminal_render.py")
+    terminal = set().union(
+        *(
+            imported_modules(os.path.join(ROOT, name))
+            for name in ("chatbot.py", "terminal_render.py", "terminal_input.py")
+        )
     )
     assert "chatcore" in terminal and not terminal & (TELEGRAM_LIBRARIES | {"telegram_bot", "telegram_render"})
     telegram = imported_modules(os.path.join(ROOT, "telegram_bot.py")) | imported_modules(
         os.path.join(ROOT, "telegram_render.py")
     )
-    assert "chatcore" in telegram and not telegram & (TERMINAL_LIBRARIES | {"chatbot", "terminal_render"})
+    assert "chatcore" in telegram and not telegram & (
+        TERMINAL_LIBRARIES | {"chatbot", "terminal_render", "terminal_input"}
+    )
 
 
 def test_importing_the_engine_does_nothing(tmp_path):
