@@ -708,12 +708,30 @@ def setup_logging(settings: Settings) -> None:
     logging.getLogger("telegram.ext.Updater").setLevel(logging.WARNING)
 
 
+MISSING_TOKEN = (
+    "TELEGRAM_BOT_TOKEN is not set: create a bot with @BotFather and put its token in .env (see .env.example)"
+)
+
+
+def token_given(environ: dict[str, str]) -> bool:
+    if environ.get("TELEGRAM_BOT_TOKEN"):
+        return True
+    if not os.path.isfile(".env"):
+        return False
+    from dotenv import dotenv_values
+
+    return bool(dotenv_values(".env").get("TELEGRAM_BOT_TOKEN"))
+
+
 def load(environ: dict[str, str]) -> Settings:
-    settings = load_settings({}, environ)
+    try:
+        settings = load_settings({}, environ)
+    except ConfigError:
+        if not token_given(environ):  # the Telegram program's first need: name the token before the key
+            raise ConfigError(MISSING_TOKEN) from None
+        raise
     if not settings.telegram_token:
-        raise ConfigError(
-            "TELEGRAM_BOT_TOKEN is not set: create a bot with @BotFather and put its token in .env (see .env.example)"
-        )
+        raise ConfigError(MISSING_TOKEN)
     if not TOKEN_PATTERN.fullmatch(settings.telegram_token.strip()):
         raise ConfigError(
             "TELEGRAM_BOT_TOKEN does not look like a bot token (digits, a colon, then letters): "

@@ -145,6 +145,7 @@ def test_start_sequence_then_polling(tmp_path):
     "setting, value, needle",
     [
         ("TELEGRAM_BOT_TOKEN", None, "TELEGRAM_BOT_TOKEN is not set"),
+        ("both", None, "TELEGRAM_BOT_TOKEN is not set"),
         ("TELEGRAM_BOT_TOKEN", "not-a-token", "TELEGRAM_BOT_TOKEN does not look like a bot token"),
         ("OPENAI_API_KEY", None, "OPENAI_API_KEY is not set"),
         ("TELEGRAM_ALLOWED_USERS", "101,bob", "TELEGRAM_ALLOWED_USERS='101,bob' is not valid"),
@@ -154,8 +155,10 @@ def test_configuration_errors_are_one_line_and_exit_2(tmp_path, setting, value, 
     telegram, model = FakeTelegram(), FakeServer()
     try:
         env = bot_env(tmp_path / "h", telegram, model)
-        if setting == "OPENAI_API_KEY":
+        if setting in ("OPENAI_API_KEY", "both"):
             env["OPENAI_BASE_URL"] = "https://api.example.invalid/v1"
+        if setting == "both":
+            setting = "TELEGRAM_BOT_TOKEN"
         if value is None:
             env.pop(setting, None)
         else:
