@@ -211,7 +211,7 @@ class Line:
             except NetworkError as exc:  # timeouts, connection errors and 5xx
                 attempt += 1
                 if not essential or attempt >= FINAL_ATTEMPTS or self.stopping:
-                    log.warning("chat=%s send failed (%s)%s", self.chat_id, exc.message, "" if essential else "")
+                    log.warning("chat=%s send failed (%s)", self.chat_id, exc.message)
                     return None
                 await asyncio.sleep(min(20.0, 0.5 * 2**attempt))
         return None

@@ -64,7 +64,8 @@ class Chat:
     def counter(self) -> TokenCounter:
         if self._counter is None or encoding_for_model(self.model)[0] != self._counter.encoding_name:
             self._counter = TokenCounter(self.model)
-            if self._counter.estimated and is_local_url(self.settings.base_url):
+            # Cheap checks first: deciding whether to scale must not load tiktoken on its own.
+            if is_local_url(self.settings.base_url) and not self._counter.exact_family:
                 self._counter.scale = cached_scale(self.settings.base_url, self.model) or 1.0
         return self._counter
 
@@ -212,13 +213,12 @@ class Chat:
                 self.log(model, failure.status or "error", None, failure.latency, None, failure.kind)
                 if self.unsupported_parameter(failure, request, model, stream):
                     continue
-                sent = self.counter.count_messages([Message("system", request.system), *request.turns])
-                if (
-                    failure.kind == "no_finish"
-                    and cap is None
-                    and len(request.turns) > 1
-                    and (sent >= 1024 or sent >= self.context_tokens(False) // 2)
-                ):
+                sent = (  # the request's size, counted only when an overflow is in question
+                    self.counter.count_messages([Message("system", request.system), *request.turns])
+                    if failure.kind in ("no_finish", "context_length") and cap is None and len(request.turns) > 1
+                    else 0
+                )
+                if failure.kind == "no_finish" and sent and (sent >= 1024 or sent >= self.context_tokens(False) // 2):
                     # Some servers (llama-cpp-python) answer a prompt larger than their window with an
                     # empty stream: nothing at all came back, for a large prompt. Treat it as an overflow.
                     failure.kind = "context_length"
