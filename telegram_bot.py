@@ -622,8 +622,9 @@ async def on_stats(update: Any, context: Any) -> None:
         lines.append(f"Cost: {money} (estimate)" if money[:1] == "$" else f"Cost: {money}")
     if chat.last_request is not None and chat.last_request.dropped:
         lines.append(f"Trimmed: {chat.last_request.dropped} older messages not sent last time")
-    window = chat.context_window(False)
-    lines.append(f"Model: {chat.model} · context window {window.tokens:,} tokens ({window.source})")
+    window = chat.window  # as learned by the requests so far (asking the server here would block the loop)
+    known = f" · context window {window.tokens:,} tokens ({window.source})" if window else ""
+    lines.append(f"Model: {chat.model}{known}")
     await reply_text(update, context, "\n".join(lines))
 
 
