@@ -34,7 +34,7 @@ from chatcore.log import report_bug
 from chatcore.provider import Failure, one_line
 from chatcore.settings import BOOL_SETTINGS, SETTINGS, ConfigError, load_settings, resolve_settings
 from chatcore.store import SessionStore, StoreError, default_db_path, export_data, write_export
-from chatcore.turn import Cancel, TurnResult, finish_note
+from chatcore.turn import Cancel, TurnResult, empty_reply_note, finish_note
 from chatcore.usage import TurnStats, format_money, total_usage, usage_line
 from terminal_input import ctrl_c_stops, forget_typed, keys_not_lines, make_prompt_session
 from terminal_render import MarkdownView, PlainView, Waiting, fit, plural, wrapped
@@ -723,12 +723,12 @@ def run_once(chat: Chat, prompt: str, args: Any) -> int:
             view.finish()
     except PromptTooLarge as exc:
         chat.drop_last_user()
-        return report_failure(args, chat, str(exc), EXIT_USAGE, "prompt_too_large")
+        return report_failure(args.json, str(exc), EXIT_USAGE, "prompt_too_large", chat.model)
     except Failure as failure:
         view.abort()
         hint = ": lower --max-messages, or start a new --session" if failure.kind == "context_length" else ""
         status = EXIT_USAGE if failure.kind == "no_endpoint" else EXIT_FAILED  # --api responses where there is none
-        return report_failure(args, chat, f"{failure}{hint}", status, failure.kind)
+        return report_failure(args.json, f"{failure}{hint}", status, failure.kind, chat.model)
     status = EXIT_OK
     if result.interrupted:
         err.write("chatbot: interrupted\n")
@@ -784,27 +784,22 @@ def json_result(
     return payload
 
 
-def empty_reply_note(result: TurnResult) -> str:
-    if result.reasoning_chars:
-        return f"the model sent only reasoning ({plural(result.reasoning_chars, 'character')}) and no answer"
-    return "the model sent an empty reply"
-
-
 held_log: list[str] = []  # -v request log lines, written out once the reply has ended
 
 
-def show_held_log(out: Any, prefix: str = "") -> None:
+def show_held_log(out: Any) -> None:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
     for line in held_log:
-        out.write(f"{prefix}{stamp} {line}\n")
+        out.write(f"{stamp} {line}\n")
     held_log.clear()
     out.flush()
 
 
-def report_failure(args: Any, chat: Chat, message: str, status: int, kind: str) -> int:
+def report_failure(wants_json: bool, message: str, status: int, kind: str, model: str = "") -> int:
+    """One line on stderr; with --json, stdout is still one JSON object, carrying the error."""
     sys.stderr.write(f"chatbot: {message}\n")
-    if args.json:
-        print(json.dumps(json_result(None, None, {"type": kind, "message": message}, chat.model), ensure_ascii=False))
+    if wants_json:
+        print(json.dumps(json_result(None, None, {"type": kind, "message": message}, model), ensure_ascii=False))
     return status
 
 
@@ -848,10 +843,7 @@ def main(argv: list[str] | None = None) -> int:
     wants_json = "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv
 
     def fail(kind: str, message: str, status: int) -> int:
-        sys.stderr.write(f"chatbot: {message}\n")
-        if wants_json:  # --json: stdout is one JSON object whatever happened
-            print(json.dumps(json_result(None, None, {"type": kind, "message": message}), ensure_ascii=False))
-        return status
+        return report_failure(wants_json, message, status, kind)
 
     try:
         return _main(argv)

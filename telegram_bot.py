@@ -39,9 +39,9 @@ from chatcore.provider import Failure, Provider
 from chatcore.settings import ConfigError, Settings, check_credentials, load_settings
 from chatcore.store import SessionStore, StoreError
 from chatcore.streams import TEXT
-from chatcore.turn import Cancel, TurnResult, finish_note
+from chatcore.turn import Cancel, TurnResult, empty_reply_note, finish_note
 from chatcore.usage import total_usage
-from telegram_render import Part, draft_text, split_message, to_telegram
+from telegram_render import Part, split_message, to_telegram
 
 log = logging.getLogger("chatbot.telegram")
 T = TypeVar("T")
@@ -294,9 +294,9 @@ class ReplyView:
         from telegram import MessageEntity
         from telegram.error import BadRequest
 
-        part = split_message(to_telegram(text))[-1:] or [Part(draft_text(text))]
-        shown = part[0].text
-        entities = [MessageEntity.de_json(entity, self.bot) for entity in part[0].entities] or None
+        part = split_message(to_telegram(text))[-1]  # `text` is not blank: there is at least one part
+        shown = part.text
+        entities = [MessageEntity.de_json(entity, self.bot) for entity in part.entities] or None
         if self.mode == "draft":
             try:
                 await self.line.send(
@@ -411,7 +411,7 @@ def closing_note(result: TurnResult) -> str:
     if result.ended_early:
         return f"… ({finish_note(result.finish_reason, result.window_full).replace(' (--max-tokens)', '')})"
     if not result.reply.strip():
-        return "(The model sent an empty reply.)"
+        return f"({empty_reply_note(result).capitalize()}.)"
     return ""
 
 
@@ -453,7 +453,6 @@ class Assistant:
                 label=f"chat={chat_id}",
                 log_sink=lambda line: log.info("%s", line),
             )
-            chat.wants_cost = True
             chat.store = self.store
             chat.use_session(f"telegram-{chat_id}")
             state = ChatState(chat, Line(chat_id, self.pace, self.migrate), asyncio.Lock())

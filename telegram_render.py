@@ -119,14 +119,3 @@ def _clip(entities: list[dict[str, Any]], begin: int, end: int, piece: str) -> l
         if last > first:
             clipped.append({**entity, "offset": first, "length": last - first})
     return clipped
-
-
-def draft_text(reply: str, limit: int = MESSAGE_LIMIT) -> str:
-    """What a draft or a streamed edit shows: the reply so far, its tail if it is longer than a message."""
-    text = reply.strip()
-    if utf16_len(text) <= limit:
-        return text
-    tail = text[-(limit - 2) :]
-    while utf16_len(tail) > limit - 2:
-        tail = tail[1:]
-    return "…" + tail

@@ -306,8 +306,6 @@ class MarkdownView:
         """The tail of the unfinished block: enough to fill the live region, bounded in size."""
         return tail_lines(self.pending, self.max_live)[-4000:]
 
-    CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-
     def _code_lines(self, width: int) -> list[str]:
         """The tail of an unfinished code block as plain text, each line cropped to one terminal row."""
         from rich.cells import cell_len, set_cell_size
@@ -317,7 +315,7 @@ class MarkdownView:
         rows = max(self.max_live, self._height() - 2)
         tail = tail_lines(self.pending[first_newline + 1 :] if first_newline >= 0 else "", rows)
         for line in tail.split("\n")[-rows:]:
-            line = self.CONTROL.sub("", line.replace("\t", "    "))
+            line = line.replace("\t", "    ")  # control characters were made visible on the way in
             if cell_len(line) >= width:
                 line = set_cell_size(line, width - 1)
             lines.append(line.rstrip())

@@ -57,7 +57,6 @@ class Chat:
         self.store: Any = None  # a SessionStore when saving
         self.session_id: int | None = None
         self.wants_cost = True  # plain one-shot output shows no cost: skip loading the price table
-        self.verbose = False
         self._partial: Message | None = None  # the reply as checkpointed so far, while it streams
 
     @property
@@ -404,6 +403,6 @@ class Chat:
             f"ttft={'-' if ttft is None else f'{ttft:.3f}s'} latency={latency:.3f}s tokens={tokens} "
             f"cost={'-' if cost is None else f'{cost:.6f}'} error={error or '-'}"
         )
-        write_log(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {fields}", self.verbose)
+        write_log(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {fields}")
         if self.log_sink is not None:
             self.log_sink(fields)  # a logger that stamps its own time

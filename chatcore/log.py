@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 
 from .files import open_private, private_dir, user_dir
 
 
-def write_log(line: str, verbose: bool) -> None:
-    if verbose:
-        sys.stderr.write(line + "\n")
+def write_log(line: str) -> None:
+    """Append one line to the request log (front-ends show it themselves where they want, e.g. -v)."""
     try:
         with open_private(os.path.join(private_dir(user_dir("log")), "chatbot.log")) as log_file:
             log_file.write(line + "\n")
@@ -24,7 +22,7 @@ def report_bug(exc: BaseException) -> str:
     import traceback
 
     details = "".join(traceback.format_exception(exc))
-    write_log("internal error\n" + details.rstrip(), False)
+    write_log("internal error\n" + details.rstrip())
     where = os.path.join(user_dir("log"), "chatbot.log")
     return f"{type(exc).__name__}: {one_line(str(exc), 160)} (traceback in {where})"
 

@@ -96,6 +96,7 @@ class Setting:
     parse: Callable[[str], Any]
     help: str
     example: str = ""  # value shown in .env.example (commented out when empty)
+    empty_ok: bool = False  # an empty value means something (no ports: no probing); else it is ignored
 
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer clearly and concisely."
@@ -120,7 +121,15 @@ SETTINGS: tuple[Setting, ...] = (
         "https://openrouter.ai/api/v1",
     ),
     Setting("model", "OPENAI_MODEL", ("-m", "--model"), "openai/gpt-5-nano", _text, "model name", "openai/gpt-5-nano"),
-    Setting("system", "OPENAI_SYSTEM_PROMPT", ("-s", "--system"), DEFAULT_SYSTEM_PROMPT, _text, "system prompt"),
+    Setting(
+        "system",
+        "OPENAI_SYSTEM_PROMPT",
+        ("-s", "--system"),
+        DEFAULT_SYSTEM_PROMPT,
+        _text,
+        "system prompt",
+        empty_ok=True,
+    ),
     Setting(
         "temperature",
         "OPENAI_TEMPERATURE",
@@ -267,6 +276,7 @@ SETTINGS: tuple[Setting, ...] = (
         _ports,
         "ports probed for a local server when no key and no base URL are set (Ollama, LM Studio, llama.cpp, "
         "vLLM); empty turns probing off",
+        empty_ok=True,
     ),
     # The Telegram assistant's own settings: no flags (the token must never be one).
     Setting(
@@ -416,7 +426,7 @@ def resolve_settings(flags: dict[str, str | None], environ: dict[str, str], dote
             raw, source = environ.get(setting.env), setting.env
             if raw is None:
                 raw, source = dotenv.get(setting.env), f"{setting.env} (in .env)"
-        if raw is None or (raw == "" and setting.name not in ("system", "local_ports")):
+        if raw is None or (raw == "" and not setting.empty_ok):
             continue
         try:
             value = setting.parse(raw) if not isinstance(raw, bool) else raw

@@ -33,6 +33,13 @@ def finish_note(reason: str | None, window_full: bool = False) -> str:
     return FINISH_NOTES.get(reason or "") or f"the reply ended early (finish reason {reason!r}): it may be incomplete"
 
 
+def empty_reply_note(result: TurnResult) -> str:
+    """What to say of a complete reply with no text in it."""
+    if result.reasoning_chars:
+        return f"the model sent only reasoning ({result.reasoning_chars:,} characters) and no answer"
+    return "the model sent an empty reply"
+
+
 @dataclass
 class TurnResult:
     reply: str = ""

@@ -27,30 +27,26 @@ def _int(value: Any) -> int:
     return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
 
 
-def usage_from_chat(raw: dict[str, Any]) -> Usage:
-    details = raw.get("prompt_tokens_details") or {}
-    out_details = raw.get("completion_tokens_details") or {}
+def _usage(raw: dict[str, Any], given: str, produced: str) -> Usage:
+    """Usage from a payload whose counts are named `{given}_tokens` and `{produced}_tokens`."""
+    details = raw.get(f"{given}_tokens_details") or {}
+    out_details = raw.get(f"{produced}_tokens_details") or {}
     cost = raw.get("cost")
     return Usage(
-        _int(raw.get("prompt_tokens")),
-        _int(raw.get("completion_tokens")),
+        _int(raw.get(f"{given}_tokens")),
+        _int(raw.get(f"{produced}_tokens")),
         _int(details.get("cached_tokens")),
         _int(out_details.get("reasoning_tokens")),
         float(cost) if isinstance(cost, (int, float)) else None,
     )
+
+
+def usage_from_chat(raw: dict[str, Any]) -> Usage:
+    return _usage(raw, "prompt", "completion")
 
 
 def usage_from_responses(raw: dict[str, Any]) -> Usage:
-    details = raw.get("input_tokens_details") or {}
-    out_details = raw.get("output_tokens_details") or {}
-    cost = raw.get("cost")
-    return Usage(
-        _int(raw.get("input_tokens")),
-        _int(raw.get("output_tokens")),
-        _int(details.get("cached_tokens")),
-        _int(out_details.get("reasoning_tokens")),
-        float(cost) if isinstance(cost, (int, float)) else None,
-    )
+    return _usage(raw, "input", "output")
 
 
 def estimate_cost(input_tokens: int, output_tokens: int, input_price: float, output_price: float) -> float:

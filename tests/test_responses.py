@@ -52,27 +52,25 @@ def case_failed():
     ), dict(reply="Partial", status=1, finish=None, needle="the model crashed")
 
 
+def incomplete(reason: str, **response) -> dict:
+    """A `response.incomplete` terminal event with this reason."""
+    return {
+        "type": "response.incomplete",
+        "response": {"status": "incomplete", "incomplete_details": {"reason": reason}, **response},
+    }
+
+
 def case_incomplete():
     return responses_openai(
         "Cut by limit",
-        terminal={
-            "type": "response.incomplete",
-            "response": {
-                "status": "incomplete",
-                "incomplete_details": {"reason": "max_output_tokens"},
-                "usage": {"input_tokens": 5, "output_tokens": 50},
-            },
-        },
+        terminal=incomplete("max_output_tokens", usage={"input_tokens": 5, "output_tokens": 50}),
     ), dict(reply="Cut by limit", status=1, finish="length", needle="--max-tokens", usage=(5, 50))
 
 
 def case_content_filter():
     return responses_openai(
         "Filtered",
-        terminal={
-            "type": "response.incomplete",
-            "response": {"status": "incomplete", "incomplete_details": {"reason": "content_filter"}},
-        },
+        terminal=incomplete("content_filter"),
     ), dict(reply="Filtered", status=1, finish="content_filter", needle="content filter")
 
 
@@ -80,10 +78,7 @@ def case_incomplete_unknown_reason():
     """A gateway whose upstream died: response.incomplete with a reason nobody documents."""
     return responses_openai(
         "Half a rep",
-        terminal={
-            "type": "response.incomplete",
-            "response": {"status": "incomplete", "incomplete_details": {"reason": "unexpected_eof"}},
-        },
+        terminal=incomplete("unexpected_eof"),
     ), dict(reply="Half a rep", status=1, finish="unexpected_eof", needle="finish reason 'unexpected_eof'")
 
 
