@@ -39,8 +39,7 @@ from chatcore.provider import Failure, Provider
 from chatcore.settings import ConfigError, Settings, check_credentials, load_settings
 from chatcore.store import SessionStore, StoreError
 from chatcore.streams import TEXT
-from chatcore.turn import Cancel, TurnResult, empty_reply_note, finish_note
-from chatcore.usage import total_usage
+from chatcore.turn import Cancel, Outcome, TurnResult
 from telegram_render import Part, split_message, to_telegram
 
 log = logging.getLogger("chatbot.telegram")
@@ -404,28 +403,16 @@ def friendly(failure: Failure) -> str:
 
 def closing_note(result: TurnResult) -> str:
     """What follows a reply that is not whole: stopped, cut short, or cut off at the limit."""
-    if result.interrupted:
+    outcome = result.outcome
+    if outcome is Outcome.INTERRUPTED:
         return "⏹ Stopped." if result.reply else "⏹ Stopped before the reply began."
-    if result.failure is not None:
+    if outcome is Outcome.FAILED_MID_REPLY and result.failure is not None:
         return f"⚠️ The reply was cut short: {friendly(result.failure)}"
-    if result.ended_early:
-        return f"… ({finish_note(result.finish_reason, result.window_full).replace(' (--max-tokens)', '')})"
-    if not result.reply.strip():
-        return f"({empty_reply_note(result).capitalize()}.)"
+    if outcome is Outcome.ENDED_EARLY:
+        return f"… ({result.note().replace(' (--max-tokens)', '')})"
+    if outcome is Outcome.EMPTY:
+        return f"({result.note().capitalize()}.)"
     return ""
-
-
-def take_turn(chat: Chat, text: str, buffer: ReplyBuffer, cancel: Cancel) -> TurnResult:
-    """In a worker thread: add the user's message, stream the reply, record it. The history stays a
-    valid alternation whatever fails: a message that got no reply is taken out again."""
-    chat.add_user(text)
-    try:
-        return chat.respond(buffer.on_event, cancel=cancel)
-    except Failure:
-        raise  # respond() has already taken the message out
-    except BaseException:
-        chat.drop_last_user()
-        raise
 
 
 class Assistant:
@@ -449,12 +436,12 @@ class Assistant:
             chat = Chat(
                 self.settings,
                 lambda text: log.info("chat=%s %s", chat_id, text),
-                self.provider,
+                provider=self.provider,
+                store=self.store,
                 label=f"chat={chat_id}",
                 log_sink=lambda line: log.info("%s", line),
             )
-            chat.store = self.store
-            chat.use_session(f"telegram-{chat_id}")
+            chat.open_session(f"telegram-{chat_id}")
             state = ChatState(chat, Line(chat_id, self.pace, self.migrate), asyncio.Lock())
             self.chats[chat_id] = state
         return state
@@ -462,10 +449,10 @@ class Assistant:
     def migrate(self, old: int, new: int) -> None:
         """A group became a supergroup: its history belongs to the new id."""
         state = self.chats.pop(old, None)
-        if state is None or state.chat.session_id is None:
+        if state is None:
             return
         try:
-            self.store.rename(state.chat.session_id, f"telegram-{new}")
+            state.chat.rename_session(f"telegram-{new}")
         except StoreError as exc:
             log.warning("chat=%s moved to %s but its history could not follow: %s", old, new, exc)
         state.chat.label = f"chat={new}"
@@ -482,7 +469,7 @@ class Assistant:
             buffer = ReplyBuffer()
             view = ReplyView(bot, state.line, state, private, reply_to)
             loop = asyncio.get_running_loop()
-            turn = loop.run_in_executor(self.workers, take_turn, state.chat, text, buffer, cancel)
+            turn = loop.run_in_executor(self.workers, state.chat.send, text, buffer.on_event, True, cancel)
             try:
                 await view.follow(turn, buffer)
                 result = await turn
@@ -599,31 +586,27 @@ async def on_clear(update: Any, context: Any) -> None:
     if state.cancel is not None:
         state.cancel.set()
     async with state.lock:
-        chat = state.chat
-        chat.conversation.clear()
-        if chat.session_id is not None:
-            assistant.store.clear(chat.session_id)
+        state.chat.clear()
     await reply_text(update, context, "Conversation cleared: I've forgotten this chat's messages.")
 
 
 async def on_stats(update: Any, context: Any) -> None:
     if not await admitted(update, context):
         return
-    chat = assistant_of(context).state(update.effective_chat.id).chat
-    lines = [f"Messages kept: {len(chat.conversation.history)}", f"Requests: {len(chat.turns)}"]
-    if chat.turns:
-        usage, money = total_usage(chat.turns)
-        about = "~" if usage.estimated else ""
+    stats = assistant_of(context).state(update.effective_chat.id).chat.stats()  # never asks the server: no blocking
+    lines = [f"Messages kept: {stats.messages - 1}", f"Requests: {stats.requests}"]
+    if stats.last is not None:
+        usage, about = stats.usage, "~" if stats.estimated else ""
         lines.append(
             f"Tokens: {about}{usage.input_tokens:,} in · {about}{usage.output_tokens:,} out"
-            + (" (~ estimated)" if usage.estimated else "")
+            + (" (~ estimated)" if stats.estimated else "")
         )
-        lines.append(f"Cost: {money} (estimate)" if money[:1] == "$" else f"Cost: {money}")
-    if chat.last_request is not None and chat.last_request.dropped:
-        lines.append(f"Trimmed: {chat.last_request.dropped} older messages not sent last time")
-    window = chat.window  # as learned by the requests so far (asking the server here would block the loop)
+        lines.append(f"Cost: {stats.money} (estimate)" if stats.money[:1] == "$" else f"Cost: {stats.money}")
+    if stats.last_dropped:
+        lines.append(f"Trimmed: {stats.last_dropped} older messages not sent last time")
+    window = stats.window
     known = f" · context window {window.tokens:,} tokens ({window.source})" if window else ""
-    lines.append(f"Model: {chat.model}{known}")
+    lines.append(f"Model: {stats.model}{known}")
     await reply_text(update, context, "\n".join(lines))
 
 
@@ -800,7 +783,6 @@ def main(argv: list[str] | None = None) -> int:
             f".env and the environment; see --help)\n"
         )
         return EXIT_USAGE
-    files.notice = lambda text: log.warning("%s", text)  # logging is set up below; until then, stderr
     try:
         settings = load(dict(os.environ))
         store = SessionStore(settings.telegram_db or default_telegram_db())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import pty
@@ -631,9 +632,7 @@ def bench_secure_delete(repeats):
 
 
 def main():
-    from chatcore import files
-
-    files.notice = lambda text: None  # the bench's own copies are tightened silently
+    logging.getLogger("chatbot.files").disabled = True  # the bench's own copies are tightened silently
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer runs and smaller sizes (a smoke run)")
     parser.add_argument("--json", metavar="FILE", help="also write the table as JSON")

@@ -1,10 +1,16 @@
-"""A chat: one conversation with one provider, prepare -> stream -> record, saved when a store is attached."""
+"""A chat: one conversation with one provider, prepare -> stream -> record, saved when it has a session.
+
+The chat owns its conversation: every change to it (a message sent, a retry, an undo, clearing,
+switching model or system prompt) happens here, behind a method with a plain name, and is saved
+here. Front-ends show the conversation; they never edit it.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from .conversation import (
     DEFAULT_CONTEXT_TOKENS,
@@ -16,13 +22,47 @@ from .conversation import (
     token_budget,
 )
 from .log import write_log
-from .provider import Failure, Provider, rejected_parameter
+from .provider import Failure, Provider, rejected_parameter, shown_models
+from .saving import NOT_SAVED, SavedSession
 from .serverinfo import Window, ask_window, cached_scale, cached_window, remember_scale, remember_window
 from .settings import Settings, is_local_url
-from .streams import TEXT
+from .store import SessionStore, StoreError
+from .streams import TEXT, Event
 from .tokens import TokenCounter, encoding_for_model
-from .turn import Cancel, TurnResult, stream_turn
-from .usage import TurnStats, Usage, model_info, turn_cost
+from .turn import Cancel, Status, TurnResult, stream_turn
+from .usage import TurnStats, Usage, model_info, total_usage, turn_cost
+
+OnEvent = Callable[[Event, str], None]
+
+
+class Refused(Exception):
+    """A change the conversation cannot take now ("nothing to undo"); the message says why."""
+
+
+@dataclass
+class ChatStats:
+    """What /stats shows, in both front-ends: each formats it in its own words."""
+
+    messages: int  # in memory, the system prompt included
+    exchanges: int  # user messages
+    requests: int  # model calls made, fallbacks and our own retries included
+    usage: Usage  # summed over the requests
+    money: str  # the cost as text: a total, a known part, or "cost unknown"
+    estimated: Literal["", "some", "all"]  # which of the token counts are estimates
+    last: TurnStats | None  # the newest request's figures
+    last_sent: int | None  # messages the newest request sent, the system prompt included
+    last_dropped: int  # history messages it left out
+    window: Window | None  # the context window, if known (or asked, when the caller allows)
+    model: str  # the model of this chat; `last.model` says which one answered last
+
+
+@dataclass
+class Attempt:
+    """What a turn's own retries change: the model (a fallback) and a tighter budget (an overflow)."""
+
+    model: str
+    cap: int | None = None  # a tighter token budget, after the server said the context overflowed
+    tried_fallback: bool = False
 
 
 class Chat:
@@ -37,27 +77,34 @@ class Chat:
         self,
         settings: Settings,
         notify: Callable[[str], None],
+        *,
         provider: Provider | None = None,
+        store: SessionStore | None = None,
         label: str = "",
         log_sink: Callable[[str], None] | None = None,
+        wants_cost: bool = True,
     ):
         self.settings = settings
         self.model = settings.model
         self.conversation = Conversation(settings.system)
         self.provider = provider or Provider(settings, notify)
         self.notify = notify
+        self.store = store  # the sessions database, when this chat is saved
+        self.session: SavedSession = NOT_SAVED  # where changes are written, once a session is opened
         self.label = label  # who this conversation is, for the request log: "chat=12345"
         self.log_sink = log_sink  # where request log lines go besides the log file
-        self.turns: list[TurnStats] = []
+        self.wants_cost = wants_cost  # plain one-shot output shows no cost: the price table is not loaded
+        self.requests: list[TurnStats] = []  # one per model call
         self.last_request: Request | None = None
         self._counter: TokenCounter | None = None
         self.window: Window | None = None  # the model's context window and where the figure came from
         self._window_asked = False
-        self.set_model(self.model)
-        self.store: Any = None  # a SessionStore when saving
-        self.session_id: int | None = None
-        self.wants_cost = True  # plain one-shot output shows no cost: skip loading the price table
+        self._use_model(self.model)
         self._partial: Message | None = None  # the reply as checkpointed so far, while it streams
+
+    @property
+    def saved(self) -> bool:
+        return self.session is not NOT_SAVED
 
     @property
     def counter(self) -> TokenCounter:
@@ -97,7 +144,7 @@ class Chat:
         self.window, self._window_asked = Window(tokens, source), True
         remember_window(self.settings.base_url, self.model, self.window)
 
-    def set_model(self, model: str) -> None:
+    def _use_model(self, model: str) -> None:
         self.model = model
         tokens = self.settings.context_tokens
         self.window = Window(tokens, "--context-tokens / OPENAI_CONTEXT_TOKENS") if tokens else None
@@ -128,7 +175,7 @@ class Chat:
     def summarize_dropped(self, request: Request) -> Request | None:
         """Summarise the turns trimming drops, once; the summary is stored and reused."""
         conversation = self.conversation
-        covered = len(conversation.history) - len(request.turns)
+        covered = len(conversation.history) - len(request.kept)
         if covered <= conversation.summary_covers or (
             conversation.summary and covered - conversation.summary_covers < self.SUMMARY_BATCH
         ):
@@ -139,7 +186,7 @@ class Chat:
         summary_request = Request(
             system="Summarise this conversation in a few short bullet points. Keep names, numbers, decisions "
             "and open questions. Reply with the summary only.",
-            turns=[Message("user", previous + transcript[-20_000:])],
+            kept=[Message("user", previous + transcript[-20_000:])],
         )
         try:
             result = stream_turn(self.provider, summary_request, self.model, lambda kind, text: None)
@@ -149,8 +196,7 @@ class Chat:
         if not result.reply.strip():
             return None
         conversation.summary, conversation.summary_covers = result.reply.strip(), covered
-        if self.store is not None and self.session_id is not None:
-            self.store.save_summary(self.session_id, conversation.summary, covered)
+        self.session.save_summary(conversation.summary, covered)
         self.notify(f"summarised {len(new_turns)} older messages")
         return build_request(
             conversation,
@@ -159,106 +205,174 @@ class Chat:
             self.counter,
         )
 
-    # -- a turn ------------------------------------------------------------------
+    # -- the conversation's edits: each one saved here --------------------------
 
-    def add_user(self, text: str) -> Message:
+    def send(self, text: str, on_event: OnEvent, stream: bool = True, cancel: Cancel | None = None) -> TurnResult:
+        """Add the user's message and answer it.
+
+        Whatever ends the turn without a reply (a Failure, PromptTooLarge, Ctrl-C while the request
+        is prepared, a bug) takes the message back out: the history never keeps a message that got
+        no answer, and the saved session says the same."""
+        self._add_user(text)
+        return self._answer(on_event, stream, cancel)
+
+    def retry(self, on_event: OnEvent, stream: bool = True, cancel: Cancel | None = None) -> TurnResult:
+        """Drop the last reply (if there is one) and answer the last message again."""
+        history = self.conversation.history
+        if not history:
+            raise Refused("nothing to retry yet")
+        if history[-1].role == "assistant":
+            self.session.delete([history.pop()])
+        return self._answer(on_event, stream, cancel)
+
+    def undo(self) -> list[Message]:
+        """Remove the last exchange (the last user message and what followed it); returns it."""
+        start = self.conversation.last_exchange_start()
+        if start is None:
+            raise Refused("nothing to undo")
+        removed = self.conversation.history[start:]
+        del self.conversation.history[start:]
+        self.session.delete(removed)
+        return removed
+
+    def clear(self) -> None:
+        """Forget the conversation, from memory and from the saved session (the system prompt stays)."""
+        self.conversation.clear()
+        self.session.clear()
+
+    def switch_model(self, model: str) -> None:
+        """Answer with another model from now on; refused when the server lists its models and this is not one."""
+        models = self.provider.list_models()
+        if models and model not in models:
+            raise Refused(f"unknown model {model!r}: the server offers {shown_models(models)}")
+        self._use_model(model)
+        self.session.set_meta(model=model)
+
+    def set_system(self, text: str) -> None:
+        self.conversation.system = text
+        self.session.set_meta(system=text)
+
+    def rename_session(self, name: str) -> None:
+        self.session.rename(name)  # StoreError when the name is taken
+
+    def take_back_unanswered(self) -> str | None:
+        """A resumed conversation ending in a message that never got its reply (the last run ended
+        first): the message is taken out and returned, for the front-end to offer again."""
+        history = self.conversation.history
+        if not history or history[-1].role != "user":
+            return None
+        message = history.pop()
+        self.session.delete([message])
+        return message.content
+
+    def _add_user(self, text: str) -> None:
         message = Message("user", text)
         history = self.conversation.history
         if history and history[-1].role == "user":
-            # Never two user turns in a row: a previous turn left no reply. Merge.
+            # Never two user turns in a row: a previous run ended before its reply. Merge.
             history[-1].content += "\n\n" + text
             history[-1].tokens = None
-            message = history[-1]
-            if self.store is not None and message.row_id is not None:
-                self.store.update_message(message)
-            return message
+            self.session.update(history[-1])
+            return
         history.append(message)
-        if self.store is not None and self.session_id is not None:
-            self.store.add_message(self.session_id, message)  # write-ahead: saved before the request
-        return message
+        self.session.add(message)  # write-ahead: saved before the request
 
-    def drop_last_user(self) -> None:
+    def _drop_unanswered(self) -> None:
         history = self.conversation.history
         if history and history[-1].role == "user":
-            message = history.pop()
-            if self.store is not None and message.row_id is not None:
-                self.store.delete_messages([message.row_id])
+            self.session.delete([history.pop()])
 
-    def respond(
-        self, on_event: Callable[[str, str], None], stream: bool = True, cancel: Cancel | None = None
-    ) -> TurnResult:
+    def _answer(self, on_event: OnEvent, stream: bool, cancel: Cancel | None) -> TurnResult:
+        try:
+            return self.respond(on_event, stream, cancel)
+        except BaseException:
+            self._drop_unanswered()
+            raise
+
+    # -- one turn, with the retries of our own ------------------------------------
+
+    def respond(self, on_event: OnEvent, stream: bool = True, cancel: Cancel | None = None) -> TurnResult:
         """Send the history (ending with a user message) and record the reply.
 
-        Handles what a retry of our own can fix: unsupported parameters, an
-        overflowing context (once, with a tighter budget), and the fallback model.
-        On a failure before any text, the user message is removed and Failure raised.
-        """
-        model = self.model
-        cap: int | None = None  # a tighter token budget, after the server said the context overflowed
-        tried_fallback = False
-        if self.store is not None and self.session_id is not None:
-            on_event = self.checkpointing(on_event)
+        Retries what a retry of our own can fix: a rejected optional parameter, an overflowing
+        context (once, with a tighter budget) and, for a retryable failure, the fallback model.
+        A failure before any text raises Failure (the caller takes the message back out)."""
+        attempt = Attempt(self.model)
+        if self.saved:
+            on_event = self._checkpointing(on_event)
         while True:
-            request = self.prepare(cap)
-            if request.dropped:
-                about = "about " if request.estimated else ""
-                tokens = f" ({about}{request.dropped_tokens:,} tokens)" if request.dropped_tokens else ""
-                self.notify(f"{request.dropped} older message{'s' if request.dropped != 1 else ''} not sent{tokens}")
+            request = self.prepare(attempt.cap)
+            self._say_dropped(request)
             self.last_request = request
             try:
-                result = stream_turn(self.provider, request, model, on_event, stream, cancel)
+                result = stream_turn(self.provider, request, attempt.model, on_event, stream, cancel)
                 break
             except Failure as failure:
-                self.log(model, failure.status or "error", None, failure.latency, None, failure.kind)
-                if self.unsupported_parameter(failure, request, model, stream):
-                    continue
-                sent = (  # the request's size, counted only when an overflow is in question
-                    self.counter.count_messages([Message("system", request.system), *request.turns])
-                    if failure.kind in ("no_finish", "context_length") and cap is None and len(request.turns) > 1
-                    else 0
-                )
-                if failure.kind == "no_finish" and sent and (sent >= 1024 or sent >= self.context_tokens(False) // 2):
-                    # Some servers (llama-cpp-python) answer a prompt larger than their window with an
-                    # empty stream: nothing at all came back, for a large prompt. Treat it as an overflow.
-                    failure.kind = "context_length"
-                    failure.args = (
-                        f"the server sent back nothing for a prompt of about {sent:,} tokens: it is "
-                        f"probably larger than the model's context window",
-                    )
-                if failure.kind == "context_length" and cap is None and len(request.turns) > 1:
-                    if failure.window:
-                        self.learn_window(failure.window, "the server's context-length error")
-                    elif sent >= 1024:  # a large prompt that did not fit: the window is no bigger than it
-                        self.learn_window(min(sent, self.context_tokens(False)), f"an overflow at {sent:,} tokens")
-                    cap = int(sent * 0.75)
-                    self.notify(
-                        f"the context window ({self.context_tokens(False):,} tokens) overflowed: retrying "
-                        f"once with fewer older turns"
-                    )
-                    continue
-                if (
-                    failure.retryable
-                    and self.settings.fallback_model
-                    and not tried_fallback
-                    and model != self.settings.fallback_model
-                ):
-                    tried_fallback = True
-                    self.notify(f"{model} failed ({failure}); trying the fallback model {self.settings.fallback_model}")
-                    model = self.settings.fallback_model
-                    continue
-                if failure.kind == "unknown_model":
-                    models = self.provider.list_models()
-                    if models:
-                        shown = ", ".join(models[:12]) + (" …" if len(models) > 12 else "")
-                        failure.args = (f"{failure}. The server offers: {shown}",)
-                    else:
-                        failure.args = (
-                            f"{failure}. Check the provider's model list, or GET {self.settings.base_url}/models",
-                        )
-                self.drop_last_user()
-                raise
+                self.log(attempt.model, failure.status or "error", None, failure.latency, None, failure.kind)
+                failure = self._as_overflow(failure, request, attempt)
+                if not self._retry_helps(failure, request, attempt, stream):
+                    raise self._explained(failure) from None
         self.record(result, request)
         return result
+
+    def _say_dropped(self, request: Request) -> None:
+        if request.dropped:
+            about = "about " if request.estimated else ""
+            tokens = f" ({about}{request.dropped_tokens:,} tokens)" if request.dropped_tokens else ""
+            self.notify(f"{request.dropped} older message{'s' if request.dropped != 1 else ''} not sent{tokens}")
+
+    def _sent_size(self, failure: Failure, request: Request, attempt: Attempt) -> int:
+        """The request's size, counted only when an overflow is in question."""
+        if failure.kind not in ("no_finish", "context_length") or attempt.cap is not None or len(request.kept) < 2:
+            return 0
+        return self.counter.count_messages([Message("system", request.system), *request.kept])
+
+    def _as_overflow(self, failure: Failure, request: Request, attempt: Attempt) -> Failure:
+        """Some servers (llama-cpp-python) answer a prompt larger than their window with an empty
+        stream: nothing at all came back, for a large prompt. That is an overflow."""
+        if failure.kind != "no_finish":
+            return failure
+        sent = self._sent_size(failure, request, attempt)
+        if not sent or (sent < 1024 and sent < self.context_tokens(False) // 2):
+            return failure
+        return failure.retold(
+            f"the server sent back nothing for a prompt of about {sent:,} tokens: it is "
+            f"probably larger than the model's context window",
+            "context_length",
+        )
+
+    def _retry_helps(self, failure: Failure, request: Request, attempt: Attempt, stream: bool) -> bool:
+        """True when a retry of our own can fix the failure: `attempt` is changed for it."""
+        if self.unsupported_parameter(failure, request, attempt.model, stream):
+            return True
+        if failure.kind == "context_length" and attempt.cap is None and len(request.kept) > 1:
+            sent = self._sent_size(failure, request, attempt)
+            if failure.window:
+                self.learn_window(failure.window, "the server's context-length error")
+            elif sent >= 1024:  # a large prompt that did not fit: the window is no bigger than it
+                self.learn_window(min(sent, self.context_tokens(False)), f"an overflow at {sent:,} tokens")
+            attempt.cap = int(sent * 0.75)
+            self.notify(
+                f"the context window ({self.context_tokens(False):,} tokens) overflowed: retrying "
+                f"once with fewer older turns"
+            )
+            return True
+        fallback = self.settings.fallback_model
+        if failure.retryable and fallback and not attempt.tried_fallback and attempt.model != fallback:
+            attempt.tried_fallback = True
+            self.notify(f"{attempt.model} failed ({failure}); trying the fallback model {fallback}")
+            attempt.model = fallback
+            return True
+        return False
+
+    def _explained(self, failure: Failure) -> Failure:
+        """The failure to report, with what the user can do about it when we know."""
+        if failure.kind != "unknown_model":
+            return failure
+        models = self.provider.list_models()
+        if models:
+            return failure.retold(f"{failure}. The server offers: {shown_models(models)}")
+        return failure.retold(f"{failure}. Check the provider's model list, or GET {self.settings.base_url}/models")
 
     def unsupported_parameter(self, failure: Failure, request: Request, model: str, stream: bool) -> bool:
         """True when the failure rejected an optional parameter we sent: the retry goes without it."""
@@ -270,47 +384,59 @@ class Chat:
         self.notify(f"the provider rejected {parameter}: retrying without it (remembered for this session)")
         return True
 
-    def use_session(self, name: str) -> bool:
+    # -- sessions ----------------------------------------------------------------
+
+    def open_session(self, name: str) -> bool:
         """Claim a saved session (StoreError if another process has it) and load it; True if it existed.
 
-        On a read-only store the session (if it exists) is loaded and the store detached: the chat
-        goes on, and nothing tries to write."""
+        On a read-only store the session (if it exists) is loaded and nothing is saved: the chat goes on."""
         store = self.store
+        if store is None:
+            raise StoreError("sessions are off")
         if store.readonly:
             row = store.find(name)
             if row is not None:
-                self.conversation, self.turns, model = store.load(row[0])
-                if model and model != self.model and "model" not in self.settings.sources:
-                    self.set_model(model)
-            self.store, self.session_id = None, None
+                self._load(*store.load(row[0]))
+            else:
+                self.conversation, self.requests = Conversation(self.conversation.system), []
+            self.session = NOT_SAVED
             return row is not None
         session_id, existed = store.open(name, self.model, self.settings.host, self.conversation.system)
-        if self.session_id is not None and self.session_id != session_id:
-            store.drop_if_empty(self.session_id)
-            store.release(self.session_id)
-        self.session_id = session_id
+        if self.saved and self.session.id != session_id:
+            self.session.leave()
+        self.session = SavedSession(store, session_id)
         if not existed:
-            self.conversation, self.turns = Conversation(self.conversation.system), []
+            self.conversation, self.requests = Conversation(self.conversation.system), []
             return False
-        conversation, turns, model = store.load(session_id)
+        conversation, requests, model = store.load(session_id)
         if "system" in self.settings.sources and conversation.system != self.settings.system:
             conversation.system = self.settings.system  # -s given: it replaces the saved prompt
-            store.set_meta(session_id, system=self.settings.system)
-        self.conversation, self.turns = conversation, turns
-        if model and model != self.model and "model" not in self.settings.sources:
-            self.set_model(model)
+            self.session.set_meta(system=self.settings.system)
+        self._load(conversation, requests, model)
         return True
+
+    def _load(self, conversation: Conversation, requests: list[TurnStats], model: str) -> None:
+        self.conversation, self.requests = conversation, requests
+        if model and model != self.model and "model" not in self.settings.sources:
+            self._use_model(model)
+
+    def close(self) -> None:
+        """Leave: an empty session is not kept, the claim is released, the store closed."""
+        self.session.leave()
+        self.session = NOT_SAVED
+        if self.store is not None:
+            self.store.close()
 
     CHECKPOINT_SECONDS = 0.5
 
-    def checkpointing(self, on_event: Callable[[str, str], None]) -> Callable[[str, str], None]:
-        """Save the reply while it streams, marked "cut short" until it completes, so a
-        process killed mid-reply (even by SIGKILL) leaves the text it had shown in the session."""
+    def _checkpointing(self, on_event: OnEvent) -> OnEvent:
+        """Save the reply while it streams, marked incomplete until it completes, so a process
+        killed mid-reply (even by SIGKILL) leaves the text it had shown in the session."""
         parts: list[str] = []
         saved_at = [0.0]
         self._partial = None
 
-        def on_event_saving(kind: str, text: str) -> None:
+        def on_event_saving(kind: Event, text: str) -> None:
             on_event(kind, text)
             if kind is TEXT:
                 parts.append(text)
@@ -318,45 +444,30 @@ class Chat:
                 if now - saved_at[0] >= self.CHECKPOINT_SECONDS:
                     saved_at[0] = now
                     if self._partial is None:
-                        self._partial = Message("assistant", "".join(parts), flags="cut short")
-                        self.store.add_message(self.session_id, self._partial)
+                        self._partial = Message("assistant", "".join(parts), Status.INCOMPLETE)
+                        self.session.add(self._partial)
                     else:
                         self._partial.content = "".join(parts)
-                        self.store.update_message(self._partial)
+                        self.session.update(self._partial)
 
         return on_event_saving
 
+    # -- after the reply -----------------------------------------------------------
+
     def record(self, result: TurnResult, request: Request) -> None:
         """Append the reply (partial replies marked) and account for usage and cost."""
-        history = self.conversation.history
         partial, self._partial = self._partial, None
         if result.reply:
-            reply = Message("assistant", result.reply, flags=result.flags)
-            history.append(reply)
+            reply = Message("assistant", result.reply, result.status)
+            self.conversation.history.append(reply)
             if partial is not None:
                 reply.row_id = partial.row_id
-                self.store.update_message(reply)
-            elif self.store is not None and self.session_id is not None:
-                self.store.add_message(self.session_id, reply)
-        elif history and history[-1].role == "user":
-            # Nothing arrived (interrupted before the first token): the user turn is not left dangling.
-            self.drop_last_user()
-        usage = result.usage
-        counter = self.counter
-        if usage is None or (usage.input_tokens == 0 and usage.output_tokens == 0):
-            usage = Usage(
-                counter.count_messages(Message(m["role"], m["content"]) for m in request.messages()),
-                # an estimate never exceeds the limit the reply was bounded by
-                min(counter.count_text(result.reply), self.settings.max_tokens) if result.reply else 0,
-                estimated=True,
-            )
-        elif request.tokens is not None and request.estimated and usage.input_tokens and not usage.estimated:
-            # The request was counted (it came near the window) with an estimate, and the server counted
-            # it too: later estimates follow the server's tokenizer, here and in later runs. Only then:
-            # a request far from the window is never tokenised, and tiktoken is never loaded for it.
-            if counter.calibrate(request.tokens, usage.input_tokens):
-                remember_scale(self.settings.base_url, self.model, counter.scale)
-        result.usage = usage
+                self.session.update(reply)
+            else:
+                self.session.add(reply)
+        else:  # nothing arrived (interrupted before the first token): the user turn is not left dangling
+            self._drop_unanswered()
+        result.usage = usage = self._usage(result, request)
         if (
             result.finish_reason == "length"
             and not usage.estimated
@@ -365,11 +476,50 @@ class Chat:
             result.window_full = True
         cost, _ = turn_cost(usage, self.settings, result.model) if self.wants_cost else (None, "")
         stats = TurnStats(result.model, usage, cost, result.ttft, result.latency, result.sent_messages)
-        self.turns.append(stats)
-        if self.store is not None and self.session_id is not None:
-            self.store.add_usage(self.session_id, stats, result.finish_reason)
+        self.requests.append(stats)
+        self.session.add_usage(stats, result.finish_reason)
         status = "interrupted" if result.interrupted else (result.failure.kind if result.failure else "ok")
         self.log(result.model, 200, result.ttft, result.latency, usage, None if status == "ok" else status, cost)
+
+    def _usage(self, result: TurnResult, request: Request) -> Usage:
+        """The server's counts, or estimates (labelled) where it sent none."""
+        usage, counter = result.usage, self.counter
+        if usage is None or (usage.input_tokens == 0 and usage.output_tokens == 0):
+            return Usage(
+                counter.count_messages(Message(m["role"], m["content"]) for m in request.messages()),
+                # an estimate never exceeds the limit the reply was bounded by
+                min(counter.count_text(result.reply), self.settings.max_tokens) if result.reply else 0,
+                estimated=True,
+            )
+        if request.tokens is not None and request.estimated and usage.input_tokens and not usage.estimated:
+            # The request was counted (it came near the window) with an estimate, and the server counted
+            # it too: later estimates follow the server's tokenizer, here and in later runs. Only then:
+            # a request far from the window is never tokenised, and tiktoken is never loaded for it.
+            if counter.calibrate(request.tokens, usage.input_tokens):
+                remember_scale(self.settings.base_url, self.model, counter.scale)
+        return usage
+
+    def stats(self, ask_window: bool = False) -> ChatStats:
+        """The chat's figures for /stats. `ask_window` may ask the server (a blocking request)."""
+        requests, history = self.requests, self.conversation.history
+        usage, money = total_usage(requests)
+        estimated: Literal["", "some", "all"] = ""
+        if usage.estimated:
+            estimated = "all" if all(t.usage.estimated for t in requests) else "some"
+        last = self.last_request
+        return ChatStats(
+            messages=len(history) + 1,
+            exchanges=sum(1 for m in history if m.role == "user"),
+            requests=len(requests),
+            usage=usage,
+            money=money,
+            estimated=estimated,
+            last=requests[-1] if requests else None,
+            last_sent=len(last.kept) + 1 if last is not None else None,
+            last_dropped=last.dropped if last is not None else 0,
+            window=self.context_window(False) if ask_window and requests else self.window,
+            model=self.model,
+        )
 
     def warm_up(self) -> None:
         """Load the SDK and build the client (and, when it will be needed, the price table)."""

@@ -5,8 +5,25 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from .tokens import TokenCounter, estimate_tokens, upper_bound_tokens
+
+
+class Status(StrEnum):
+    """A message's state (the sessions database keeps the value)."""
+
+    COMPLETE = ""
+    INTERRUPTED = "interrupted"
+    INCOMPLETE = "cut short"  # failed mid-reply or ended early: the text may stop mid-way
+
+    @classmethod
+    def parse(cls, text: str | None) -> Status:
+        """A saved or imported value; one this version does not know is taken as incomplete."""
+        try:
+            return cls(text or "")
+        except ValueError:
+            return cls.INCOMPLETE
 
 
 @dataclass
@@ -15,7 +32,7 @@ class Message:
 
     role: str
     content: str
-    flags: str = ""  # "interrupted" or "cut short"; empty for a complete message
+    status: Status = Status.COMPLETE
     tokens: tuple[str, int] | None = None  # (encoding key, count)
     created: float = field(default_factory=time.time)
     row_id: int | None = None  # its row in the sessions database, once saved
@@ -60,6 +77,9 @@ class Conversation:
         self.history.clear()
         self.summary, self.summary_covers = None, 0
 
+    def last_user_text(self) -> str:
+        return next((m.content for m in reversed(self.history) if m.role == "user"), "")
+
     def last_exchange_start(self) -> int | None:
         for index in range(len(self.history) - 1, -1, -1):
             if self.history[index].role == "user":
@@ -93,14 +113,14 @@ class Request:
     """What one call sends: the system message (with any summary merged in) and kept turns."""
 
     system: str
-    turns: list[Message]
+    kept: list[Message]  # the newest history messages, the ones sent
     dropped: int = 0  # history messages not sent
     dropped_tokens: int = 0
     tokens: int | None = None  # counted size of the request, when it was counted
     estimated: bool = True
 
     def messages(self) -> list[dict[str, str]]:
-        return [{"role": "system", "content": self.system}] + [m.as_dict() for m in self.turns]
+        return [{"role": "system", "content": self.system}] + [m.as_dict() for m in self.kept]
 
 
 def newest_exchanges(history: list[Message]) -> Iterator[list[Message]]:
@@ -164,14 +184,14 @@ def build_request(conversation: Conversation, max_messages: int, budget: int, co
             count += len(group)
         return [m for group in reversed(kept) for m in group], used, by_budget
 
-    turns, used, by_budget = select(exact=False)
+    kept, used, by_budget = select(exact=False)
     exact = False
     if counter is not None and (used > budget or by_budget):
-        turns, used, _ = select(exact=True)  # the byte bound is too pessimistic to decide: count for real
+        kept, used, _ = select(exact=True)  # the byte bound is too pessimistic to decide: count for real
         exact = True
     elif counter is None and used > budget:
         raise PromptTooLarge(used, budget, True)
-    not_sent = len(history) - len(turns)
+    not_sent = len(history) - len(kept)
     covered = min(conversation.summary_covers, not_sent) if conversation.summary is not None else 0
     dropped = not_sent - covered
     dropped_tokens = 0
@@ -182,7 +202,7 @@ def build_request(conversation: Conversation, max_messages: int, budget: int, co
         )
     return Request(
         system=system,
-        turns=turns,
+        kept=kept,
         dropped=dropped,
         dropped_tokens=dropped_tokens,
         tokens=used if exact else None,

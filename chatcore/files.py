@@ -4,27 +4,23 @@ Conversations hold whatever people paste into them, so nothing the programs writ
 by another user of the machine. Files are created with `os.open(..., 0o600)` (never created and
 then changed); SQLite gives a database's `-wal` and `-shm` files the database file's own mode, so
 creating the database 0600 covers them. Directories and files found with looser modes are
-tightened, and `notice` says so in one line. On Windows, POSIX modes do not apply: files inherit
+tightened, and the "chatbot.files" logger says so in one line (each front-end shows its records in
+its own way; with no handler, Python writes warnings to stderr). On Windows, POSIX modes do not apply: files inherit
 the ACL of the user's profile directories, which other ordinary users cannot read.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
-import sys
-from collections.abc import Callable
 from typing import IO
 
 APP = "chatbot"
 DIRECTORY_MODE, FILE_MODE = 0o700, 0o600
 
 
-def _tell_stderr(text: str) -> None:
-    sys.stderr.write(f"chatbot: {text}\n")
-
-
-notice: Callable[[str], None] = _tell_stderr  # a front-end may route these lines elsewhere
+log = logging.getLogger("chatbot.files")
 _checked: set[str] = set()  # paths already made private in this process
 
 
@@ -43,9 +39,15 @@ def _tighten(path: str, mode: int, what: str) -> None:
     if os.name == "posix" and current & 0o077:
         try:
             os.chmod(path, mode)
-            notice(f"{what} {path} was readable by other users ({current:04o}): made owner-only ({mode:04o})")
+            log.warning("%s %s was readable by other users (%04o): made owner-only (%04o)", what, path, current, mode)
         except OSError as exc:
-            notice(f"{what} {path} is readable by other users ({current:04o}) and could not be changed: {exc.strerror}")
+            log.warning(
+                "%s %s is readable by other users (%04o) and could not be changed: %s",
+                what,
+                path,
+                current,
+                exc.strerror,
+            )
 
 
 def private_dir(path: str) -> str:

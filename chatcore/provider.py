@@ -5,12 +5,39 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 from .conversation import Request
 from .log import one_line, redact
 from .settings import Settings
 from .streams import parse_body, parse_stream
+
+FailureKind = Literal[
+    # the provider answered with an error status
+    "auth",  # 401: the key
+    "payment",  # 402: out of credit
+    "forbidden",  # 403
+    "not_found",  # 404 with no model named: the base URL
+    "unknown_model",
+    "no_endpoint",  # no Responses API here
+    "rate_limit",
+    "server",  # 5xx, 408, 409
+    "context_length",  # the request is larger than the model's window
+    "roles",  # the server rejected the order of the messages
+    "bad_request",
+    # the network, before any reply
+    "timeout",
+    "connection",
+    # the reply itself
+    "stream_error",  # the provider reported an error mid-stream
+    "not_a_stream",  # an HTML page or other JSON where a reply should be
+    "malformed",  # data that does not parse
+    "no_finish",  # the stream ended without a finish signal
+    "deadline",  # --first-token-timeout or --total-timeout
+    "stall",  # no byte for --timeout
+    "connection_lost",  # the connection broke mid-reply
+    "unexpected",
+]
 
 
 class Failure(Exception):
@@ -19,7 +46,7 @@ class Failure(Exception):
     def __init__(
         self,
         message: str,
-        kind: str = "error",
+        kind: FailureKind = "unexpected",
         status: int | None = None,
         retryable: bool = False,
         code: str | None = None,
@@ -29,6 +56,12 @@ class Failure(Exception):
         self.kind, self.status, self.retryable, self.code, self.param = kind, status, retryable, code, param
         self.latency = 0.0  # how long the failed attempt took, for the log
         self.window: int | None = None  # a context window the error states (context-length errors)
+
+    def retold(self, message: str, kind: FailureKind | None = None) -> Failure:
+        """The same failure in other words (or recognised as another kind): a new one, this one untouched."""
+        failure = Failure(message, kind or self.kind, self.status, self.retryable, self.code, self.param)
+        failure.latency, failure.window = self.latency, self.window
+        return failure
 
 
 CONTEXT_PATTERNS = re.compile(
@@ -176,7 +209,7 @@ class Provider:
             params: dict[str, Any] = {
                 "model": model,
                 "instructions": request.system,
-                "input": [{"role": m.role, "content": m.content} for m in request.turns],
+                "input": [{"role": m.role, "content": m.content} for m in request.kept],
                 "max_output_tokens": settings.max_tokens,
                 "stream": stream,
                 "store": False,  # the conversation is ours; the provider need not keep it
@@ -205,26 +238,29 @@ class Provider:
         return True
 
     def open(self, params: dict[str, Any]) -> Any:
-        """Send the request; the raw streaming HTTP response, to be closed by the caller.
+        """Send the request; the raw streaming HTTP response (once its headers are in), to be closed by the caller.
 
         The SDK does the request, authentication, retries and error mapping; the body is ours to
         parse. `client.post` (the SDK's way to call any endpoint) also skips importing the typed
         resource classes, which costs tens of milliseconds before the first token.
         """
-        import contextlib
-
         import httpx2
 
         _retrying.notify, _retrying.reason = self.notify, ""  # retry notices from this thread go to us
         path = "/responses" if self.settings.api == "responses" else "/chat/completions"
-        response = self.client.post(path, cast_to=httpx2.Response, body=params, stream=bool(params.get("stream")))
-        return contextlib.closing(response)
+        return self.client.post(path, cast_to=httpx2.Response, body=params, stream=bool(params.get("stream")))
 
     def list_models(self) -> list[str]:
+        """The models the server lists, sorted; empty when it lists none or cannot be asked."""
         try:
             return sorted(model.id for model in self.client.with_options(max_retries=0, timeout=5).models.list())
         except Exception:
             return []
+
+
+def shown_models(models: list[str], limit: int = 12) -> str:
+    """A model list shortened for one line."""
+    return ", ".join(models[:limit]) + (" …" if len(models) > limit else "")
 
 
 def events_from_response(http: Any, api: str) -> Iterator[tuple]:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from .conversation import Conversation, Message
+from .conversation import Conversation, Message, Status
 from .files import open_private, private_dir, private_file, user_dir
 from .settings import DEFAULT_SYSTEM_PROMPT, Settings
 from .usage import TurnStats, Usage
@@ -277,7 +277,9 @@ class SessionStore:
             "WHERE session_id = ? ORDER BY id",
             (session_id,),
         ):
-            history.append(Message(role, content, flags, (token_key, tokens) if token_key else None, created, row_id))
+            history.append(
+                Message(role, content, Status.parse(flags), (token_key, tokens) if token_key else None, created, row_id)
+            )
         turns = [
             TurnStats(
                 model, Usage(i or 0, o or 0, c or 0, r or 0, None, bool(e)), cost, ttft, latency or 0.0, sent or 0
@@ -296,7 +298,7 @@ class SessionStore:
         cursor = self.db.execute(
             "INSERT INTO messages (session_id, role, content, tokens, token_key, created, flags) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (session_id, message.role, message.content, tokens, key, message.created, message.flags),
+            (session_id, message.role, message.content, tokens, key, message.created, message.status),
         )
         message.row_id = cursor.lastrowid
         self.db.execute("UPDATE sessions SET updated = ? WHERE id = ?", (time.time(), session_id))
@@ -305,7 +307,7 @@ class SessionStore:
     def update_message(self, message: Message) -> None:
         self.db.execute(
             "UPDATE messages SET content = ?, flags = ?, tokens = NULL WHERE id = ?",
-            (message.content, message.flags, message.row_id),
+            (message.content, message.status, message.row_id),
         )
 
     @writes
@@ -417,7 +419,7 @@ class SessionStore:
                 Message(
                     m["role"],
                     m["content"],
-                    m.get("flags") or "",
+                    Status.parse(m.get("flags")),
                     (m["token_key"], m["tokens"]) if m.get("token_key") else None,
                     m.get("created") or time.time(),
                 ),
@@ -466,7 +468,7 @@ def export_data(name: str, model: str, host: str, conversation: Conversation, tu
                 "role": m.role,
                 "content": m.content,
                 "created": m.created,
-                "flags": m.flags,
+                "flags": m.status,
                 "tokens": m.tokens[1] if m.tokens else None,
                 "token_key": m.tokens[0] if m.tokens else None,
             }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
+from enum import StrEnum
 from typing import Any
 
 from .usage import usage_from_chat, usage_from_responses
@@ -12,7 +13,19 @@ from .usage import usage_from_chat, usage_from_responses
 #   (TEXT, str) (REASONING, str) (USAGE, Usage) (FINISH, reason) (ERROR, code, message)
 #   (PING,) for keep-alive comments and skipped events, so deadlines are checked.
 
-TEXT, REASONING, USAGE, FINISH, ERROR, PING = "text", "reasoning", "usage", "finish", "error", "ping"
+
+class Event(StrEnum):
+    """What an event is. Members are strings too, and the same objects every time: compare with `is`."""
+
+    TEXT = "text"
+    REASONING = "reasoning"
+    USAGE = "usage"
+    FINISH = "finish"
+    ERROR = "error"
+    PING = "ping"
+
+
+TEXT, REASONING, USAGE, FINISH, ERROR, PING = Event  # short names for the hot loops
 
 
 def chat_events(data: str) -> Iterator[tuple]:

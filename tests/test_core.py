@@ -70,7 +70,7 @@ ENGINE = [
 ]
 TERMINAL_LIBRARIES = {"rich", "prompt_toolkit"}
 TELEGRAM_LIBRARIES = {"telegram", "telegramify_markdown"}
-FRONT_ENDS = {"chatbot", "telegram_bot", "terminal_render", "terminal_input", "telegram_render"}
+FRONT_ENDS = {"chatbot", "telegram_bot", "terminal_render", "terminal_input", "terminal_commands", "telegram_render"}
 
 
 def imported_modules(path):
@@ -94,7 +94,7 @@ def test_imports_run_one_way():
     terminal = set().union(
         *(
             imported_modules(os.path.join(ROOT, name))
-            for name in ("chatbot.py", "terminal_render.py", "terminal_input.py")
+            for name in ("chatbot.py", "terminal_render.py", "terminal_input.py", "terminal_commands.py")
         )
     )
     assert "chatcore" in terminal and not terminal & (TELEGRAM_LIBRARIES | {"telegram_bot", "telegram_render"})
@@ -102,7 +102,7 @@ def test_imports_run_one_way():
         os.path.join(ROOT, "telegram_render.py")
     )
     assert "chatcore" in telegram and not telegram & (
-        TERMINAL_LIBRARIES | {"chatbot", "terminal_render", "terminal_input"}
+        TERMINAL_LIBRARIES | {"chatbot", "terminal_render", "terminal_input", "terminal_commands"}
     )
 
 
@@ -302,7 +302,7 @@ def test_trimming_properties(lengths, max_messages, budget):
     messages = request.messages()
     assert messages[0] == {"role": "system", "content": "system prompt"}
     assert [m for m in messages if m["role"] == "system"] == messages[:1]
-    turns = request.turns
+    turns = request.kept
     assert turns[0].role == "user"
     assert turns[-1] is conversation.history[-1]
     assert len(turns) <= max(1, max_messages)
@@ -328,7 +328,7 @@ def test_summary_is_merged_into_the_one_system_message():
     messages = request.messages()
     assert sum(m["role"] == "system" for m in messages) == 1
     assert "they discussed apples" in messages[0]["content"]
-    assert request.dropped == len(conversation.history) - len(request.turns) - 4
+    assert request.dropped == len(conversation.history) - len(request.kept) - 4
 
 
 def test_budget_subtracts_output_and_margin():

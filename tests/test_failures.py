@@ -467,3 +467,37 @@ def test_ctrl_c_mid_stream_closes_the_connection(env, server, db):
     rows = saved(db)
     assert rows[0][:2] == ("user", "q") and rows[1][0] == "assistant" and rows[1][2] == "interrupted"
     assert (first + out).decode().startswith(rows[1][1].rstrip()[:20])
+
+
+# -- stopping a request that is still waiting for its response headers -----------------
+
+
+def test_first_token_timeout_counts_while_the_headers_are_awaited(run, server):
+    # A local server loading a model answers nothing at all for a while: the deadline starts with the request.
+    server.push(Behaviour(header_delay=6, pieces=[sse({"choices": [{"delta": {"content": "late"}}]})]))
+    result = run("--first-token-timeout", "1", "--timeout", "30", "--retries", "0", "q")
+    assert result.returncode == 1
+    one_line_error(result, "no reply after 1s (--first-token-timeout)")
+    assert "late" not in result.out
+
+
+def test_a_cancel_from_another_thread_stops_a_request_still_waiting_for_headers(server, env, monkeypatch):
+    import threading
+
+    from chatcore.chat import Chat
+    from chatcore.settings import resolve_settings
+    from chatcore.turn import Cancel
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    server.push(Behaviour(header_delay=8, pieces=[sse({"choices": [{"delta": {"content": "late"}}]})]))
+    settings = resolve_settings({}, {**env, "OPENAI_BASE_URL": server.base_url, "OPENAI_MODEL": "test-model"}, {})
+    chat = Chat(settings, lambda text: None)
+    cancel = Cancel()
+    threading.Timer(0.3, cancel.set).start()  # /cancel in a chat, or shutdown, while nothing has come back
+    started = time.monotonic()
+    result = chat.send("hello", lambda kind, text: None, cancel=cancel)
+    assert time.monotonic() - started < 5  # the headers were 8 s away: the turn did not wait for them
+    assert result.interrupted and result.reply == ""
+    assert chat.conversation.history == []  # nothing arrived: no message is left without its reply
+    assert len(chat.requests) == 1 and chat.requests[0].usage.output_tokens == 0

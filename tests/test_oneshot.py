@@ -223,7 +223,14 @@ def test_wheel_holds_the_engine_both_front_ends_and_their_console_scripts(tmp_pa
     names = zipfile.ZipFile(wheel).namelist()
     engine = {os.path.basename(p) for p in glob.glob(os.path.join(root, "chatcore", "*.py"))}
     assert {n.split("/", 1)[1] for n in names if n.startswith("chatcore/")} == engine
-    for module in ("chatbot.py", "telegram_bot.py", "terminal_render.py", "terminal_input.py", "telegram_render.py"):
+    for module in (
+        "chatbot.py",
+        "telegram_bot.py",
+        "terminal_render.py",
+        "terminal_input.py",
+        "terminal_commands.py",
+        "telegram_render.py",
+    ):
         assert module in names
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "chatbot = chatbot:main" in entry_points and "chatbot-telegram = telegram_bot:main" in entry_points

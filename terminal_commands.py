@@ -1,0 +1,241 @@
+"""The chat's slash commands: one table drives dispatch, /help and Tab completion.
+
+Each handler takes the REPL and the argument. Changes to the conversation are the engine's
+(`repl.chat.retry()`, `.undo()`, `.switch_model()`...); a handler only asks and shows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from chatcore.chat import Refused
+from chatcore.store import StoreError, export_data, write_export
+from chatcore.usage import format_money, usage_line
+from terminal_input import forget_typed
+from terminal_render import fit, plural, wrapped
+
+if TYPE_CHECKING:
+    from chatbot import Repl
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    aliases: tuple[str, ...]
+    usage: str  # argument synopsis: "" for none, "[NAME]" optional, "NAME" required
+    help: str
+    handler: Callable[[Repl, str], None]
+
+
+def cmd_help(repl: Repl, arg: str) -> None:
+    width = max(len(f"/{c.name} {c.usage}") for c in COMMANDS)
+    for command in COMMANDS:
+        names = f"/{command.name} {command.usage}".strip()
+        aliases = f" (also {', '.join('/' + a for a in command.aliases)})" if command.aliases else ""
+        repl.say(wrapped(f"  {names:<{width}}  {command.help}{aliases}", width + 4))
+    repl.say(
+        wrapped(
+            "  Enter sends · Esc Enter adds a line · Ctrl-C stops a reply · Ctrl-D quits · "
+            "start a message with // to send a leading slash",
+            2,
+        )
+    )
+
+
+def cmd_exit(repl: Repl, arg: str) -> None:
+    raise EOFError
+
+
+def cmd_clear(repl: Repl, arg: str) -> None:
+    if repl.chat.saved:  # the old conversation stays saved; the chat goes on in a new session
+        old = repl.session_name
+        repl.start_session(None)
+        repl.say(f"Conversation cleared. (The old one stays saved as {old!r}; this is {repl.session_name!r}.)")
+    else:
+        repl.chat.clear()
+        repl.say("Conversation cleared.")
+
+
+def cmd_stats(repl: Repl, arg: str) -> None:
+    stats = repl.chat.stats(ask_window=True)
+    repl.say(f"messages in memory: {stats.messages} (system prompt included; {plural(stats.exchanges, 'turn')})")
+    if stats.last_sent is not None:
+        dropped = f", {stats.last_dropped} older not sent" if stats.last_dropped else ""
+        repl.say(f"sent last turn: {plural(stats.last_sent, 'message')}{dropped}")
+    if stats.last is None:
+        repl.say("no replies yet")
+        return
+    if stats.window is not None:
+        repl.say(f"context window: {stats.window.tokens:,} tokens ({stats.window.source})")
+    repl.say(f"last turn: {usage_line(stats.last)}")
+    usage, about = stats.usage, "~" if stats.estimated else ""
+    estimated = {"": "", "all": " (estimated)", "some": " (some counts estimated)"}[stats.estimated]
+    repl.say(
+        f"session: {plural(stats.requests, 'request')} · {about}{usage.input_tokens:,} in · "
+        f"{about}{usage.output_tokens:,} out · {stats.money}{estimated}"
+    )
+
+
+def cmd_model(repl: Repl, arg: str) -> None:
+    chat = repl.chat
+    if not arg:
+        repl.say(f"model: {chat.model} ({chat.settings.host})")
+        return
+    chat.switch_model(arg)
+    repl.say(f"model is now {arg}")
+
+
+def cmd_system(repl: Repl, arg: str) -> None:
+    if not arg:
+        repl.say(f"system prompt: {repl.chat.conversation.system}")
+        return
+    repl.chat.set_system(arg)
+    repl.say("system prompt replaced")
+
+
+def cmd_retry(repl: Repl, arg: str) -> None:
+    repl.run_turn(None)
+
+
+def cmd_undo(repl: Repl, arg: str) -> None:
+    removed = repl.chat.undo()
+    forget_typed(repl.prompt_session, {m.content for m in removed if m.role == "user"})
+    repl.say(f"removed the last exchange ({plural(len(removed), 'message')})")
+
+
+def cmd_api(repl: Repl, arg: str) -> None:
+    repl.say(f"API: {repl.chat.settings.api} (set with --api chat|responses or OPENAI_API)")
+
+
+def cmd_summarize(repl: Repl, arg: str) -> None:
+    settings = repl.chat.settings
+    if arg not in ("", "on", "off"):
+        raise Refused("usage: /summarize [on|off]")
+    if arg:
+        settings.summarize = arg == "on"
+    repl.say(
+        f"summaries of dropped turns: {'on' if settings.summarize else 'off'}" + ("" if arg else " (/summarize on|off)")
+    )
+
+
+def cmd_sessions(repl: Repl, arg: str) -> None:
+    rows = repl.require_store().listing()
+    if not rows:
+        repl.say("no saved sessions")
+    for line in session_lines(rows, repl.session_name):
+        repl.say(line)
+
+
+def session_lines(rows: list[tuple[Any, ...]], current: str | None = None) -> list[str]:
+    lines = []
+    for name, model, turns, updated, cost in rows:
+        mark = "*" if name == current else " "
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(updated))
+        money = "-" if cost is None else format_money(cost)
+        lines.append(
+            f"{mark} {fit(name, 24):<24} {fit(model or '-', 24):<24} {plural(turns, 'turn'):>10}  {when}  {money}"
+        )
+    return lines
+
+
+def export_problem(path: str, exc: Exception) -> str:
+    """Why an export failed, worded the same for /save and --export."""
+    return f"cannot export to {path}: {getattr(exc, 'strerror', None) or exc}"
+
+
+def cmd_session(repl: Repl, arg: str) -> None:
+    repl.require_store()
+    if repl.start_session(arg) and not repl.chat.conversation.history:
+        repl.note(f"new session {arg!r}")
+
+
+def cmd_rename(repl: Repl, arg: str) -> None:
+    repl.require_store()
+    if not repl.chat.saved:
+        raise Refused("this conversation is not being saved: there is nothing to rename")
+    repl.chat.rename_session(arg)
+    repl.session_name = arg
+    repl.say(f"session renamed to {arg!r}")
+
+
+def cmd_delete(repl: Repl, arg: str) -> None:
+    store = repl.require_store()
+    if arg == repl.session_name:
+        raise Refused("that is the current session: switch to another first (/session NAME)")
+    if store.find(arg) is None:
+        raise Refused(f"no session named {arg!r}: see /sessions")
+    answer = repl.ask(f"Delete session {arg!r} for good? [y/N] ")
+    if answer.strip().lower() not in ("y", "yes"):
+        repl.say("kept")
+        return
+    typed = {m["content"] for m in store.export(arg)["messages"] if m["role"] == "user"}
+    store.delete(arg)
+    forget_typed(repl.prompt_session, typed)
+    repl.say(f"deleted {arg!r}")
+
+
+def cmd_save(repl: Repl, arg: str) -> None:
+    chat = repl.chat
+    data = export_data(
+        repl.session_name or "conversation", chat.model, chat.settings.host, chat.conversation, chat.requests
+    )
+    try:
+        write_export(data, arg)
+    except (OSError, ValueError) as exc:
+        raise Refused(export_problem(arg, exc)) from None
+    repl.say(f"saved {len(data['messages'])} messages to {arg}")
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("help", ("?",), "", "list commands", cmd_help),
+    Command("exit", ("quit", "q"), "", "leave the chat", cmd_exit),
+    Command("clear", (), "", "forget the conversation (the system prompt stays)", cmd_clear),
+    Command("stats", (), "", "messages, tokens, cost and timing of the last turn and the session", cmd_stats),
+    Command("model", (), "[NAME]", "show or switch the model", cmd_model),
+    Command("system", (), "[TEXT]", "show or replace the system prompt", cmd_system),
+    Command("retry", (), "", "regenerate the last reply", cmd_retry),
+    Command("undo", (), "", "drop the last exchange", cmd_undo),
+    Command("api", (), "", "show which API is in use", cmd_api),
+    Command("summarize", (), "[on|off]", "summarise turns that trimming drops", cmd_summarize),
+    Command("sessions", (), "", "list saved sessions", cmd_sessions),
+    Command("session", (), "NAME", "switch to (or start) a saved session", cmd_session),
+    Command("rename", (), "NAME", "rename this session", cmd_rename),
+    Command("delete", (), "NAME", "delete a saved session (asks first)", cmd_delete),
+    Command("save", (), "FILE", "export this conversation as .md or .json", cmd_save),
+)
+COMMAND_NAMES = {name: c for c in COMMANDS for name in (c.name, *c.aliases)}
+
+
+def parse_command(text: str) -> tuple[Command | None, str, str | None]:
+    """(command, argument, error) for a line starting with one slash."""
+    word, _, arg = text[1:].partition(" ")
+    arg = arg.strip()
+    command = COMMAND_NAMES.get(word.lower())
+    if command is None:
+        return (
+            None,
+            "",
+            (
+                f"unknown command /{word}: type /help for the list. Your text is back in the prompt: "
+                f"start it with // to send it as a message"
+            ),
+        )
+    if command.usage and not command.usage.startswith("[") and not arg:
+        return None, "", f"/{command.name} needs {command.usage}: /{command.name} {command.usage}"
+    if not command.usage and arg:
+        return None, "", f"/{command.name} takes no argument"
+    return command, arg, None
+
+
+def run_command(repl: Repl, command: Command, arg: str) -> bool:
+    """Run one command; False when the chat should end. What a command refuses is one error line."""
+    try:
+        command.handler(repl, arg)
+    except EOFError:
+        return False
+    except (Refused, StoreError) as exc:
+        repl.error(str(exc))
+    return True
