@@ -433,6 +433,7 @@ class Settings:
 
     @property
     def host(self) -> str:
+        """The server's host and port, for messages: openrouter.ai, 127.0.0.1:11434."""
         return host_of(self.base_url)
 
 
@@ -442,6 +443,7 @@ def host_of(url: str) -> str:
 
 
 def is_local_url(url: str) -> bool:
+    """Whether the URL names this machine (localhost, 127.x, [::1], 0.0.0.0): no key is needed there."""
     host = host_of(url)
     host = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
     return host in ("localhost", "[::1]", "0.0.0.0") or host.startswith("127.")
