@@ -1,5 +1,6 @@
-"""What a server says about the model it serves: its context window and where the figure came from, asked once.
+"""What a server says: the models it serves, whether one answers on a local port, and a model's context window.
 
+Zero-config asks the first two (`probe_local_servers`, `served_models`) while settings are loaded.
 Local servers know their window and say so, each its own way: llama.cpp's `/props` (`n_ctx`),
 vLLM's `max_model_len` in `/v1/models`, LM Studio's loaded context length in `/api/v0/models`,
 Ollama's `/api/show` (its `num_ctx`, which is what it really uses, not the model's maximum), and
@@ -12,7 +13,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,8 +181,45 @@ def cached_scale(base_url: str, model: str) -> float | None:
     return float(scale) if isinstance(scale, (int, float)) and 0.5 <= scale <= 2.0 else None
 
 
+def _model_ids(listing: Any) -> list[str]:
+    """The model ids in a `/models` answer, in its order."""
+    entries = listing.get("data") if isinstance(listing, dict) else None
+    return [str(e["id"]) for e in entries if isinstance(e, dict) and e.get("id")] if isinstance(entries, list) else []
+
+
 def served_models(base_url: str, api_key: str | None) -> list[str]:
     """The model ids a server lists at /models, in its order; empty if it does not answer."""
-    listing = _get_json(base_url.rstrip("/") + "/models", api_key=api_key, timeout=3.0)
-    entries = listing.get("data") if isinstance(listing, dict) else None
-    return [str(e["id"]) for e in entries or [] if isinstance(e, dict) and e.get("id")]
+    return _model_ids(_get_json(base_url.rstrip("/") + "/models", api_key=api_key, timeout=3.0))
+
+
+@dataclass(frozen=True)
+class LocalServer:
+    """An OpenAI-compatible server that answered on this machine, and the models it lists."""
+
+    base_url: str
+    models: list[str]
+
+
+def probe_local_servers(ports: Iterable[int], timeout: float = 0.4) -> LocalServer | None:
+    """The first of `ports` (in their order) where a local server answers `/v1/models`; all are asked at once."""
+    found: dict[int, LocalServer] = {}
+
+    def probe(port: int) -> None:
+        import urllib.request
+
+        base = f"http://127.0.0.1:{port}/v1"
+        try:  # an empty answer is a server listing nothing; one that is not a JSON object is not ours
+            with urllib.request.urlopen(base + "/models", timeout=timeout) as response:
+                listing = json.loads(response.read(1_000_000) or b"{}")
+        except Exception:
+            return
+        if isinstance(listing, dict):
+            found[port] = LocalServer(base, _model_ids(listing))
+
+    ports = list(ports)
+    threads = [threading.Thread(target=probe, args=(port,), daemon=True) for port in ports]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout + 0.2)
+    return next((found[port] for port in ports if port in found), None)

@@ -1,14 +1,18 @@
-"""Settings: one table drives flags, validation, `.env.example` and the README; resolution and local-server probing."""
+"""Settings: one table drives flags, validation, `.env.example`, the README and the `Settings` fields.
+
+Loading reads as its steps: read .env -> resolve (flag > environment > .env > default) -> discover
+what is missing from what a server says (`serverinfo`) -> check the key.
+"""
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import threading
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+from .serverinfo import is_placeholder_key, probe_local_servers, served_models
 
 # Precedence: flag > environment > .env file > default.
 
@@ -89,6 +93,8 @@ def _access_list(value: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Setting:
+    """One setting: its `Settings` field, where it is read from, its default, parser and help."""
+
     name: str
     env: str | None
     flags: tuple[str, ...]
@@ -97,6 +103,20 @@ class Setting:
     help: str
     example: str = ""  # value shown in .env.example (commented out when empty)
     empty_ok: bool = False  # an empty value means something (no ports: no probing); else it is ignored
+    default_doc: str = ""  # the default in words when its value is too long to show; --help and .env.example omit it
+    metavar: str = ""  # the flag's value in --help; empty: the name in capitals (MAX-TOKENS)
+    secret: bool = False  # a credential: never a flag (a test checks), and a .env holding it must be private
+
+    def __post_init__(self) -> None:
+        if not self.metavar:
+            object.__setattr__(self, "metavar", self.name.upper().replace("_", "-"))
+
+    @property
+    def shown_default(self) -> str | None:
+        """The default as .env, --help and the README write it; None when there is none to show."""
+        if self.default_doc or self.default is None or self.default is False or self.default in ("", ()):
+            return None
+        return shown(self.default)
 
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer clearly and concisely."
@@ -110,6 +130,7 @@ SETTINGS: tuple[Setting, ...] = (
         _text,
         "API key (never a flag: it would land in shell history); not needed for a local server",
         "your_api_key_here",
+        secret=True,
     ),
     Setting(
         "base_url",
@@ -129,6 +150,7 @@ SETTINGS: tuple[Setting, ...] = (
         _text,
         "system prompt",
         empty_ok=True,
+        default_doc="a short, neutral assistant prompt",
     ),
     Setting(
         "temperature",
@@ -192,7 +214,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("app_name", "APP_NAME", (), None, _text, "with APP_URL: sent as X-Title", "chatbot"),
     Setting(
-        "api", "OPENAI_API", ("--api",), "chat", _choice("chat", "responses"), "which API to speak: chat or responses"
+        "api",
+        "OPENAI_API",
+        ("--api",),
+        "chat",
+        _choice("chat", "responses"),
+        "which API to speak: chat or responses",
+        metavar="{chat,responses}",
     ),
     Setting(
         "timeout",
@@ -287,6 +315,7 @@ SETTINGS: tuple[Setting, ...] = (
         _text,
         "Telegram assistant: the bot token from @BotFather (required there; never a flag, never logged)",
         "your_bot_token_from_botfather",
+        secret=True,
     ),
     Setting(
         "telegram_api_url",
@@ -343,11 +372,7 @@ def env_example() -> str:
         if not setting.env:
             continue
         flags = f" (flag: {', '.join(setting.flags)})" if setting.flags else ""
-        default = (
-            ""
-            if setting.default in (None, "", False, ()) or setting.name == "system"
-            else f" Default: {shown(setting.default)}."
-        )
+        default = f" Default: {setting.shown_default}." if setting.shown_default else ""
         lines.append(f"# {setting.help[0].upper()}{setting.help[1:]}{flags}.{default}")
         value = setting.example
         lines.append(f"{setting.env}={value}" if value else f"# {setting.env}=")
@@ -360,67 +385,78 @@ def settings_table() -> str:
     lines = ["| variable | flag | default | what it does |", "|---|---|---|---|"]
     for setting in SETTINGS:
         flags = ", ".join(f"`{f}`" for f in setting.flags) or "—"
-        default = "—" if setting.default in (None, "", False, ()) else f"`{shown(setting.default)}`"
-        if setting.name == "system":
-            default = "a short, neutral assistant prompt"
+        default = f"`{setting.shown_default}`" if setting.shown_default else setting.default_doc or "—"
         lines.append(f"| `{setting.env}` | {flags} | {default} | {setting.help} |")
     return "\n".join(lines)
 
 
 @dataclass
 class Settings:
-    """Resolved configuration; `sources` says where each value came from."""
+    """Resolved configuration: one field per row of SETTINGS, in its order, typed here and defaulted
+    only there (`resolve_settings` fills every field; a test checks names, order and types agree).
+    `sources` says where each value that was set came from."""
 
-    api_key: str | None = None
-    base_url: str = "https://openrouter.ai/api/v1"
-    model: str = "openai/gpt-5-nano"
-    system: str = DEFAULT_SYSTEM_PROMPT
-    temperature: float = 0.4
-    max_tokens: int = 1000
-    max_messages: int = 20
-    context_tokens: int | None = None
-    price_in: float | None = None
-    price_out: float | None = None
-    app_url: str | None = None
-    app_name: str | None = None
-    api: str = "chat"
-    timeout: float = 60.0
-    first_token_timeout: float = 120.0
-    total_timeout: float = 600.0
-    retries: int = 2
-    fallback_model: str | None = None
-    db: str | None = None
-    no_save: bool = False
-    summarize: bool = False
-    show_usage: bool = False
-    show_reasoning: bool = False
-    raw: bool = False
-    local_ports: tuple[int, ...] = (11434, 1234, 8080, 8000)
-    telegram_token: str | None = None
-    telegram_api_url: str = "https://api.telegram.org"
-    telegram_allowed: tuple[str, ...] = ()
-    telegram_rate_limit: int = 10
-    telegram_db: str | None = None
+    api_key: str | None
+    base_url: str
+    model: str
+    system: str
+    temperature: float
+    max_tokens: int
+    max_messages: int
+    context_tokens: int | None
+    price_in: float | None
+    price_out: float | None
+    app_url: str | None
+    app_name: str | None
+    api: str
+    timeout: float
+    first_token_timeout: float
+    total_timeout: float
+    retries: int
+    fallback_model: str | None
+    db: str | None
+    no_save: bool
+    summarize: bool
+    show_usage: bool
+    show_reasoning: bool
+    raw: bool
+    local_ports: tuple[int, ...]
+    telegram_token: str | None
+    telegram_api_url: str
+    telegram_allowed: tuple[str, ...]
+    telegram_rate_limit: int
+    telegram_db: str | None
     sources: dict[str, str] = field(default_factory=dict)
-    discovered: str | None = None  # "Ollama on port 11434" when zero-config found a server
+    discovered: str | None = None  # "a local server at 127.0.0.1:11434" when zero-config found one
     warnings: list[str] = field(default_factory=list)  # for the front-end to show: a .env others can read
     notes: list[str] = field(default_factory=list)  # what zero-config chose, for the front-end to say
 
     @property
     def host(self) -> str:
-        return re.sub(r"^https?://", "", self.base_url).split("/")[0]
+        """The server's host and port, for messages: openrouter.ai, 127.0.0.1:11434."""
+        return host_of(self.base_url)
+
+
+def host_of(url: str) -> str:
+    """The host (and port) of a URL: http://127.0.0.1:8080/v1 -> 127.0.0.1:8080."""
+    return re.sub(r"^https?://", "", url).split("/")[0]
 
 
 def is_local_url(url: str) -> bool:
-    host = re.sub(r"^https?://", "", url).split("/")[0]
+    """Whether the URL names this machine (localhost, 127.x, [::1], 0.0.0.0): no key is needed there."""
+    host = host_of(url)
     host = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
     return host in ("localhost", "[::1]", "0.0.0.0") or host.startswith("127.")
 
 
-def resolve_settings(flags: dict[str, str | None], environ: dict[str, str], dotenv: dict[str, str | None]) -> Settings:
+def resolve_settings(
+    flags: Mapping[str, str | None], environ: Mapping[str, str], dotenv: Mapping[str, str | None]
+) -> Settings:
     """Apply the precedence rules and validate every value. Pure: no I/O."""
-    settings = Settings()
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     for setting in SETTINGS:
+        values[setting.name] = setting.default
         raw, source = flags.get(setting.name), setting.flags[-1] if setting.flags else ""
         if raw is None and setting.env:
             raw, source = environ.get(setting.env), setting.env
@@ -429,15 +465,15 @@ def resolve_settings(flags: dict[str, str | None], environ: dict[str, str], dote
         if raw is None or (raw == "" and not setting.empty_ok):
             continue
         try:
-            value = setting.parse(raw) if not isinstance(raw, bool) else raw
+            values[setting.name] = setting.parse(raw) if not isinstance(raw, bool) else raw
         except ValueError as exc:
             raise ConfigError(f"{source}={raw!r} is not valid: {exc}") from None
-        setattr(settings, setting.name, value)
-        settings.sources[setting.name] = source
-    return settings
+        sources[setting.name] = source
+    return Settings(**values, sources=sources)
 
 
 def check_credentials(settings: Settings) -> None:
+    """A remote server needs a key: ConfigError saying where to put it, if there is none."""
     if not settings.api_key and not is_local_url(settings.base_url):
         raise ConfigError(
             "OPENAI_API_KEY is not set: put it in .env (see .env.example) or the environment, "
@@ -445,94 +481,92 @@ def check_credentials(settings: Settings) -> None:
         )
 
 
-def probe_local_servers(ports: Iterable[int], timeout: float = 0.4) -> tuple[str, list[str]] | None:
-    """Find a local OpenAI-compatible server; return (base_url, model ids) of the first that answers."""
-    import urllib.request
-
-    found: dict[int, tuple[str, list[str]]] = {}
-
-    def probe(port: int) -> None:
-        base = f"http://127.0.0.1:{port}/v1"
-        try:
-            with urllib.request.urlopen(base + "/models", timeout=timeout) as response:
-                listing = json.loads(response.read(1_000_000) or b"{}")
-            ids = [str(m["id"]) for m in listing.get("data", []) if isinstance(m, dict) and m.get("id")]
-            found[port] = (base, ids)
-        except Exception:
-            pass
-
-    ports = list(ports)
-    threads = [threading.Thread(target=probe, args=(port,), daemon=True) for port in ports]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout + 0.2)
-    for port in ports:
-        if port in found:
-            return found[port]
-    return None
+# -- loading: read .env -> resolve -> discover what is missing -> check ------------
 
 
-def load_settings(flags: dict[str, Any], environ: dict[str, str], env_file: str | None = None) -> Settings:
+def load_settings(flags: Mapping[str, Any], environ: Mapping[str, str], env_file: str | None = None) -> Settings:
     """Resolve settings from flags, the environment and .env; find a local server if nothing is set."""
     env_path = env_file or ".env"
-    dotenv: dict[str, str | None] = {}
-    if env_file and os.path.isdir(env_file):
-        raise ConfigError(f"--env-file {env_file} is a directory: give the path of a file (such as {env_file}/.env)")
-    if env_file and not os.path.isfile(env_file):
-        raise ConfigError(f"--env-file {env_file}: no such file")
-    if os.path.isfile(env_path):
-        from dotenv import dotenv_values
-
-        dotenv = dict(dotenv_values(env_path))
+    dotenv = read_env_file(env_path, required=bool(env_file))
     settings = resolve_settings(flags, environ, dotenv)
-    secrets = [name for name in ("OPENAI_API_KEY", "TELEGRAM_BOT_TOKEN") if dotenv.get(name)]
-    if secrets and os.name == "posix":
-        mode = os.stat(env_path).st_mode & 0o777
-        if mode & 0o077:  # as ssh warns of a private key others can read
-            settings.warnings.append(
-                f"{env_path} holds {' and '.join(secrets)} and other users can read it "
-                f"(mode {mode:04o}): run chmod 600 {env_path}"
-            )
-    from .serverinfo import is_placeholder_key, served_models
-
-    if is_placeholder_key(settings.api_key):  # "ollama", "none", "lm-studio": a local-model guide's stand-in
-        settings.api_key = None
-    if not settings.api_key and "base_url" not in settings.sources:
-        found = probe_local_servers(settings.local_ports) if settings.local_ports else None
-        if found:
-            settings.base_url, models = found
-            settings.discovered = f"a local server at {settings.host}"
-            if "model" not in settings.sources and models:
-                settings.model = models[0]
-                more = f" (the first of {len(models)} it lists; set OPENAI_MODEL to choose)" if len(models) > 1 else ""
-                settings.notes.append(
-                    f"no key or base URL set: using the local server at {settings.host} and its "
-                    f"model {settings.model}{more}"
-                )
-            else:
-                settings.notes.append(f"no key or base URL set: using the local server at {settings.host}")
-        elif settings.local_ports:
-            tried = ", ".join(str(port) for port in settings.local_ports)
-            raise ConfigError(
-                f"OPENAI_API_KEY is not set and no local server answered on 127.0.0.1 ports {tried}: "
-                f"put the key in .env (see .env.example), start a local server, or set OPENAI_BASE_URL"
-            )
-    elif "base_url" in settings.sources and "model" not in settings.sources:
-        # A base URL and no model: ask for the model the server serves; the cloud default is for the cloud.
-        models = served_models(settings.base_url, settings.api_key)
-        if len(models) == 1:
-            settings.model = models[0]
-        elif models and is_local_url(settings.base_url):
-            settings.model = models[0]
-            settings.notes.append(
-                f"no OPENAI_MODEL set: using {settings.model}, the first of {len(models)} models {settings.host} lists"
-            )
-        elif models:
-            shown = ", ".join(models[:6]) + (" …" if len(models) > 6 else "")
-            raise ConfigError(
-                f"OPENAI_MODEL is not set and {settings.host} serves {len(models)} models ({shown}): "
-                f"set OPENAI_MODEL or pass --model"
-            )
+    settings = replace(settings, warnings=exposed_secrets(env_path, dotenv))
+    settings = discover_missing(settings)
     check_credentials(settings)
     return settings
+
+
+def read_env_file(path: str, required: bool) -> dict[str, str | None]:
+    """The variables in a .env file; none if it does not exist, unless it was asked for (--env-file)."""
+    if required and os.path.isdir(path):
+        raise ConfigError(f"--env-file {path} is a directory: give the path of a file (such as {path}/.env)")
+    if required and not os.path.isfile(path):
+        raise ConfigError(f"--env-file {path}: no such file")
+    if not os.path.isfile(path):
+        return {}
+    from dotenv import dotenv_values
+
+    return dict(dotenv_values(path))
+
+
+def exposed_secrets(env_path: str, dotenv: Mapping[str, str | None]) -> list[str]:
+    """A warning if the .env file holds a secret and other users can read it, as ssh warns of a private key."""
+    secrets = [s.env for s in SETTINGS if s.secret and s.env and dotenv.get(s.env)]
+    if not secrets or os.name != "posix":
+        return []
+    mode = os.stat(env_path).st_mode & 0o777
+    if not mode & 0o077:
+        return []
+    return [
+        f"{env_path} holds {' and '.join(secrets)} and other users can read it "
+        f"(mode {mode:04o}): run chmod 600 {env_path}"
+    ]
+
+
+def discover_missing(settings: Settings) -> Settings:
+    """Zero-config: what was not set, filled in from what a server says (at most one round of asking)."""
+    if is_placeholder_key(settings.api_key):  # "ollama", "none", "lm-studio": a local-model guide's stand-in
+        settings = replace(settings, api_key=None)
+    if not settings.api_key and "base_url" not in settings.sources:
+        return use_local_server(settings)
+    if "base_url" in settings.sources and "model" not in settings.sources:
+        return use_served_model(settings)
+    return settings
+
+
+def use_local_server(settings: Settings) -> Settings:
+    """No key and no base URL: the first local server answering on `local_ports`, and its first model if none is set."""
+    if not settings.local_ports:  # probing is off: check_credentials says the key is missing
+        return settings
+    found = probe_local_servers(settings.local_ports)
+    if found is None:
+        tried = ", ".join(str(port) for port in settings.local_ports)
+        raise ConfigError(
+            f"OPENAI_API_KEY is not set and no local server answered on 127.0.0.1 ports {tried}: "
+            f"put the key in .env (see .env.example), start a local server, or set OPENAI_BASE_URL"
+        )
+    host = host_of(found.base_url)
+    using = f"no key or base URL set: using the local server at {host}"
+    settings = replace(settings, base_url=found.base_url, discovered=f"a local server at {host}")
+    if "model" in settings.sources or not found.models:
+        return replace(settings, notes=[*settings.notes, using])
+    count = len(found.models)
+    more = f" (the first of {count} it lists; set OPENAI_MODEL to choose)" if count > 1 else ""
+    model = found.models[0]
+    return replace(settings, model=model, notes=[*settings.notes, f"{using} and its model {model}{more}"])
+
+
+def use_served_model(settings: Settings) -> Settings:
+    """A base URL and no model: the model the server serves (the cloud default is for the cloud)."""
+    models = served_models(settings.base_url, settings.api_key)
+    if len(models) == 1:
+        return replace(settings, model=models[0])
+    if models and is_local_url(settings.base_url):
+        note = f"no OPENAI_MODEL set: using {models[0]}, the first of {len(models)} models {settings.host} lists"
+        return replace(settings, model=models[0], notes=[*settings.notes, note])
+    if models:
+        listed = ", ".join(models[:6]) + (" …" if len(models) > 6 else "")
+        raise ConfigError(
+            f"OPENAI_MODEL is not set and {settings.host} serves {len(models)} models ({listed}): "
+            f"set OPENAI_MODEL or pass --model"
+        )
+    return settings  # the server does not say: the model stays as set
