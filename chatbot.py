@@ -662,13 +662,11 @@ def build_parser() -> Any:
         if setting.name in BOOL_SETTINGS:
             parser.add_argument(*setting.flags, dest=setting.name, action="store_const", const="1", help=help_text)
         else:
-            default = (
-                f"; default {setting.default}" if setting.default not in (None, "") and setting.name != "system" else ""
-            )
+            default = f"; default {setting.shown_default}" if setting.shown_default else ""
             parser.add_argument(
                 *setting.flags,
                 dest=setting.name,
-                metavar=setting.name.upper().replace("_", "-") if setting.name not in ("api",) else "{chat,responses}",
+                metavar=setting.metavar,
                 help=help_text.replace("]", default + "]", 1) if default else help_text,
             )
     parser.add_argument("--env-file", metavar="PATH", help="read settings from this file instead of ./.env")
