@@ -197,8 +197,6 @@ class Repl:
         """One line, or several broken between its parts (never inside one) on a narrow terminal."""
         chat = self.chat
         parts = [f"chatbot {__version__}", chat.model, chat.settings.host]
-        if chat.settings.discovered:
-            parts.append(f"found {chat.settings.discovered}")
         if chat.settings.api == "responses":
             parts.append("responses API")
         parts.append("/help for commands")
@@ -417,7 +415,8 @@ def run_once(chat: Chat, prompt: str, args: Any) -> int:
     except Failure as failure:
         view.abort()
         hint = ": lower --max-messages, or start a new --session" if failure.kind == "context_length" else ""
-        status = EXIT_USAGE if failure.kind == "no_endpoint" else EXIT_FAILED  # --api responses where there is none
+        # --api responses where there is none, or a message no trimming can make fit: the user's to change
+        status = EXIT_USAGE if failure.kind in ("no_endpoint", "message_too_long") else EXIT_FAILED
         return report_failure(args.json, f"{failure}{hint}", status, failure.kind, chat.model)
     outcome = result.outcome
     if outcome is not Outcome.COMPLETE:

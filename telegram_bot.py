@@ -390,6 +390,7 @@ FRIENDLY = {
     "rate_limit": "The model provider is rate-limiting requests right now. Please try again in a minute.",
     "unknown_model": "The configured model is not available at the provider. The owner needs to check OPENAI_MODEL.",
     "context_length": "This conversation has grown too long for the model, even trimmed. Send /clear to start afresh.",
+    "message_too_long": "Your message is too long for this model, even on its own. Please shorten it.",
     "timeout": "The model took too long to answer. Please try again.",
     "deadline": "The model took too long to answer. Please try again.",
     "connection": "The model provider cannot be reached right now. Please try again shortly.",

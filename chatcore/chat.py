@@ -129,7 +129,8 @@ class Chat:
             self._window_asked = True
             asked, self.window = cached_window(settings.base_url, self.model)
             if not asked and (local or "openrouter.ai" in settings.host):
-                self.window = ask_window(settings.base_url, self.model, settings.api_key, local)
+                bound = min(settings.timeout, 3.0)  # what asking may add before the first request
+                self.window = ask_window(settings.base_url, self.model, settings.api_key, local, bound)
                 remember_window(settings.base_url, self.model, self.window)  # an unanswered ask is kept too
             if self.window is None and not local:
                 _, tokens = model_info(self.model, settings.base_url)
@@ -323,7 +324,7 @@ class Chat:
 
     def _sent_size(self, failure: Failure, request: Request, attempt: Attempt) -> int:
         """The request's size, counted only when an overflow is in question."""
-        if failure.kind not in ("no_finish", "context_length") or attempt.cap is not None or len(request.kept) < 2:
+        if failure.kind not in ("no_finish", "context_length") or attempt.cap is not None:
             return 0
         return self.counter.count_messages([Message("system", request.system), *request.kept])
 
@@ -335,6 +336,12 @@ class Chat:
         sent = self._sent_size(failure, request, attempt)
         if not sent or (sent < 1024 and sent < self.context_tokens(False) // 2):
             return failure
+        if len(request.kept) == 1:  # nothing older to leave out: the message alone is too large
+            return failure.retold(
+                f"the server sent back nothing for your message of about {sent:,} tokens: it is probably "
+                f"larger than the model's context window, so shorten it",
+                "message_too_long",
+            )
         return failure.retold(
             f"the server sent back nothing for a prompt of about {sent:,} tokens: it is "
             f"probably larger than the model's context window",
@@ -468,18 +475,26 @@ class Chat:
         else:  # nothing arrived (interrupted before the first token): the user turn is not left dangling
             self._drop_unanswered()
         result.usage = usage = self._usage(result, request)
-        if (
-            result.finish_reason == "length"
-            and not usage.estimated
-            and usage.output_tokens < self.settings.max_tokens * 0.9
-        ):
-            result.window_full = True
+        self._window_full_yet(result, usage)
         cost, _ = turn_cost(usage, self.settings, result.model) if self.wants_cost else (None, "")
         stats = TurnStats(result.model, usage, cost, result.ttft, result.latency, result.sent_messages)
         self.requests.append(stats)
         self.session.add_usage(stats, result.finish_reason)
         status = "interrupted" if result.interrupted else (result.failure.kind if result.failure else "ok")
         self.log(result.model, 200, result.ttft, result.latency, usage, None if status == "ok" else status, cost)
+
+    def _window_full_yet(self, result: TurnResult, usage: Usage) -> None:
+        """A "length" finish well below the output limit: the context window ran out, not the limit.
+        Its size is now known (the prompt and the reply filled it): learned and remembered, so the
+        next turn sends fewer older messages."""
+        limit = self.settings.max_tokens * (0.5 if usage.estimated else 0.9)  # estimates are rougher
+        if result.finish_reason != "length" or usage.output_tokens >= limit:
+            return
+        result.window_full = True
+        filled = usage.input_tokens + usage.output_tokens
+        if 1024 <= filled < self.context_tokens(False):  # a smaller figure is a counting slip, not a window
+            about = "about " if usage.estimated else ""
+            self.learn_window(filled, f"a reply cut off at {about}{filled:,} tokens")
 
     def _usage(self, result: TurnResult, request: Request) -> Usage:
         """The server's counts, or estimates (labelled) where it sent none."""

@@ -23,6 +23,7 @@ FailureKind = Literal[
     "rate_limit",
     "server",  # 5xx, 408, 409
     "context_length",  # the request is larger than the model's window
+    "message_too_long",  # the newest message alone is larger than the model's window
     "roles",  # the server rejected the order of the messages
     "bad_request",
     # the network, before any reply

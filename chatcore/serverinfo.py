@@ -15,7 +15,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,36 +93,93 @@ def _positive(value: Any) -> int | None:
     return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else None
 
 
-def ask_window(base_url: str, model: str, api_key: str | None, local: bool) -> Window | None:
-    """Ask the server for the model's context window; None if it does not say."""
+LLAMA_CPP_PYTHON_DEFAULT_N_CTX = 2048  # llama-cpp-python's server when --n_ctx is not given; it never says
+
+
+def ask_window(base_url: str, model: str, api_key: str | None, local: bool, timeout: float = 3.0) -> Window | None:
+    """Ask the server for the model's context window; None if it does not say.
+
+    Each kind of server says it at its own endpoint: all are asked at once, and the whole ask is
+    bounded by `timeout`, so a slow or silent server costs at most that before the first request.
+    The most specific answer wins (a local server's own endpoint before a generic `/models`)."""
     root = server_root(base_url)
+    asks: list[Callable[[], Window | None]] = []
     if local:
-        props = _get_json(root + "/props")
-        if isinstance(props, dict):
-            settings = props.get("default_generation_settings") or {}
-            tokens = _positive(settings.get("n_ctx") if isinstance(settings, dict) else None) or _positive(
-                props.get("n_ctx")
-            )
-            if tokens:
-                return Window(tokens, "llama.cpp /props")
-        show = _get_json(root + "/api/show", {"model": model})
-        if isinstance(show, dict) and ("parameters" in show or "model_info" in show):
-            found = re.search(r"num_ctx\s+(\d+)", str(show.get("parameters") or ""))
-            if found:
-                return Window(int(found.group(1)), "Ollama /api/show num_ctx")
-            return Window(OLLAMA_DEFAULT_NUM_CTX, "Ollama's default num_ctx")
-        entry = _entry(_get_json(root + "/api/v0/models"), model)
-        if entry is not None:
-            tokens = _positive(entry.get("loaded_context_length")) or _positive(entry.get("max_context_length"))
-            if tokens:
-                return Window(tokens, "LM Studio /api/v0/models")
-    entry = _entry(_get_json(base_url.rstrip("/") + "/models", api_key=api_key), model)
+        asks += [
+            lambda: _llama_cpp_window(root, timeout),
+            lambda: _ollama_window(root, model, timeout),
+            lambda: _lm_studio_window(root, model, timeout),
+        ]
+    asks.append(lambda: _listed_window(base_url, model, api_key, local, timeout))
+    return _first_answer(asks, timeout)
+
+
+def _first_answer(asks: list[Callable[[], Window | None]], timeout: float) -> Window | None:
+    """Run every ask at once; the first in order that answered within `timeout`."""
+    answers: list[Window | None] = [None] * len(asks)
+
+    def run(index: int) -> None:
+        answers[index] = asks[index]()
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(asks))]
+    for thread in threads:
+        thread.start()
+    give_up_at = time.monotonic() + timeout
+    for index, thread in enumerate(threads):
+        thread.join(max(0.0, give_up_at - time.monotonic()))
+        if answers[index] is not None:
+            return answers[index]  # what a more specific endpoint would say is not waited for
+    return next((answer for answer in answers if answer is not None), None)
+
+
+def _llama_cpp_window(root: str, timeout: float) -> Window | None:
+    props = _get_json(root + "/props", timeout=timeout)
+    if not isinstance(props, dict):
+        return None
+    settings = props.get("default_generation_settings") or {}
+    tokens = _positive(settings.get("n_ctx") if isinstance(settings, dict) else None) or _positive(props.get("n_ctx"))
+    return Window(tokens, "llama.cpp /props") if tokens else None
+
+
+def _ollama_window(root: str, model: str, timeout: float) -> Window | None:
+    show = _get_json(root + "/api/show", {"model": model}, timeout=timeout)
+    if not isinstance(show, dict) or ("parameters" not in show and "model_info" not in show):
+        return None
+    found = re.search(r"num_ctx\s+(\d+)", str(show.get("parameters") or ""))
+    if found:
+        return Window(int(found.group(1)), "Ollama /api/show num_ctx")
+    return Window(OLLAMA_DEFAULT_NUM_CTX, "Ollama's default num_ctx")
+
+
+def _lm_studio_window(root: str, model: str, timeout: float) -> Window | None:
+    entry = _entry(_get_json(root + "/api/v0/models", timeout=timeout), model)
+    if entry is None:
+        return None
+    tokens = _positive(entry.get("loaded_context_length")) or _positive(entry.get("max_context_length"))
+    return Window(tokens, "LM Studio /api/v0/models") if tokens else None
+
+
+def _listed_window(base_url: str, model: str, api_key: str | None, local: bool, timeout: float) -> Window | None:
+    """What `/models` says of the model: vLLM's and OpenRouter's figures, or llama-cpp-python's default."""
+    listing = _get_json(base_url.rstrip("/") + "/models", api_key=api_key, timeout=timeout)
+    entry = _entry(listing, model)
     if entry is not None:
         if _positive(entry.get("max_model_len")):
             return Window(int(entry["max_model_len"]), "vLLM /models max_model_len")
         if _positive(entry.get("context_length")):
             return Window(int(entry["context_length"]), "/models context_length")
+    if local and _is_llama_cpp_python(listing):
+        return Window(LLAMA_CPP_PYTHON_DEFAULT_N_CTX, "llama-cpp-python's default n_ctx")
     return None
+
+
+def _is_llama_cpp_python(listing: Any) -> bool:
+    """llama-cpp-python's server says nothing of its window, but its `/models` is recognisable: every
+    model is "owned_by": "me" (and, without an alias, its id is the path of a .gguf file)."""
+    entries = listing.get("data") if isinstance(listing, dict) else None
+    if not isinstance(entries, list) or not entries:
+        return False
+    return all(isinstance(e, dict) and e.get("owned_by") == "me" for e in entries)
 
 
 def _cache_path() -> str:

@@ -30,7 +30,10 @@ COMPLETE_REASONS = {"stop", "end_turn", "eos", "eos_token", "stop_sequence", "to
 def finish_note(reason: str | None, window_full: bool = False) -> str:
     """What to tell the user about a reply that ended with a reason that does not mean it is whole."""
     if reason == "length" and window_full:
-        return "reply cut off because the model's context window is full (not by --max-tokens): send less history"
+        return (
+            "reply cut off because the model's context window is full (not by the output token limit): "
+            "the next turn sends fewer older messages"
+        )
     return FINISH_NOTES.get(reason or "") or f"the reply ended early (finish reason {reason!r}): it may be incomplete"
 
 

@@ -331,6 +331,7 @@ class Recorded:
     path: str
     headers: dict[str, str]
     body: Any
+    at: float = field(default_factory=time.monotonic)  # when the request arrived
 
 
 class FakeServer:
@@ -350,9 +351,15 @@ class FakeServer:
         # "llama.cpp" (/props; 400 exceed_context_size_error), "llama-cpp-python" (no window endpoint;
         # 200 with an empty stream), "vllm" (max_model_len in /models; 400 "maximum context length"),
         # "ollama" (/api/show num_ctx; truncates silently), "lmstudio" (/api/v0/models), "openrouter".
+        # "llama-cpp-python" is recognisable by its /models ("owned_by": "me") and, like the real one, stops a
+        # reply with finish_reason "length" when prompt and reply fill the window; "empty-stream" is a server
+        # that cannot be recognised and answers an overflowing prompt with an empty stream.
         self.local: str | None = None
+        self.recognisable = True  # False: a llama-cpp-python whose /models does not give it away
+        self.probe_delay = 0.0  # seconds before answering a GET (the endpoints that say a server's window)
         self.n_ctx: int | None = None
         self.overflows = 0  # requests refused (or emptied) because the prompt did not fit
+        self.window_cuts = 0  # replies llama-cpp-python stopped with "length" because the window was full
         self.tokenizer_ratio: float | None = None  # default replies report the prompt as the estimate times this
         server = self
 
@@ -364,6 +371,8 @@ class FakeServer:
 
             def do_GET(self) -> None:
                 server._record(self, None)
+                if server.probe_delay:
+                    time.sleep(server.probe_delay)  # a server slow to answer anything but the model
                 path = self.path.rstrip("/")
                 info = server._local_info(path)
                 if info is not None:
@@ -385,6 +394,8 @@ class FakeServer:
                 except ValueError:
                     body = raw.decode("utf-8", "replace")
                 server._record(self, body)
+                if self.path.rstrip("/") == "/api/show" and server.probe_delay:
+                    time.sleep(server.probe_delay)
                 if self.path.rstrip("/") == "/api/show" and server.local == "ollama":
                     show = {
                         "parameters": f'num_ctx                        {server.n_ctx}\nstop "<|eot_id|>"',
@@ -407,7 +418,7 @@ class FakeServer:
                     reported = round(server.prompt_tokens(body) * server.tokenizer_ratio)
                     self._send(chat_reply(prompt_tokens=reported))
                 else:
-                    self._send(server._next(self.path))
+                    self._send(server._fill_window(body, server._next(self.path)))
 
             def _send(self, behaviour: Behaviour) -> None:
                 try:
@@ -485,7 +496,29 @@ class FakeServer:
             }
         return None
 
+    def _fill_window(self, body: Any, behaviour: Behaviour) -> Behaviour:
+        """llama-cpp-python generates until prompt and reply fill its window, then stops with "length"."""
+        if self.local != "llama-cpp-python" or self.n_ctx is None or not isinstance(body, dict):
+            return behaviour
+        prompt = self.prompt_tokens(body)
+        text = "".join(
+            delta.get("content") or ""
+            for piece in behaviour.pieces
+            if isinstance(piece, bytes)
+            for line in piece.decode("utf-8", "replace").splitlines()
+            if line.startswith("data: {")
+            for choice in json.loads(line[6:]).get("choices") or []
+            for delta in [choice.get("delta") or {}]
+        )
+        room = self.n_ctx - prompt
+        if len(text.encode()) // 4 <= room:
+            return behaviour
+        self.window_cuts += 1
+        return chat_reply(text[: max(0, room) * 4], finish="length", prompt_tokens=prompt, completion_tokens=room)
+
     def _model_extra(self) -> dict:
+        if self.local == "llama-cpp-python" and self.recognisable:
+            return {"owned_by": "me"}
         if self.local == "vllm":
             return {"max_model_len": self.n_ctx, "owned_by": "vllm"}
         if self.local == "openrouter":
@@ -515,7 +548,7 @@ class FakeServer:
         if prompt < self.n_ctx:
             return None
         self.overflows += 1
-        if self.local == "llama-cpp-python":
+        if self.local in ("llama-cpp-python", "empty-stream"):
             return Behaviour(pieces=[])  # 200, event stream headers, and nothing at all
         return error_status(
             400,

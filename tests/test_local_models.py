@@ -40,7 +40,7 @@ def test_stats_shows_the_window_and_where_it_came_from(spawn, server):
     child.expect(pexpect.EOF)
 
 
-@pytest.mark.parametrize("local", ["llama.cpp", "llama-cpp-python", "vllm"])
+@pytest.mark.parametrize("local", ["llama.cpp", "llama-cpp-python", "empty-stream", "vllm"])
 def test_thirty_turns_in_a_2048_token_window_get_a_reply_every_turn(run, server, tmp_path, local):
     server.local, server.n_ctx = local, 2048
     db = str(tmp_path / "s.db")
@@ -53,12 +53,13 @@ def test_thirty_turns_in_a_2048_token_window_get_a_reply_every_turn(run, server,
         assert result.out.startswith(f"Answer {turn}.")
         sent = server.posts[-1].body["messages"]
         assert sent[-1]["content"] == question and sent[0]["role"] == "system"
-    assert server.overflows <= (1 if local == "llama-cpp-python" else 0)  # no window endpoint: learned once
+    assert server.overflows <= (1 if local == "empty-stream" else 0)  # says nothing of its window: learned once
+    assert server.window_cuts == 0
     assert len(server.posts) <= 31
 
 
 def test_an_overflow_is_recovered_once_and_the_smaller_window_remembered(run, server, tmp_path):
-    server.local, server.n_ctx = "llama-cpp-python", 2048  # says nothing of its window; empty stream when full
+    server.local, server.n_ctx = "empty-stream", 2048  # says nothing of its window; empty stream when full
     db = str(tmp_path / "s.db")
     results = []
     for turn in range(14):
@@ -130,3 +131,65 @@ def test_estimates_are_calibrated_by_the_server_and_never_exceed_the_output_limi
     server.push(chat_reply("word " * 400, usage="none"))
     capped = json.loads(run("--json", "--max-tokens", "50", "long please").out)
     assert capped["usage"]["output_tokens"] <= 50
+
+
+# -- llama-cpp-python: a window it never announces ------------------------------------------
+
+
+NO_MESSAGE_LIMIT = {"OPENAI_MAX_HISTORY_MESSAGES": "1000"}  # only the window keeps the prompt in bounds
+
+
+def long_conversation(run, server, db, turns=15, extra=()):
+    """A conversation resumed with --session, with long replies (about 300 words): the window fills
+    between a prompt and its reply, where llama-cpp-python stops the reply with "length"."""
+    results = []
+    for turn in range(turns):
+        server.push(chat_reply(f"Answer {turn}. " + "A sentence that explains a little more of it. " * 35))
+        question = f"Question {turn}: " + "tell me more about how this part of the system works. " * 2
+        results.append(run("--db", db, "--session", "long", *extra, question, extra_env=NO_MESSAGE_LIMIT))
+    return results
+
+
+def test_llama_cpp_python_is_recognised_and_fifteen_turns_in_its_default_window_are_whole(run, server, tmp_path):
+    server.local, server.n_ctx = "llama-cpp-python", 2048  # no window endpoint; "length" when the window fills
+    results = long_conversation(run, server, str(tmp_path / "s.db"), extra=["-v"])
+    for turn, result in enumerate(results):
+        assert result.returncode == 0, (turn, result.err)
+        assert result.out.startswith(f"Answer {turn}.") and "cut off" not in result.err
+    assert "window=2048(llama-cpp-python's_default_n_ctx)" in results[0].err
+    assert server.window_cuts == 0 and server.overflows == 0
+
+
+def test_a_length_finish_far_below_the_limit_teaches_the_window(run, server, tmp_path):
+    server.local, server.n_ctx = "llama-cpp-python", 2048
+    server.recognisable = False  # nothing says how big the window is: the guess is 8,192
+    results = long_conversation(run, server, str(tmp_path / "s.db"), extra=["-v"])
+    cut = [turn for turn, r in enumerate(results) if r.returncode != 0]
+    assert len(cut) == 1, [r.err for r in results]  # the window fills once; from then on it is known
+    first_cut = results[cut[0]]
+    assert "context window is full" in first_cut.err and "the next turn sends fewer older messages" in first_cut.err
+    assert "--max-tokens" not in first_cut.err
+    after = results[cut[0] + 1 :]
+    assert after and all(r.returncode == 0 and "cut off" not in r.err for r in after)
+    assert "a_reply_cut_off_at" in after[0].err and "older messages not sent" in after[0].err
+    assert server.window_cuts == 1
+
+
+def test_one_message_larger_than_a_silent_servers_window_is_said_to_be_too_long(run, server):
+    server.local, server.n_ctx = "empty-stream", 2048  # answers an overflowing prompt with an empty stream
+    result = run("please read this: " + "many words of a very long document " * 400)
+    assert result.returncode == 2, result.err
+    assert "larger than the model's context window" in result.err and "shorten it" in result.err
+    assert "finish signal" not in result.err and "Traceback" not in result.err
+
+
+def test_asking_a_slow_local_server_its_window_is_bounded_by_the_timeout(run, server):
+    server.local, server.n_ctx = "llama-cpp-python", 2048
+    server.probe_delay = 2.5  # each window endpoint takes 2.5 s to answer; asked one after another: 10 s
+    result = run("--timeout", "1", "-v", "hi")
+    assert result.returncode == 0, result.err
+    probes = [r for r in server.requests if r.method == "GET" or r.path.endswith("/api/show")]
+    assert len(probes) >= 3
+    assert max(p.at for p in probes) - min(p.at for p in probes) < 0.5  # asked at once, not in turn
+    assert server.posts[0].at - min(p.at for p in probes) < 1.9  # gave up within the timeout, then asked the model
+    assert "window=-" not in result.err

@@ -266,8 +266,11 @@ def test_zero_config_banner_names_the_local_server(spawn, server):
     child = spawn(
         "--no-save", extra_env={"OPENAI_BASE_URL": "", "OPENAI_MODEL": "", "CHATBOT_LOCAL_PORTS": f"1,{server.port}"}
     )
-    child.expect(f"chatbot .* · test-model · 127.0.0.1:{server.port}( · |\\s+)found a local server")
+    child.logfile_read = io.StringIO()
+    child.expect(f"chatbot .* · test-model · 127.0.0.1:{server.port}")
+    child.expect_exact(f"using the local server at 127.0.0.1:{server.port}")
     child.expect_exact(PROMPT)
+    assert child.logfile_read.getvalue().count(f"127.0.0.1:{server.port}") == 2  # the banner's host, the note
     send(child, "hi")
     child.expect_exact("Hello from the test server.")
 
