@@ -40,7 +40,7 @@ PY = sys.executable
 CHATBOT = str(ROOT / "chatbot.py")
 FLOOR = str(ROOT / "bench" / "floor.py")
 ROWS: list[tuple[str, str, str, str, str, str]] = []
-PARTS = ("startup", "stream", "markdown", "context", "telegram")
+PARTS = ("startup", "stream", "pace", "markdown", "context", "telegram")
 
 
 def row(name, ours, baseline, ratio, target, ok):
@@ -659,6 +659,10 @@ def main():
             bench_first_token(server, env, runs)
         if "stream" in chosen:
             bench_throughput(server, env, max(3, runs // 2), 2_000 if args.quick else 20_000)
+        if "pace" in chosen:
+            import pace
+
+            pace.main(row, server, env, 1 if args.quick else 3)
         if "markdown" in chosen:
             bench_markdown((1_000, 2_000) if args.quick else (5_000, 20_000, 50_000), 10 if args.quick else 60)
         if "context" in chosen:

@@ -233,7 +233,7 @@ def test_wheel_holds_the_engine_both_front_ends_and_their_console_scripts(tmp_pa
     ):
         assert module in names
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
-    assert "chatbot = chatbot:main" in entry_points and "chatbot-telegram = telegram_bot:main" in entry_points
+    assert "chatbot = chatbot:cli" in entry_points and "chatbot-telegram = telegram_bot:main" in entry_points
 
 
 def test_piped_one_shot_imports_only_what_it_uses(run, server, env):
