@@ -243,10 +243,10 @@ def test_piped_one_shot_imports_only_what_it_uses(run, server, env):
 
     from conftest import CHATBOT
 
-    code = (
-        "import runpy, sys, atexit\n"
-        "atexit.register(lambda: print('MODULES', ' '.join(sorted(sys.modules)), file=sys.stderr))\n"
-        f"sys.argv = ['chatbot', 'hi']\nrunpy.run_path({CHATBOT!r}, run_name='__main__')\n"
+    code = (  # main() as the `chatbot` command runs it (cli() then leaves without the interpreter's teardown)
+        f"import os, sys\nsys.path.insert(0, {os.path.dirname(CHATBOT)!r})\nimport chatbot\n"
+        "status = chatbot.main(['hi'])\nsys.stdout.flush()\n"
+        "print('MODULES', ' '.join(sorted(sys.modules)), file=sys.stderr)\nsys.exit(status)\n"
     )
     full_env = dict(env, OPENAI_BASE_URL=server.base_url, OPENAI_MODEL="test-model")
     out = subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True, text=True, timeout=30)
