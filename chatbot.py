@@ -256,7 +256,9 @@ class Repl:
 
     def close(self) -> int:
         """Leave: an empty chat leaves no session behind, and the session is released."""
-        self.chat.close()
+        self.chat.leave()
+        if self.chat.store is not None:
+            self.chat.store.close()
         return EXIT_OK
 
 
@@ -515,7 +517,9 @@ def one_shot(args: Any, environ: dict[str, str]) -> int:
         return run_once(chat, prompt, args)
     finally:
         held_log.show(sys.stderr)
-        chat.close()
+        chat.leave()
+        if store is not None:
+            store.close()
 
 
 def resume(chat: Chat, store: SessionStore, args: Any) -> None:

@@ -208,13 +208,23 @@ class Chat:
 
     # -- the conversation's edits: each one saved here --------------------------
 
-    def send(self, text: str, on_event: OnEvent, stream: bool = True, cancel: Cancel | None = None) -> TurnResult:
-        """Add the user's message and answer it.
+    def send(
+        self,
+        text: str,
+        on_event: OnEvent,
+        stream: bool = True,
+        cancel: Cancel | None = None,
+        on_added: Callable[[Message], None] | None = None,
+    ) -> TurnResult:
+        """Add the user's message and answer it. `on_added` hears of the message once it is saved,
+        before the request (the Telegram front-end ties it to the updates it answers).
 
         Whatever ends the turn without a reply (a Failure, PromptTooLarge, Ctrl-C while the request
         is prepared, a bug) takes the message back out: the history never keeps a message that got
         no answer, and the saved session says the same."""
-        self._add_user(text)
+        message = self._add_user(text)
+        if on_added is not None:
+            on_added(message)
         return self._answer(on_event, stream, cancel)
 
     def retry(self, on_event: OnEvent, stream: bool = True, cancel: Cancel | None = None) -> TurnResult:
@@ -256,6 +266,18 @@ class Chat:
     def rename_session(self, name: str) -> None:
         self.session.rename(name)  # StoreError when the name is taken
 
+    def take_back(self, row_ids: set[int]) -> list[Message]:
+        """Take out the first saved message of `row_ids` and everything after it (an earlier run's
+        unfinished turn, to be answered anew); returns what was taken out."""
+        history = self.conversation.history
+        start = next((i for i, m in enumerate(history) if m.row_id is not None and m.row_id in row_ids), None)
+        if start is None:
+            return []
+        removed = history[start:]
+        del history[start:]
+        self.session.delete(removed)
+        return removed
+
     def take_back_unanswered(self) -> str | None:
         """A resumed conversation ending in a message that never got its reply (the last run ended
         first): the message is taken out and returned, for the front-end to offer again."""
@@ -266,17 +288,19 @@ class Chat:
         self.session.delete([message])
         return message.content
 
-    def _add_user(self, text: str) -> None:
+    def _add_user(self, text: str) -> Message:
         message = Message("user", text)
         history = self.conversation.history
         if history and history[-1].role == "user":
-            # Never two user turns in a row: a previous run ended before its reply. Merge.
+            # Never two user turns in a row: a previous run ended before its reply. Merge (a front-end
+            # that answers such a message anew calls take_back_unanswered first).
             history[-1].content += "\n\n" + text
             history[-1].tokens = None
             self.session.update(history[-1])
-            return
+            return history[-1]
         history.append(message)
         self.session.add(message)  # write-ahead: saved before the request
+        return message
 
     def _drop_unanswered(self) -> None:
         history = self.conversation.history
@@ -427,12 +451,11 @@ class Chat:
         if model and model != self.model and "model" not in self.settings.sources:
             self._use_model(model)
 
-    def close(self) -> None:
-        """Leave: an empty session is not kept, the claim is released, the store closed."""
+    def leave(self) -> None:
+        """Let go of the session (an empty one is not kept, the claim is released); the store stays
+        open: whoever opened it closes it."""
         self.session.leave()
         self.session = NOT_SAVED
-        if self.store is not None:
-            self.store.close()
 
     CHECKPOINT_SECONDS = 0.5
 
