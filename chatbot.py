@@ -31,8 +31,8 @@ from typing import Any
 from chatcore import __version__
 from chatcore.chat import Chat, Refused
 from chatcore.conversation import PromptTooLarge
-from chatcore.log import report_bug
-from chatcore.provider import Failure, one_line
+from chatcore.log import one_line, report_bug
+from chatcore.provider import Failure
 from chatcore.settings import BOOL_SETTINGS, SETTINGS, ConfigError, Settings, load_settings, resolve_settings
 from chatcore.store import SessionStore, StoreError, default_db_path, write_export
 from chatcore.turn import Cancel, Outcome, TurnResult

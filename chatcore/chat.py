@@ -18,6 +18,7 @@ from .conversation import (
     Message,
     PromptTooLarge,
     Request,
+    Status,
     build_request,
     token_budget,
 )
@@ -29,7 +30,7 @@ from .settings import Settings, is_local_url
 from .store import SessionStore, StoreError
 from .streams import TEXT, Event
 from .tokens import TokenCounter, encoding_for_model
-from .turn import Cancel, Status, TurnResult, stream_turn
+from .turn import Cancel, TurnResult, stream_turn
 from .usage import TurnStats, Usage, model_info, total_usage, turn_cost
 
 OnEvent = Callable[[Event, str], None]
@@ -396,7 +397,7 @@ class Chat:
         if store.readonly:
             row = store.find(name)
             if row is not None:
-                self._load(*store.load(row[0]))
+                self._load(*store.load(row.id))
             else:
                 self.conversation, self.requests = Conversation(self.conversation.system), []
             self.session = NOT_SAVED

@@ -300,22 +300,22 @@ class Turn:
         settings = self.settings
         for event in events_from_response(response, settings.api):
             self.stopped_yet()
-            kind = event[0]
-            if kind is TEXT:
+            # event[0] each time rather than a local: mypy narrows the tuple's type only this way
+            if event[0] is TEXT:
                 if result.ttft is None:
                     result.ttft = time.monotonic() - self.started
                 parts.append(event[1])
                 on_event(TEXT, event[1])
-            elif kind is REASONING:
+            elif event[0] is REASONING:
                 if result.ttft is None:
                     result.ttft = time.monotonic() - self.started
                 result.reasoning_chars += len(event[1])
                 on_event(REASONING, event[1])
-            elif kind is USAGE:
+            elif event[0] is USAGE:
                 result.usage = event[1]
-            elif kind is FINISH:
+            elif event[0] is FINISH:
                 result.finish_reason = event[1]
-            elif kind is ERROR:
+            elif event[0] is ERROR:
                 raise self.stream_error(event[1], event[2])
             now = time.monotonic()
             if now > self.done_by:
