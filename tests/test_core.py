@@ -6,6 +6,7 @@ import itertools
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import CHATBOT, ROOT
@@ -78,7 +79,7 @@ def imported_modules(path):
     import ast
 
     names = set()
-    for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+    for node in ast.walk(ast.parse(Path(path).read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             names.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
@@ -137,8 +138,8 @@ def test_import_has_no_side_effects(tmp_path):
 
 def test_env_example_and_readme_list_every_setting():
     root = os.path.dirname(CHATBOT)
-    example = open(os.path.join(root, ".env.example")).read()
-    readme = open(os.path.join(root, "README.md")).read()
+    example = Path(root, ".env.example").read_text()
+    readme = Path(root, "README.md").read_text()
     assert example == config.env_example()
     assert config.settings_table() in readme
     for setting in config.SETTINGS:

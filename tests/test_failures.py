@@ -9,29 +9,13 @@ from __future__ import annotations
 import email.utils
 import json
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 
 import pytest
-from conftest import CHATBOT, assert_clean
+from conftest import CHATBOT, assert_clean, saved
 from server import CUT, SLEEP, Behaviour, chat_reply, chunk, error_status, sse
-
-
-@pytest.fixture
-def db(tmp_path):
-    return str(tmp_path / "sessions.db")
-
-
-def saved(db_path, session="s"):
-    """(role, content, flags) of every message saved in a session."""
-    with sqlite3.connect(db_path) as connection:
-        return connection.execute(
-            "SELECT m.role, m.content, m.flags FROM messages m JOIN sessions s ON s.id = m.session_id "
-            "WHERE s.name = ? ORDER BY m.id",
-            (session,),
-        ).fetchall()
 
 
 def one_line_error(result, needle):

@@ -6,6 +6,7 @@ import json
 
 import pexpect
 import pytest
+from conftest import PROMPT, send
 from server import chat_reply
 
 SERVERS = [
@@ -31,12 +32,12 @@ def test_the_window_is_learned_from_the_server_and_said_with_its_source(run, ser
 def test_stats_shows_the_window_and_where_it_came_from(spawn, server):
     server.local, server.n_ctx = "llama.cpp", 2048
     child = spawn("--no-save")
-    child.expect_exact("❯")
-    child.send("hi\r")
+    child.expect_exact(PROMPT)
+    send(child, "hi")
     child.expect_exact("Hello from the test server.")
-    child.send("/stats\r")
+    send(child, "/stats")
     child.expect_exact("context window: 2,048 tokens (llama.cpp /props)")
-    child.send("/exit\r")
+    send(child, "/exit")
     child.expect(pexpect.EOF)
 
 

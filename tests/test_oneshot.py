@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import CHATBOT, assert_clean, run_chatbot
+from conftest import CHATBOT, PROMPT, assert_clean, run_chatbot, send
 from server import SLEEP, chat_reply, error_status
 
 
@@ -382,11 +382,11 @@ def test_save_expands_the_home_directory(spawn, server, home):
     import pexpect
 
     child = spawn("--no-save")
-    child.expect_exact("❯")
-    child.send("hi\r")
+    child.expect_exact(PROMPT)
+    send(child, "hi")
     child.expect_exact("Hello from the test server.")
-    child.send("/save ~/talk.md\r")
+    send(child, "/save ~/talk.md")
     child.expect_exact("saved 2 messages to ~/talk.md")
-    child.send("/exit\r")
+    send(child, "/exit")
     child.expect(pexpect.EOF)
     assert "Hello from the test server." in (home / "talk.md").read_text()

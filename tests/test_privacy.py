@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 import pexpect
-from conftest import assert_clean
+from conftest import PROMPT, assert_clean, send
 
 PHRASE = "zebra-secret-4242 my diary entry"
 
@@ -37,26 +38,26 @@ def files_holding(home, needle):
     hits = []
     for root in ("data", "state", "cache"):
         for path, _ in modes(home / root):
-            if os.path.isfile(path) and needle.encode() in open(path, "rb").read():
+            if os.path.isfile(path) and needle.encode() in Path(path).read_bytes():
                 hits.append(path)
     return hits
 
 
 def test_repl_session_files_are_owner_only_and_undo_leaves_no_trace(spawn, server, home):
     child = spawn()
-    child.expect_exact("❯")
-    child.send(PHRASE + "\r")
+    child.expect_exact(PROMPT)
+    send(child, PHRASE)
     child.expect_exact("Hello from the test server.")
-    child.expect_exact("❯")
+    child.expect_exact(PROMPT)
     assert files_holding(home, PHRASE)  # it was saved (the check below can fail)
-    child.send("/undo\r")
+    send(child, "/undo")
     child.expect_exact("removed the last exchange")
-    child.expect_exact("❯")
+    child.expect_exact(PROMPT)
     # While the chat is still open (its write-ahead log too), the words are already gone.
     assert files_holding(home, PHRASE) == []
-    child.send("still here\r")
+    send(child, "still here")
     child.expect_exact("Hello from the test server.")
-    child.send("/exit\r")
+    send(child, "/exit")
     child.expect(pexpect.EOF)
     assert_owner_only(home)
     assert files_holding(home, PHRASE) == []
@@ -67,14 +68,14 @@ def test_deleting_a_session_removes_its_words_from_every_file(spawn, run, server
     assert run("--session", "diary", PHRASE).returncode == 0
     assert files_holding(home, PHRASE)
     child = spawn("--session", "other")
-    child.expect_exact("❯")
-    child.send("/delete diary\r")
+    child.expect_exact(PROMPT)
+    send(child, "/delete diary")
     child.expect_exact("for good? [y/N]")
-    child.send("y\r")
+    send(child, "y")
     child.expect_exact("deleted 'diary'")
-    child.expect_exact("❯")
+    child.expect_exact(PROMPT)
     assert files_holding(home, PHRASE) == []  # at once, with the chat still open
-    child.send("/exit\r")
+    send(child, "/exit")
     child.expect(pexpect.EOF)
     assert files_holding(home, PHRASE) == []
 

@@ -8,20 +8,8 @@ import time
 
 import pexpect
 import pytest
+from conftest import PROMPT, send, started
 from server import SLEEP, chat_reply, error_status
-
-PROMPT = "❯"
-
-
-def started(spawn, *args, **kwargs):
-    child = spawn(*args, **kwargs)
-    child.expect("chatbot .* · test-model · 127.0.0.1:\\d+ .*/help")
-    child.expect_exact(PROMPT)
-    return child
-
-
-def send(child, text):
-    child.send(text + "\r")
 
 
 def test_banner_reply_stats_clear_exit(spawn, server):
@@ -148,20 +136,20 @@ def test_tab_completes_commands(spawn, server):
     child.send("/sta")
     child.send("\t")
     time.sleep(0.3)
-    child.send("\r")
+    send(child, "")
     child.expect("messages in memory")
 
 
 def test_alt_enter_adds_a_line_and_paste_keeps_newlines(spawn, server):
     child = started(spawn, "--no-save")
     child.send("first line")
-    child.send("\x1b\r")  # Esc Enter
-    child.send("second line\r")
+    send(child, "\x1b")  # Esc Enter
+    send(child, "second line")
     child.expect_exact("Hello from the test server.")
     child.expect_exact(PROMPT)
     assert server.posts[-1].body["messages"][-1]["content"] == "first line\nsecond line"
     child.send("\x1b[200~pasted one\npasted two\x1b[201~")
-    child.send("\r")
+    send(child, "")
     child.expect_exact("Hello from the test server.")
     child.expect_exact(PROMPT)
     assert server.posts[-1].body["messages"][-1]["content"] == "pasted one\npasted two"

@@ -8,10 +8,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import assert_clean
+from conftest import PROMPT, assert_clean, send
 from server import SLEEP, Behaviour, error_status, responses_openai, responses_router, sse
-
-PROMPT = "❯"
 
 
 def case_router():
@@ -202,7 +200,7 @@ def test_repl(spawn, server, case):
     server.push(behaviour)
     child = spawn("--api", "responses", "--no-save", "--raw")
     child.expect_exact(PROMPT)
-    child.send("q\r")
+    send(child, "q")
     if expect["reply"]:
         child.expect_exact(expect["reply"])
     if "needle" in expect:
@@ -211,7 +209,7 @@ def test_repl(spawn, server, case):
     if not expect["reply"]:
         child.expect_exact("q")  # the failed message is back at the prompt
         child.sendcontrol("u")
-    child.send("again\r")
+    send(child, "again")
     child.expect_exact("Hello from the router.")
     child.expect_exact(PROMPT)
     body = server.posts[-1].body
@@ -220,7 +218,7 @@ def test_repl(spawn, server, case):
     assert roles == (["user", "assistant", "user"] if expect["reply"] else ["user"])
     assert body["input"][-1]["content"] == "again"
     assert "First I consider" not in json.dumps(body)
-    child.send("/api\r")
+    send(child, "/api")
     child.expect_exact("API: responses")
 
 

@@ -10,29 +10,14 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pexpect
 import pytest
-from conftest import CHATBOT, assert_clean
+from conftest import CHATBOT, PROMPT, assert_clean, saved, send
 from server import chat_reply
 
 from chatcore import store
-
-PROMPT = "❯"
-
-
-@pytest.fixture
-def db(tmp_path):
-    return str(tmp_path / "sessions.db")
-
-
-def rows(db_path, session):
-    with sqlite3.connect(db_path) as connection:
-        return connection.execute(
-            "SELECT m.role, m.content, m.flags FROM messages m JOIN sessions s ON s.id = m.session_id "
-            "WHERE s.name = ? ORDER BY m.id",
-            (session,),
-        ).fetchall()
 
 
 def test_multi_invocation_script_holds_one_conversation(run, server, db):
@@ -47,7 +32,7 @@ def test_multi_invocation_script_holds_one_conversation(run, server, db):
         ("assistant", "Step one noted."),
         ("user", "and next?"),
     ]
-    assert [r[:2] for r in rows(db, "plan")] == [
+    assert [r[:2] for r in saved(db, "plan")] == [
         ("user", "step one"),
         ("assistant", "Step one noted."),
         ("user", "and next?"),
@@ -57,7 +42,7 @@ def test_multi_invocation_script_holds_one_conversation(run, server, db):
 
 def test_one_shot_without_session_saves_nothing(run, server, db):
     run("--db", db, "q")
-    assert not os.path.exists(db) or rows(db, "anything") == []
+    assert not os.path.exists(db) or saved(db, "anything") == []
 
 
 def test_continue_resumes_the_most_recent(run, server, db):
@@ -65,13 +50,13 @@ def test_continue_resumes_the_most_recent(run, server, db):
     time.sleep(0.01)
     run("--db", db, "--session", "recent", "second")
     run("--db", db, "-c", "third")
-    assert [r[1] for r in rows(db, "recent") if r[0] == "user"] == ["second", "third"]
+    assert [r[1] for r in saved(db, "recent") if r[0] == "user"] == ["second", "third"]
 
 
 def test_repl_saves_by_default_and_resumes(spawn, server, db):
     child = spawn("--db", db, "--session", "talk")
     child.expect_exact(PROMPT)
-    child.send("remember the word pineapple\r")
+    send(child, "remember the word pineapple")
     child.expect_exact("Hello from the test server.")
     child.expect_exact(PROMPT)
     child.sendcontrol("d")
@@ -79,10 +64,10 @@ def test_repl_saves_by_default_and_resumes(spawn, server, db):
     child = spawn("--db", db, "--session", "talk")
     child.expect_exact("resumed session 'talk': 1 turn (2 messages)")
     child.expect_exact(PROMPT)
-    child.send("/stats\r")
+    send(child, "/stats")
     child.expect("session: 1 request · 12 in · 6 out")
     child.expect_exact(PROMPT)
-    child.send("what was the word?\r")
+    send(child, "what was the word?")
     child.expect_exact("Hello from the test server.")
     child.expect_exact(PROMPT)
     contents = [m["content"] for m in server.posts[-1].body["messages"]]
@@ -92,17 +77,17 @@ def test_repl_saves_by_default_and_resumes(spawn, server, db):
 def test_automatic_name_and_no_save(spawn, server, db):
     child = spawn("--db", db)
     child.expect_exact(PROMPT)
-    child.send("hi\r")
+    send(child, "hi")
     child.expect_exact("Hello from the test server.")
     child.expect_exact(PROMPT)
-    child.send("/sessions\r")
+    send(child, "/sessions")
     child.expect(r"\* chat-\d{8}-\d{6}\s+test-model\s+1 turn ")
     child.expect_exact(PROMPT)
     child.sendcontrol("d")
     child.expect(pexpect.EOF)
     unsaved = spawn("--db", db + ".2", "--no-save")
     unsaved.expect_exact(PROMPT)
-    unsaved.send("hi\r")
+    send(unsaved, "hi")
     unsaved.expect_exact("Hello from the test server.")
     unsaved.expect_exact(PROMPT)
     unsaved.sendcontrol("d")
@@ -113,31 +98,31 @@ def test_automatic_name_and_no_save(spawn, server, db):
 def test_session_commands(spawn, server, db, tmp_path):
     child = spawn("--db", db, "--session", "first")
     child.expect_exact(PROMPT)
-    child.send("hello\r")
+    send(child, "hello")
     child.expect_exact("Hello from the test server.")
     child.expect_exact(PROMPT)
-    child.send("/rename renamed\r")
+    send(child, "/rename renamed")
     child.expect_exact("session renamed to 'renamed'")
-    child.send("/session second\r")
+    send(child, "/session second")
     child.expect_exact("new session 'second'")
     child.expect_exact(PROMPT)
-    child.send("/sessions\r")
+    send(child, "/sessions")
     child.expect_exact("second")  # most recent first
     child.expect_exact("renamed")
-    child.send("/delete renamed\r")
+    send(child, "/delete renamed")
     child.expect_exact("Delete session 'renamed' for good? [y/N]")
-    child.send("n\r")
+    send(child, "n")
     child.expect_exact("kept")
-    child.send("/delete renamed\r")
+    send(child, "/delete renamed")
     child.expect_exact("[y/N]")
-    child.send("y\r")
+    send(child, "y")
     child.expect_exact("deleted 'renamed'")
-    child.send("/session renamed\r")  # gone: starts empty
+    send(child, "/session renamed")  # gone: starts empty
     child.expect_exact(PROMPT)
-    child.send("/stats\r")
+    send(child, "/stats")
     child.expect("messages in memory: 1")
     export_md = tmp_path / "out.md"
-    child.send(f"/save {export_md}\r")
+    send(child, f"/save {export_md}")
     child.expect_exact("saved 0 messages")
     child.expect_exact(PROMPT)
     child.sendcontrol("d")
@@ -170,20 +155,20 @@ def test_export_round_trip(run, server, db, tmp_path):
 def test_sigkill_mid_reply_loses_nothing_committed(env, server, db, spawn):
     server.push(chat_reply("partial " * 200, size=8, delay=0.05))
     full_env = dict(env, OPENAI_BASE_URL=server.base_url, OPENAI_MODEL="test-model")
-    process = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, CHATBOT, "--db", db, "--session", "crash", "tell me a story"],
         env=full_env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-    )
-    seen = process.stdout.read(200)
-    time.sleep(0.8)  # past a checkpoint
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=10)
-    saved = rows(db, "crash")
-    assert saved[0] == ("user", "tell me a story", "")
-    assert saved[1][0] == "assistant" and saved[1][2] == "cut short"
-    assert saved[1][1].startswith(seen.decode()[:100])
+    ) as process:
+        seen = process.stdout.read(200)
+        time.sleep(0.8)  # past a checkpoint
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+    messages = saved(db, "crash")
+    assert messages[0] == ("user", "tell me a story", "")
+    assert messages[1][0] == "assistant" and messages[1][2] == "cut short"
+    assert messages[1][1].startswith(seen.decode()[:100])
     with sqlite3.connect(db) as connection:
         assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     child = spawn("--db", db, "--session", "crash")
@@ -195,26 +180,26 @@ def test_sigkill_mid_reply_loses_nothing_committed(env, server, db, spawn):
 def test_kill_before_any_reply_puts_the_message_back(env, server, db, spawn):
     server.push(chat_reply("late", keepalives=100))
     full_env = dict(env, OPENAI_BASE_URL=server.base_url, OPENAI_MODEL="test-model")
-    process = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, CHATBOT, "--db", db, "--session", "early", "unanswered"],
         env=full_env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 10
-    while not server.posts and time.monotonic() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=10)
-    assert rows(db, "early") == [("user", "unanswered", "")]  # written ahead of the request
+    ) as process:
+        deadline = time.monotonic() + 10
+        while not server.posts and time.monotonic() < deadline:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+    assert saved(db, "early") == [("user", "unanswered", "")]  # written ahead of the request
     child = spawn("--db", db, "--session", "early")
     child.expect_exact("back in the prompt")
     child.expect_exact(PROMPT)
     child.expect_exact("unanswered")
-    child.send("\r")
+    send(child, "")
     child.expect_exact("Hello from the test server.")
     child.expect_exact(PROMPT)
-    assert [r[:2] for r in rows(db, "early")] == [("user", "unanswered"), ("assistant", "Hello from the test server.")]
+    assert [r[:2] for r in saved(db, "early")] == [("user", "unanswered"), ("assistant", "Hello from the test server.")]
 
 
 def test_two_processes_write_at_once(env, server, db):
@@ -243,7 +228,7 @@ def test_two_processes_write_at_once(env, server, db):
         assert process.returncode == 0, err
     for round_number in range(4):
         for name in ("alpha", "beta"):
-            assert [r[:2] for r in rows(db, f"{name}{round_number}")] == [
+            assert [r[:2] for r in saved(db, f"{name}{round_number}")] == [
                 ("user", f"{name} {round_number}"),
                 ("assistant", "Hello from the test server."),
             ]
@@ -290,25 +275,25 @@ def test_future_version_is_refused_untouched(run, server, db, spawn):
     connection.execute("PRAGMA user_version = 99")
     connection.commit()
     connection.close()
-    before = hashlib.sha256(open(db, "rb").read()).hexdigest()
+    before = hashlib.sha256(Path(db).read_bytes()).hexdigest()
     result = run("--db", db, "--session", "s", "q")
     assert_clean(result)
     assert result.returncode == 2 and "newer chatbot" in result.err
     child = spawn("--db", db)
     child.expect_exact("newer chatbot")
     child.expect_exact(PROMPT)
-    child.send("still chatting\r")
+    send(child, "still chatting")
     child.expect_exact("Hello from the test server.")
     child.expect_exact(PROMPT)
     child.sendcontrol("d")
     child.expect(pexpect.EOF)
-    assert hashlib.sha256(open(db, "rb").read()).hexdigest() == before
+    assert hashlib.sha256(Path(db).read_bytes()).hexdigest() == before
 
 
 def test_corrupt_file_gets_a_message_and_chat_goes_on(run, server, db, spawn):
     with open(db, "wb") as corrupt:
         corrupt.write(b"this is not a database" * 100)
-    before = open(db, "rb").read()
+    before = Path(db).read_bytes()
     result = run("--db", db, "--session", "s", "q")
     assert_clean(result)
     assert result.returncode == 2 and "unreadable" in result.err
@@ -316,21 +301,21 @@ def test_corrupt_file_gets_a_message_and_chat_goes_on(run, server, db, spawn):
     child.expect_exact("unreadable")
     child.expect_exact("chatting without saving")
     child.expect_exact(PROMPT)
-    child.send("hello\r")
+    send(child, "hello")
     child.expect_exact("Hello from the test server.")
     child.expect_exact(PROMPT)
     child.sendcontrol("d")
     child.expect(pexpect.EOF)
-    assert open(db, "rb").read() == before
+    assert Path(db).read_bytes() == before
 
 
 def test_session_never_stores_the_key(run, server, db):
     secret = "sk-test-" + "s" * 30
     run("--db", db, "--session", "s", "q", extra_env={"OPENAI_API_KEY": secret})
-    assert secret.encode() not in open(db, "rb").read()
+    assert secret.encode() not in Path(db).read_bytes()
     for extra in (db + "-wal",):
         if os.path.exists(extra):
-            assert secret.encode() not in open(extra, "rb").read()
+            assert secret.encode() not in Path(extra).read_bytes()
 
 
 def test_a_chat_with_no_messages_leaves_no_session(spawn, run, server, db):
@@ -344,20 +329,20 @@ def test_a_chat_with_no_messages_leaves_no_session(spawn, run, server, db):
 def test_continue_when_the_newest_session_is_open_elsewhere_starts_a_new_one(spawn, server, db):
     first = spawn("--db", db, "--session", "busy")
     first.expect_exact(PROMPT)
-    first.send("hello\r")
+    send(first, "hello")
     first.expect_exact("Hello from the test server.")
     second = spawn("--db", db, "-c")
     second.expect_exact("session 'busy' is in use by another chatbot")
     second.expect_exact("starting a new session instead: /sessions lists the saved ones, /session NAME opens one")
     second.expect_exact(PROMPT)
-    second.send("still usable\r")
+    send(second, "still usable")
     second.expect_exact("Hello from the test server.")
-    second.send("/exit\r")
+    send(second, "/exit")
     second.expect(pexpect.EOF)
     second.close()
     assert second.exitstatus == 0
     assert "--session" not in (second.before or "")
-    first.send("/exit\r")
+    send(first, "/exit")
     first.expect(pexpect.EOF)
 
 
@@ -398,11 +383,11 @@ def test_a_read_only_database_can_be_read_and_the_chat_goes_on_unsaved(run, spaw
     child = spawn("--db", db, "-c")
     child.expect_exact("is read-only: this conversation will not be saved")
     child.expect_exact(PROMPT)
-    child.send("third\r")
+    send(child, "third")
     child.expect_exact("Hello from the test server.")
-    child.send("/sessions\r")
+    send(child, "/sessions")
     child.expect_exact("s ")
-    child.send("/exit\r")
+    send(child, "/exit")
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
