@@ -18,6 +18,7 @@ tiktoken, genai-prices) are imported where they are first needed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -134,10 +135,7 @@ class Repl:
         on_event = waiting.until_first_event(view.on_event)
         stream = not self.args.no_stream
         try:
-            if text is None:
-                result = chat.retry(on_event, stream, cancel)
-            else:
-                result = chat.send(text, on_event, stream, cancel)
+            result = chat.retry(on_event, stream, cancel) if text is None else chat.send(text, on_event, stream, cancel)
             waiting.stop()
             view.finish()
         except Refused as exc:
@@ -584,10 +582,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return fail("interrupted", "interrupted", EXIT_INTERRUPTED)
     except BrokenPipeError:
-        try:
-            sys.stdout = open(os.devnull, "w")  # the reader went away: exit quietly
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            # the reader went away: exit quietly. Left open on purpose: it is stdout until the process ends.
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
         return EXIT_FAILED
     except Exception as exc:  # a bug of ours: one line for the user, the traceback in the log
         return fail("internal", f"internal error: {report_bug(exc)}", EXIT_FAILED)

@@ -113,7 +113,7 @@ OPTIONAL_PARAMETERS = ("stream_options", "max_tokens", "temperature", "store")  
 RENAMED_PARAMETERS = {"max_tokens": "max_completion_tokens"}  # sent under this name once the old is rejected
 
 
-def rejected_parameter(code: str | None, message: str, param: str | None) -> str | None:
+def rejected_parameter(message: str, param: str | None) -> str | None:
     """Which optional parameter a 400/422 rejects, if the error says so."""
     text = f"{param or ''} {message or ''}".lower()
     for name in OPTIONAL_PARAMETERS:
@@ -173,7 +173,7 @@ def watch_retries() -> None:
 class Provider:
     """The SDK client and request shape for one base URL. The SDK is imported on first use."""
 
-    def __init__(self, settings: Settings, notify: Callable[[str], None] = lambda text: None):
+    def __init__(self, settings: Settings, notify: Callable[[str], None] = lambda _text: None):
         self.settings = settings
         self.rejected: set[str] = set()  # optional parameters this server rejected, for the rest of the session
         self.notify = notify

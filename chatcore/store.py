@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -335,10 +336,8 @@ class SessionStore:
     def forget(self) -> None:
         """After a delete: copy the write-ahead log into the database (where secure_delete has zeroed
         the freed text) and truncate it, so the deleted words are in neither file."""
-        try:
+        with contextlib.suppress(self.sqlite3.Error):  # another process is reading: its next checkpoint does the same
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except self.sqlite3.Error:
-            pass  # another process is reading: its next checkpoint does the same
 
     @writes
     def clear(self, session_id: int) -> None:

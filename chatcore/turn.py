@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -130,10 +131,8 @@ class Cancel:
             self._event.set()
             response, self._response = self._response, None
         if response is not None:
-            try:
+            with contextlib.suppress(Exception):  # the reading thread sees the closed stream (or the flag) either way
                 response.close()
-            except Exception:
-                pass  # the reading thread sees the closed stream (or the flag) either way
 
     def watch(self, response: Any) -> None:
         """The response a turn is reading, to be closed by set()."""

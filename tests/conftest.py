@@ -204,7 +204,8 @@ def run(env, server):
 
 def assert_clean(result):
     """No traceback anywhere, whatever happened."""
-    assert "Traceback" not in result.out and "Traceback" not in result.err, result.err
+    assert "Traceback" not in result.out, result.out
+    assert "Traceback" not in result.err, result.err
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ SERVERS = [
 ]
 
 
-@pytest.mark.parametrize("local, source", SERVERS, ids=[s[0] for s in SERVERS])
+@pytest.mark.parametrize(("local", "source"), SERVERS, ids=[s[0] for s in SERVERS])
 def test_the_window_is_learned_from_the_server_and_said_with_its_source(run, server, local, source):
     server.local, server.n_ctx = local, 3072
     result = run("-v", "hi")
@@ -53,7 +53,8 @@ def test_thirty_turns_in_a_2048_token_window_get_a_reply_every_turn(run, server,
         assert result.returncode == 0, (turn, result.err)
         assert result.out.startswith(f"Answer {turn}.")
         sent = server.posts[-1].body["messages"]
-        assert sent[-1]["content"] == question and sent[0]["role"] == "system"
+        assert sent[-1]["content"] == question
+        assert sent[0]["role"] == "system"
     assert server.overflows <= (1 if local == "llama-cpp-python" else 0)  # no window endpoint: learned once
     assert len(server.posts) <= 31
 
@@ -68,13 +69,15 @@ def test_an_overflow_is_recovered_once_and_the_smaller_window_remembered(run, se
     assert all(r.returncode == 0 and r.out.startswith("Hello") for r in results)
     assert server.overflows == 1  # learned once, then remembered across runs
     [recovered] = [r for r in results if "overflowed" in r.err]
-    assert "retrying once with fewer older turns" in recovered.err and "older messages not sent" in recovered.err
+    assert "retrying once with fewer older turns" in recovered.err
+    assert "older messages not sent" in recovered.err
 
 
 def test_with_a_base_url_and_no_model_the_served_model_is_asked_for(run, server):
     server.models = ["qwen2.5-0.5b-instruct"]
     result = run("hi", extra_env={"OPENAI_MODEL": ""})
-    assert result.returncode == 0 and server.posts[-1].body["model"] == "qwen2.5-0.5b-instruct"
+    assert result.returncode == 0
+    assert server.posts[-1].body["model"] == "qwen2.5-0.5b-instruct"
     assert result.err == ""
     server.models = ["first-model", "second-model"]
     result = run("hi", extra_env={"OPENAI_MODEL": ""})
@@ -92,7 +95,7 @@ def test_zero_config_with_a_placeholder_key_finds_the_local_server_and_says_so(r
     assert server.posts[-1].headers["authorization"] == "Bearer not-needed"  # the placeholder is not sent on
 
 
-def test_when_no_local_server_answers_the_ports_tried_are_listed(run, server):
+def test_when_no_local_server_answers_the_ports_tried_are_listed(run):
     result = run("hi", extra_env={"CHATBOT_LOCAL_PORTS": "1,2"}, base=False)
     assert result.returncode == 2
     assert "no local server answered on 127.0.0.1 ports 1, 2" in result.err
@@ -102,7 +105,8 @@ def test_a_length_finish_below_the_output_limit_is_blamed_on_the_window(run, ser
     server.push(chat_reply("Cut", finish="length", completion_tokens=40))
     result = run("--json", "q")
     payload = json.loads(result.out)
-    assert result.returncode == 1 and "context window is full" in payload["error"]["message"]
+    assert result.returncode == 1
+    assert "context window is full" in payload["error"]["message"]
     server.push(chat_reply("Cut", finish="length", completion_tokens=1000))
     assert "--max-tokens" in run("q").err
 
@@ -112,9 +116,11 @@ def test_estimates_are_calibrated_by_the_server_and_never_exceed_the_output_limi
 
     counter = TokenCounter("some-local-model", load_wait=0.0)
     counter._tried, counter._encoding = True, None  # no tokenizer: a byte estimate
-    assert counter.calibrate(estimated=1250, reported=1000) and counter.scale == 0.8
+    assert counter.calibrate(estimated=1250, reported=1000)
+    assert counter.scale == 0.8
     assert not counter.calibrate(estimated=1000, reported=12)  # implausible: a placeholder usage is ignored
-    assert counter.count_text("x" * 400) == round(estimate_tokens("x" * 400) * 0.8) and "0.800" in counter.key
+    assert counter.count_text("x" * 400) == round(estimate_tokens("x" * 400) * 0.8)
+    assert "0.800" in counter.key
     # End to end: the server counts prompts 20% smaller than our estimate; the next estimate follows it.
     server.tokenizer_ratio = 0.8
     server.local, server.n_ctx = "llama.cpp", 2048  # a small window: requests come near it and are counted

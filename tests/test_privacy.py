@@ -43,7 +43,7 @@ def files_holding(home, needle):
     return hits
 
 
-def test_repl_session_files_are_owner_only_and_undo_leaves_no_trace(spawn, server, home):
+def test_repl_session_files_are_owner_only_and_undo_leaves_no_trace(spawn, home):
     child = spawn()
     child.expect_exact(PROMPT)
     send(child, PHRASE)
@@ -64,7 +64,7 @@ def test_repl_session_files_are_owner_only_and_undo_leaves_no_trace(spawn, serve
     assert files_holding(home, "still here")  # what was not deleted is still saved
 
 
-def test_deleting_a_session_removes_its_words_from_every_file(spawn, run, server, home):
+def test_deleting_a_session_removes_its_words_from_every_file(spawn, run, home):
     assert run("--session", "diary", PHRASE).returncode == 0
     assert files_holding(home, PHRASE)
     child = spawn("--session", "other")
@@ -80,16 +80,17 @@ def test_deleting_a_session_removes_its_words_from_every_file(spawn, run, server
     assert files_holding(home, PHRASE) == []
 
 
-def test_one_shot_session_files_are_owner_only(run, server, home):
+def test_one_shot_session_files_are_owner_only(run, home):
     result = run("--session", "private", "hello")
     assert_clean(result)
-    assert result.returncode == 0 and result.err == ""
+    assert result.returncode == 0
+    assert result.err == ""
     names = {os.path.basename(p) for p, _ in modes(home / "data")}
     assert "sessions.db" in names
     assert_owner_only(home)
 
 
-def test_looser_existing_modes_are_tightened_with_one_line_each(run, server, home):
+def test_looser_existing_modes_are_tightened_with_one_line_each(run, home):
     data = home / "data" / "chatbot"
     data.mkdir(parents=True)
     os.chmod(data, 0o755)
@@ -101,11 +102,12 @@ def test_looser_existing_modes_are_tightened_with_one_line_each(run, server, hom
     lines = result.err.splitlines()
     assert any(str(data) in line and "0755" in line and "owner-only" in line for line in lines), result.err
     assert any(str(database) in line and "0644" in line for line in lines), result.err
-    assert stat.S_IMODE(os.stat(data).st_mode) == 0o700 and stat.S_IMODE(os.stat(database).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(data).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(database).st_mode) == 0o600
     assert run("--session", "s", "again").err == ""  # said once: now they are private
 
 
-def test_a_dotenv_others_can_read_while_it_holds_a_key_gets_a_warning(run, server, home):
+def test_a_dotenv_others_can_read_while_it_holds_a_key_gets_a_warning(run, home):
     env_file = home / ".env"
     env_file.write_text("OPENAI_API_KEY=sk-test-not-real-0000\n")
     os.chmod(env_file, 0o644)
@@ -120,7 +122,7 @@ def test_a_dotenv_others_can_read_while_it_holds_a_key_gets_a_warning(run, serve
     assert run("hello").err == ""
 
 
-def test_exports_are_created_owner_only(run, server, home, tmp_path):
+def test_exports_are_created_owner_only(run, tmp_path):
     assert run("--session", "s", "hello").returncode == 0
     target = tmp_path / "out.md"
     result = run("--export", "s", str(target))
@@ -128,7 +130,7 @@ def test_exports_are_created_owner_only(run, server, home, tmp_path):
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
 
 
-def test_request_log_is_owner_only(run, server, home):
+def test_request_log_is_owner_only(run, home):
     assert run("-v", "hello").returncode == 0
     [log] = [p for p, _ in modes(home / "state") if p.endswith("chatbot.log")]
     assert stat.S_IMODE(os.stat(log).st_mode) == 0o600

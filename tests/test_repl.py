@@ -121,7 +121,7 @@ def test_unknown_command_and_bad_arguments(spawn, server):
     child.expect(pexpect.EOF)
 
 
-def test_help_lists_every_command_from_the_table(spawn, server):
+def test_help_lists_every_command_from_the_table(spawn):
     import chatbot
 
     child = started(spawn, "--no-save")
@@ -131,7 +131,7 @@ def test_help_lists_every_command_from_the_table(spawn, server):
     child.expect_exact(PROMPT)
 
 
-def test_tab_completes_commands(spawn, server):
+def test_tab_completes_commands(spawn):
     child = started(spawn, "--no-save")
     child.send("/sta")
     child.send("\t")
@@ -185,7 +185,8 @@ def test_markdown_reply_rendered_in_the_terminal(spawn, server):
     child.expect_exact("Big Title")
     child.expect_exact(PROMPT)
     shown = child.before
-    assert "**bold**" not in shown and "bold" in shown
+    assert "**bold**" not in shown
+    assert "bold" in shown
     assert "```" not in shown
     assert "\x1b[" in shown  # styled
 
@@ -283,7 +284,8 @@ def test_ctrl_c_mid_markdown_reply_leaves_a_clean_screen(spawn, server):
     rows += [line.rstrip() for line in screen.display]
     shown = [row for row in rows if row.startswith("Paragraph")]
     numbers = [int(row.split()[1]) for row in shown]
-    assert numbers == list(range(len(numbers))) and len(numbers) >= 5  # each once, in order, no leftovers
+    assert numbers == list(range(len(numbers)))
+    assert len(numbers) >= 5
     assert all(row in paragraphs or paragraphs[n].startswith(row) for n, row in zip(numbers, shown, strict=True))
     assert any("[interrupted]" in row for row in rows)
 
@@ -310,7 +312,7 @@ def test_text_starting_with_a_slash_is_never_lost(spawn, server):
     child.expect(pexpect.EOF)
 
 
-def test_summarize_without_an_argument_shows_the_setting(spawn, server):
+def test_summarize_without_an_argument_shows_the_setting(spawn):
     child = started(spawn, "--no-save")
     send(child, "/summarize")
     child.expect_exact("summaries of dropped turns: off (/summarize on|off)")
@@ -341,7 +343,8 @@ def test_fast_repeated_ctrl_c_leaves_one_marker_and_a_valid_history(spawn, serve
     child.expect_exact("Hello from the test server.")
     child.expect_exact(PROMPT)
     shown = child.logfile_read.getvalue()
-    assert shown.count("[interrupted]") == 1 and "^C" not in shown
+    assert shown.count("[interrupted]") == 1
+    assert "^C" not in shown
     messages = server.posts[-1].body["messages"]
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
     assert messages[-1]["content"] == "next"  # the prompt held only what was typed
@@ -350,7 +353,7 @@ def test_fast_repeated_ctrl_c_leaves_one_marker_and_a_valid_history(spawn, serve
     child.expect(pexpect.EOF)
 
 
-def test_ctrl_c_between_prompts_never_ends_the_chat(spawn, server):
+def test_ctrl_c_between_prompts_never_ends_the_chat(spawn):
     child = started(spawn, "--no-save")
     for _ in range(5):  # presses that land while a command runs or before the prompt is back
         send(child, "/help")
@@ -366,7 +369,7 @@ def test_ctrl_c_between_prompts_never_ends_the_chat(spawn, server):
 
 
 @pytest.mark.parametrize("keys", ["\x04", "/exit\r"], ids=["ctrl-d", "exit"])
-def test_leaving_typed_ahead_before_the_prompt_is_drawn_ends_the_chat(spawn, server, keys):
+def test_leaving_typed_ahead_before_the_prompt_is_drawn_ends_the_chat(spawn, keys):
     child = spawn("--no-save")
     child.send(keys)  # at once: Python is still starting, the banner not yet drawn
     child.expect(pexpect.EOF, timeout=10)
@@ -424,7 +427,8 @@ def test_show_reasoning_shows_all_of_it_above_the_whole_answer(spawn, server, fl
     screen = "\n".join(final_screen(child.logfile_read.getvalue()))
     flat = " ".join(screen.split())
     assert reasoning in flat  # complete
-    assert "Line one of the answer." in screen and "Line two of the answer." in screen
+    assert "Line one of the answer." in screen
+    assert "Line two of the answer." in screen
     assert flat.index("Finally I decide.") < flat.index("Line one of the answer.")  # above the answer
     assert "\x1b[2m" in child.logfile_read.getvalue()  # dimmed
     send(child, "/exit")

@@ -40,12 +40,12 @@ def test_multi_invocation_script_holds_one_conversation(run, server, db):
     ]
 
 
-def test_one_shot_without_session_saves_nothing(run, server, db):
+def test_one_shot_without_session_saves_nothing(run, db):
     run("--db", db, "q")
     assert not os.path.exists(db) or saved(db, "anything") == []
 
 
-def test_continue_resumes_the_most_recent(run, server, db):
+def test_continue_resumes_the_most_recent(run, db):
     run("--db", db, "--session", "old", "first")
     time.sleep(0.01)
     run("--db", db, "--session", "recent", "second")
@@ -74,7 +74,7 @@ def test_repl_saves_by_default_and_resumes(spawn, server, db):
     assert "remember the word pineapple" in contents
 
 
-def test_automatic_name_and_no_save(spawn, server, db):
+def test_automatic_name_and_no_save(spawn, db):
     child = spawn("--db", db)
     child.expect_exact(PROMPT)
     send(child, "hi")
@@ -95,7 +95,7 @@ def test_automatic_name_and_no_save(spawn, server, db):
     assert not os.path.exists(db + ".2")
 
 
-def test_session_commands(spawn, server, db, tmp_path):
+def test_session_commands(spawn, db, tmp_path):
     child = spawn("--db", db, "--session", "first")
     child.expect_exact(PROMPT)
     send(child, "hello")
@@ -130,7 +130,7 @@ def test_session_commands(spawn, server, db, tmp_path):
     assert export_md.read_text().startswith("# renamed")
 
 
-def test_export_round_trip(run, server, db, tmp_path):
+def test_export_round_trip(run, db, tmp_path):
     run("--db", db, "--session", "trip", "one")
     run("--db", db, "--session", "trip", "two")
     exported = tmp_path / "trip.json"
@@ -147,9 +147,11 @@ def test_export_round_trip(run, server, db, tmp_path):
     assert reimported == data
     markdown = tmp_path / "trip.md"
     run("--db", db, "--export", "trip", str(markdown))
-    assert "## User" in markdown.read_text() and "two" in markdown.read_text()
+    assert "## User" in markdown.read_text()
+    assert "two" in markdown.read_text()
     listing = run("--db", db, "--list-sessions")
-    assert "trip-copy" in listing.out and "2 turns" in listing.out
+    assert "trip-copy" in listing.out
+    assert "2 turns" in listing.out
 
 
 def test_sigkill_mid_reply_loses_nothing_committed(env, server, db, spawn):
@@ -167,7 +169,8 @@ def test_sigkill_mid_reply_loses_nothing_committed(env, server, db, spawn):
         process.wait(timeout=10)
     messages = saved(db, "crash")
     assert messages[0] == ("user", "tell me a story", "")
-    assert messages[1][0] == "assistant" and messages[1][2] == "cut short"
+    assert messages[1][0] == "assistant"
+    assert messages[1][2] == "cut short"
     assert messages[1][1].startswith(seen.decode()[:100])
     with sqlite3.connect(db) as connection:
         assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -224,7 +227,7 @@ def test_two_processes_write_at_once(env, server, db):
                 )
             )
     for process in processes:
-        out, err = process.communicate(timeout=60)
+        _, err = process.communicate(timeout=60)
         assert process.returncode == 0, err
     for round_number in range(4):
         for name in ("alpha", "beta"):
@@ -234,12 +237,13 @@ def test_two_processes_write_at_once(env, server, db):
             ]
 
 
-def test_same_session_in_two_processes_is_refused(spawn, run, server, db):
+def test_same_session_in_two_processes_is_refused(spawn, run, db):
     child = spawn("--db", db, "--session", "busy")
     child.expect_exact(PROMPT)
     result = run("--db", db, "--session", "busy", "hello")
     assert_clean(result)
-    assert result.returncode == 2 and "in use by another chatbot" in result.err
+    assert result.returncode == 2
+    assert "in use by another chatbot" in result.err
     other = run("--db", db, "--session", "free", "hello")
     assert other.returncode == 0
     child.sendcontrol("d")
@@ -269,7 +273,7 @@ def test_migration_from_version_1(run, server, db):
     assert [m["content"] for m in sent[1:]] == ["old q", "old a", "new q"]
 
 
-def test_future_version_is_refused_untouched(run, server, db, spawn):
+def test_future_version_is_refused_untouched(run, db, spawn):
     connection = sqlite3.connect(db)
     connection.execute("CREATE TABLE future (x)")
     connection.execute("PRAGMA user_version = 99")
@@ -278,7 +282,8 @@ def test_future_version_is_refused_untouched(run, server, db, spawn):
     before = hashlib.sha256(Path(db).read_bytes()).hexdigest()
     result = run("--db", db, "--session", "s", "q")
     assert_clean(result)
-    assert result.returncode == 2 and "newer chatbot" in result.err
+    assert result.returncode == 2
+    assert "newer chatbot" in result.err
     child = spawn("--db", db)
     child.expect_exact("newer chatbot")
     child.expect_exact(PROMPT)
@@ -290,13 +295,14 @@ def test_future_version_is_refused_untouched(run, server, db, spawn):
     assert hashlib.sha256(Path(db).read_bytes()).hexdigest() == before
 
 
-def test_corrupt_file_gets_a_message_and_chat_goes_on(run, server, db, spawn):
+def test_corrupt_file_gets_a_message_and_chat_goes_on(run, db, spawn):
     with open(db, "wb") as corrupt:
         corrupt.write(b"this is not a database" * 100)
     before = Path(db).read_bytes()
     result = run("--db", db, "--session", "s", "q")
     assert_clean(result)
-    assert result.returncode == 2 and "unreadable" in result.err
+    assert result.returncode == 2
+    assert "unreadable" in result.err
     child = spawn("--db", db)
     child.expect_exact("unreadable")
     child.expect_exact("chatting without saving")
@@ -309,7 +315,7 @@ def test_corrupt_file_gets_a_message_and_chat_goes_on(run, server, db, spawn):
     assert Path(db).read_bytes() == before
 
 
-def test_session_never_stores_the_key(run, server, db):
+def test_session_never_stores_the_key(run, db):
     secret = "sk-test-" + "s" * 30
     run("--db", db, "--session", "s", "q", extra_env={"OPENAI_API_KEY": secret})
     assert secret.encode() not in Path(db).read_bytes()
@@ -318,7 +324,7 @@ def test_session_never_stores_the_key(run, server, db):
             assert secret.encode() not in Path(extra).read_bytes()
 
 
-def test_a_chat_with_no_messages_leaves_no_session(spawn, run, server, db):
+def test_a_chat_with_no_messages_leaves_no_session(spawn, run, db):
     child = spawn("--db", db)
     child.expect_exact(PROMPT)
     child.sendcontrol("d")
@@ -326,7 +332,7 @@ def test_a_chat_with_no_messages_leaves_no_session(spawn, run, server, db):
     assert run("--db", db, "--list-sessions").out.strip() == "no saved sessions"
 
 
-def test_continue_when_the_newest_session_is_open_elsewhere_starts_a_new_one(spawn, server, db):
+def test_continue_when_the_newest_session_is_open_elsewhere_starts_a_new_one(spawn, db):
     first = spawn("--db", db, "--session", "busy")
     first.expect_exact(PROMPT)
     send(first, "hello")
@@ -370,14 +376,18 @@ def test_a_read_only_database_can_be_read_and_the_chat_goes_on_unsaved(run, spaw
     assert run("--db", db, "--session", "s", "first question").returncode == 0
     immutable(folder if what == "directory" else db)
     listing = run("--db", db, "--list-sessions")
-    assert listing.returncode == 0 and "s " in listing.out, listing.err
+    assert listing.returncode == 0, listing.err
+    assert "s " in listing.out, listing.err
     out = tmp_path / "export.md"
     exported = run("--db", db, "--export", "s", str(out))
-    assert exported.returncode == 0 and "first question" in out.read_text()
+    assert exported.returncode == 0
+    assert "first question" in out.read_text()
     again = run("--db", db, "--session", "s", "second question")
     assert_clean(again)
-    assert again.returncode == 0 and again.out == "Hello from the test server.\n", again.err
-    assert again.err.count("\n") == 1 and "is read-only: this conversation will not be saved" in again.err
+    assert again.returncode == 0, again.err
+    assert again.out == "Hello from the test server.\n", again.err
+    assert again.err.count("\n") == 1
+    assert "is read-only: this conversation will not be saved" in again.err
     sent = [m["content"] for m in server.posts[-1].body["messages"]]
     assert sent[1:] == ["first question", "Hello from the test server.", "second question"]  # history was read
     child = spawn("--db", db, "-c")
@@ -392,4 +402,5 @@ def test_a_read_only_database_can_be_read_and_the_chat_goes_on_unsaved(run, spaw
     child.close()
     assert child.exitstatus == 0
     assert run("--db", db, "--export", "s", str(out)).returncode == 0
-    assert "second question" not in out.read_text() and "third" not in out.read_text()  # nothing was written
+    assert "second question" not in out.read_text()
+    assert "third" not in out.read_text()
