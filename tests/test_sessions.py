@@ -41,8 +41,10 @@ def test_multi_invocation_script_holds_one_conversation(run, server, db):
 
 
 def test_one_shot_without_session_saves_nothing(run, db):
-    run("--db", db, "q")
-    assert not os.path.exists(db) or saved(db, "anything") == []
+    result = run("--db", db, "q")
+    assert result.returncode == 0, result.err
+    assert result.out == "Hello from the test server.\n"
+    assert not os.path.exists(db)  # no session, and not even an empty database
 
 
 def test_continue_resumes_the_most_recent(run, db):
