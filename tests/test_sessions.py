@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pexpect
@@ -174,7 +175,7 @@ def test_sigkill_mid_reply_loses_nothing_committed(env, server, db, spawn):
     assert messages[1][0] == "assistant"
     assert messages[1][2] == "cut short"
     assert messages[1][1].startswith(seen.decode()[:100])
-    with sqlite3.connect(db) as connection:
+    with closing(sqlite3.connect(db)) as connection:  # `with connect()` alone commits but never closes
         assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     child = spawn("--db", db, "--session", "crash")
     child.expect_exact("resumed session 'crash': 1 turn (2 messages), 1 marked interrupted or cut short")
@@ -268,7 +269,7 @@ def test_migration_from_version_1(run, server, db):
     connection.close()
     result = run("--db", db, "--session", "legacy", "new q")
     assert result.returncode == 0, result.err
-    with sqlite3.connect(db) as connection:
+    with closing(sqlite3.connect(db)) as connection:
         assert connection.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION
     sent = server.posts[-1].body["messages"]
     assert sent[0]["content"] == "old system"
