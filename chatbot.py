@@ -18,6 +18,7 @@ tiktoken, genai-prices) are imported where they are first needed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -31,8 +32,8 @@ from typing import Any
 from chatcore import __version__
 from chatcore.chat import Chat, Refused
 from chatcore.conversation import PromptTooLarge
-from chatcore.log import report_bug
-from chatcore.provider import Failure, one_line
+from chatcore.log import one_line, report_bug
+from chatcore.provider import Failure
 from chatcore.settings import BOOL_SETTINGS, SETTINGS, ConfigError, Settings, load_settings, resolve_settings
 from chatcore.store import SessionStore, StoreError, default_db_path, write_export
 from chatcore.turn import Cancel, Outcome, TurnResult
@@ -134,10 +135,7 @@ class Repl:
         on_event = waiting.until_first_event(view.on_event)
         stream = not self.args.no_stream
         try:
-            if text is None:
-                result = chat.retry(on_event, stream, cancel)
-            else:
-                result = chat.send(text, on_event, stream, cancel)
+            result = chat.retry(on_event, stream, cancel) if text is None else chat.send(text, on_event, stream, cancel)
             waiting.stop()
             view.finish()
         except Refused as exc:
@@ -587,10 +585,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return fail("interrupted", "interrupted", EXIT_INTERRUPTED)
     except BrokenPipeError:
-        try:
-            sys.stdout = open(os.devnull, "w")  # the reader went away: exit quietly
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            # the reader went away: exit quietly. Left open on purpose: it is stdout until the process ends.
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
         return EXIT_FAILED
     except Exception as exc:  # a bug of ours: one line for the user, the traceback in the log
         return fail("internal", f"internal error: {report_bug(exc)}", EXIT_FAILED)

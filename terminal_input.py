@@ -28,7 +28,7 @@ def make_prompt_session(commands: Sequence[Any], on_drawn: Callable[[], None]) -
     from prompt_toolkit.key_binding import KeyBindings
 
     class SlashCompleter(Completer):
-        def get_completions(self, document: Any, complete_event: Any) -> Iterator[Any]:
+        def get_completions(self, document: Any, complete_event: Any) -> Iterator[Any]:  # noqa: ARG002 - prompt_toolkit's signature
             text = document.text_before_cursor
             if text.startswith("/") and " " not in text and not text.startswith("//"):
                 for command in commands:
@@ -115,7 +115,7 @@ def ctrl_c_stops(turn: Callable[[], Cancel | None]) -> Iterator[None]:
     key that prompt_toolkit reads, not a signal. The terminal does not echo ^C.
     """
 
-    def on_ctrl_c(signum: int, frame: Any) -> None:
+    def on_ctrl_c(signum: int, frame: Any) -> None:  # noqa: ARG001 - a signal handler's signature
         cancel = turn()
         if cancel is None or cancel.is_set() or cancel.finished:
             return

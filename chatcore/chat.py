@@ -18,6 +18,7 @@ from .conversation import (
     Message,
     PromptTooLarge,
     Request,
+    Status,
     build_request,
     token_budget,
 )
@@ -29,7 +30,7 @@ from .settings import Settings, is_local_url
 from .store import SessionStore, StoreError
 from .streams import TEXT, Event
 from .tokens import TokenCounter, encoding_for_model
-from .turn import Cancel, Status, TurnResult, stream_turn
+from .turn import Cancel, TurnResult, stream_turn
 from .usage import TurnStats, Usage, model_info, total_usage, turn_cost
 
 OnEvent = Callable[[Event, str], None]
@@ -190,7 +191,7 @@ class Chat:
             kept=[Message("user", previous + transcript[-20_000:])],
         )
         try:
-            result = stream_turn(self.provider, summary_request, self.model, lambda kind, text: None)
+            result = stream_turn(self.provider, summary_request, self.model, lambda _kind, _text: None)
         except Failure as exc:
             self.notify(f"could not summarise older turns: {exc}")
             return None
@@ -409,7 +410,7 @@ class Chat:
         """True when the failure rejected an optional parameter we sent: the retry goes without it."""
         if failure.status not in (400, 422):
             return False
-        parameter = rejected_parameter(failure.code, str(failure), failure.param)
+        parameter = rejected_parameter(str(failure), failure.param)
         if not self.provider.reject(parameter, self.provider.request_params(request, model, stream)):
             return False
         self.notify(f"the provider rejected {parameter}: retrying without it (remembered for this session)")
@@ -427,7 +428,7 @@ class Chat:
         if store.readonly:
             row = store.find(name)
             if row is not None:
-                self._load(*store.load(row[0]))
+                self._load(*store.load(row.id))
             else:
                 self.conversation, self.requests = Conversation(self.conversation.system), []
             self.session = NOT_SAVED
@@ -529,12 +530,17 @@ class Chat:
                 min(counter.count_text(result.reply), self.settings.max_tokens) if result.reply else 0,
                 estimated=True,
             )
-        if request.tokens is not None and request.estimated and usage.input_tokens and not usage.estimated:
-            # The request was counted (it came near the window) with an estimate, and the server counted
-            # it too: later estimates follow the server's tokenizer, here and in later runs. Only then:
-            # a request far from the window is never tokenised, and tiktoken is never loaded for it.
-            if counter.calibrate(request.tokens, usage.input_tokens):
-                remember_scale(self.settings.base_url, self.model, counter.scale)
+        # The request was counted (it came near the window) with an estimate, and the server counted
+        # it too: later estimates follow the server's tokenizer, here and in later runs. Only then:
+        # a request far from the window is never tokenised, and tiktoken is never loaded for it.
+        if (
+            request.tokens is not None
+            and request.estimated
+            and usage.input_tokens
+            and not usage.estimated
+            and counter.calibrate(request.tokens, usage.input_tokens)
+        ):
+            remember_scale(self.settings.base_url, self.model, counter.scale)
         return usage
 
     def stats(self, ask_window: bool = False) -> ChatStats:

@@ -49,7 +49,8 @@ class Conversation:
     history: list[Message] = field(default_factory=list)
     summary: str | None = None  # summary of turns dropped by trimming
     summary_covers: int = 0  # how many of the oldest history messages the summary covers
-    _running: tuple | None = field(default=None, repr=False, compare=False)  # see tokens_before
+    # see tokens_before: (counter key, n, tokens in the oldest n messages, the n-th message)
+    _running: tuple[str, int, int, Message] | None = field(default=None, repr=False, compare=False)
 
     def tokens_before(self, n: int, counter: TokenCounter | None) -> int:
         """Tokens in the oldest n history messages (character estimate without a counter).

@@ -11,6 +11,7 @@ the ACL of the user's profile directories, which other ordinary users cannot rea
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
@@ -65,10 +66,8 @@ def private_dir(path: str) -> str:
             break
         cursor = parent
     for directory in reversed(missing):
-        try:
+        with contextlib.suppress(FileExistsError):
             os.mkdir(directory, DIRECTORY_MODE)
-        except FileExistsError:
-            pass
     for directory in _own_directories(path):  # created above, or found with a looser mode
         _tighten(directory, DIRECTORY_MODE, "directory")
     _checked.add(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -10,7 +11,7 @@ from typing import Any, Literal
 from .conversation import Request
 from .log import one_line, redact
 from .settings import Settings
-from .streams import parse_body, parse_stream
+from .streams import StreamEvent, parse_body, parse_stream
 
 FailureKind = Literal[
     # the provider answered with an error status
@@ -113,7 +114,7 @@ OPTIONAL_PARAMETERS = ("stream_options", "max_tokens", "temperature", "store")  
 RENAMED_PARAMETERS = {"max_tokens": "max_completion_tokens"}  # sent under this name once the old is rejected
 
 
-def rejected_parameter(code: str | None, message: str, param: str | None) -> str | None:
+def rejected_parameter(message: str, param: str | None) -> str | None:
     """Which optional parameter a 400/422 rejects, if the error says so."""
     text = f"{param or ''} {message or ''}".lower()
     for name in OPTIONAL_PARAMETERS:
@@ -136,31 +137,33 @@ def rejected_parameter(code: str | None, message: str, param: str | None) -> str
 # The request runs in the calling thread, so a thread-local says whose notify hears about it: many
 # chats (each in its own worker thread) can share one provider and one client.
 _retrying = threading.local()
+RETRY_REASONS: dict[object, str] = {429: "rate limited", 408: "request timeout", 409: "conflict"}  # by HTTP status
 
 
-def watch_retries(logging: Any) -> None:
-    class RetryNotice(logging.Handler):
-        def emit(self, record: Any) -> None:
-            notify = getattr(_retrying, "notify", None)
-            if notify is None:
-                return
-            message = record.msg
-            if message.startswith("Encountered an HTTP status error"):
-                status = record.args[0]
-                _retrying.reason = {429: "rate limited", 408: "request timeout", 409: "conflict"}.get(
-                    status, f"server error {status}"
-                )
-            elif message.startswith("Encountered a timeout"):
-                _retrying.reason = "timed out"
-            elif message.startswith("Encountered exception"):
-                _retrying.reason = "connection failed"
-            elif message.startswith("Retrying request in"):
-                delay, attempt, total = record.args
-                notify(
-                    f"retrying in {delay:.1f}s ({getattr(_retrying, 'reason', '') or 'failed'}, "
-                    f"retry {attempt} of {total})"
-                )
+class RetryNotice(logging.Handler):
+    """Turns the SDK's retry log records into one notice for the chat whose request is retrying."""
 
+    def emit(self, record: logging.LogRecord) -> None:
+        notify = getattr(_retrying, "notify", None)
+        if notify is None:
+            return
+        message = str(record.msg)
+        args = record.args if isinstance(record.args, tuple) else ()  # the SDK logs with %-style arguments
+        if message.startswith("Encountered an HTTP status error"):
+            status = args[0]
+            _retrying.reason = RETRY_REASONS.get(status, f"server error {status}")
+        elif message.startswith("Encountered a timeout"):
+            _retrying.reason = "timed out"
+        elif message.startswith("Encountered exception"):
+            _retrying.reason = "connection failed"
+        elif message.startswith("Retrying request in"):
+            delay, attempt, total = args
+            notify(
+                f"retrying in {delay:.1f}s ({getattr(_retrying, 'reason', '') or 'failed'}, retry {attempt} of {total})"
+            )
+
+
+def watch_retries() -> None:
     logger = logging.getLogger("openai._base_client")
     if not any(type(h).__name__ == "RetryNotice" for h in logger.handlers):
         logger.addHandler(RetryNotice())
@@ -171,7 +174,7 @@ def watch_retries(logging: Any) -> None:
 class Provider:
     """The SDK client and request shape for one base URL. The SDK is imported on first use."""
 
-    def __init__(self, settings: Settings, notify: Callable[[str], None] = lambda text: None):
+    def __init__(self, settings: Settings, notify: Callable[[str], None] = lambda _text: None):
         self.settings = settings
         self.rejected: set[str] = set()  # optional parameters this server rejected, for the rest of the session
         self.notify = notify
@@ -186,8 +189,6 @@ class Provider:
             return self._client
 
     def _make_client(self) -> Any:
-        import logging
-
         import httpx2
         from openai import OpenAI
 
@@ -195,7 +196,7 @@ class Provider:
         headers = {}
         if settings.app_url and settings.app_name:
             headers = {"HTTP-Referer": settings.app_url, "X-Title": settings.app_name}
-        watch_retries(logging)
+        watch_retries()
         return OpenAI(
             api_key=settings.api_key or "not-needed",  # local servers need no key; the SDK insists on one
             base_url=settings.base_url,
@@ -264,7 +265,7 @@ def shown_models(models: list[str], limit: int = 12) -> str:
     return ", ".join(models[:limit]) + (" …" if len(models) > limit else "")
 
 
-def events_from_response(http: Any, api: str) -> Iterator[tuple]:
+def events_from_response(http: Any, api: str) -> Iterator[StreamEvent]:
     content_type = http.headers.get("content-type", "")
     if "event-stream" in content_type:
         yield from parse_stream(http.iter_lines(), api)

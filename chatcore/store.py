@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -9,7 +10,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from .conversation import Conversation, Message, Status
 from .files import open_private, private_dir, private_file, user_dir
@@ -43,6 +44,21 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SessionRow(NamedTuple):
+    """One row of the sessions table, as find() reads it."""
+
+    id: int
+    name: str
+    model: str | None
+    host: str | None
+    system: str | None
+    summary: str | None
+    summary_covers: int
+    owner_pid: int | None  # the chatbot process that has the session open, if any
+
+
 READ_ONLY_ERRORS = re.compile(r"readonly|read-only|unable to open|permission", re.I)
 
 
@@ -205,11 +221,12 @@ class SessionStore:
     # -- sessions ------------------------------------------------------------------
 
     @locked
-    def find(self, name: str) -> tuple | None:
-        return self.db.execute(
+    def find(self, name: str) -> SessionRow | None:
+        row = self.db.execute(
             "SELECT id, name, model, host, system, summary, summary_covers, owner_pid FROM sessions WHERE name = ?",
             (name,),
         ).fetchone()
+        return SessionRow(*row) if row else None
 
     @locked
     def latest(self) -> str | None:
@@ -224,7 +241,7 @@ class SessionStore:
             row = self.find(name)
             if row is None:
                 raise StoreError(self.readonly_note)
-            return row[0], True
+            return row.id, True
         self.db.execute("BEGIN IMMEDIATE")
         try:
             row = self.find(name)
@@ -237,11 +254,11 @@ class SessionStore:
                 )
                 session_id, existed = int(cursor.lastrowid or 0), False
             else:
-                owner = row[7]
+                owner = row.owner_pid
                 if owner and owner != self.pid and pid_alive(owner):
                     raise StoreError(f"session {name!r} is in use by another chatbot (pid {owner})")
-                self.db.execute("UPDATE sessions SET owner_pid = ? WHERE id = ?", (self.pid, row[0]))
-                session_id, existed = row[0], True
+                self.db.execute("UPDATE sessions SET owner_pid = ? WHERE id = ?", (self.pid, row.id))
+                session_id, existed = row.id, True
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
@@ -319,10 +336,8 @@ class SessionStore:
     def forget(self) -> None:
         """After a delete: copy the write-ahead log into the database (where secure_delete has zeroed
         the freed text) and truncate it, so the deleted words are in neither file."""
-        try:
+        with contextlib.suppress(self.sqlite3.Error):  # another process is reading: its next checkpoint does the same
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except self.sqlite3.Error:
-            pass  # another process is reading: its next checkpoint does the same
 
     @writes
     def clear(self, session_id: int) -> None:
@@ -380,9 +395,9 @@ class SessionStore:
         row = self.find(name)
         if row is None:
             return False
-        if row[7] and row[7] != self.pid and pid_alive(row[7]):
-            raise StoreError(f"session {name!r} is in use by another chatbot (pid {row[7]})")
-        self.db.execute("DELETE FROM sessions WHERE id = ?", (row[0],))
+        if row.owner_pid and row.owner_pid != self.pid and pid_alive(row.owner_pid):
+            raise StoreError(f"session {name!r} is in use by another chatbot (pid {row.owner_pid})")
+        self.db.execute("DELETE FROM sessions WHERE id = ?", (row.id,))
         self.forget()
         return True
 
@@ -401,8 +416,8 @@ class SessionStore:
         row = self.find(name)
         if row is None:
             raise StoreError(f"no session named {name!r}: see --list-sessions")
-        conversation, turns, model = self.load(row[0])
-        return export_data(row[1], model, row[3], conversation, turns)
+        conversation, turns, model = self.load(row.id)
+        return export_data(row.name, model, row.host, conversation, turns)
 
     @writes
     def import_session(self, data: dict[str, Any], name: str | None = None) -> str:
@@ -452,7 +467,9 @@ class SessionStore:
         return name
 
 
-def export_data(name: str, model: str, host: str, conversation: Conversation, turns: list[TurnStats]) -> dict[str, Any]:
+def export_data(
+    name: str, model: str, host: str | None, conversation: Conversation, turns: list[TurnStats]
+) -> dict[str, Any]:
     """A conversation as the JSON that /save and --export write and --import reads."""
     return {
         "format": "chatbot-session",

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final, Literal
 
-from .usage import usage_from_chat, usage_from_responses
+from .usage import Usage, usage_from_chat, usage_from_responses
 
 # Events are tuples, cheap enough for thousands a second:
 #   (TEXT, str) (REASONING, str) (USAGE, Usage) (FINISH, reason) (ERROR, code, message)
@@ -25,10 +25,25 @@ class Event(StrEnum):
     PING = "ping"
 
 
-TEXT, REASONING, USAGE, FINISH, ERROR, PING = Event  # short names for the hot loops
+# Short names for the hot loops. Final, so mypy sees each as its own literal member and can tell the
+# event tuples below apart by their first item.
+TEXT: Final = Event.TEXT
+REASONING: Final = Event.REASONING
+USAGE: Final = Event.USAGE
+FINISH: Final = Event.FINISH
+ERROR: Final = Event.ERROR
+PING: Final = Event.PING
+
+TextEvent = tuple[Literal[Event.TEXT], str]
+ReasoningEvent = tuple[Literal[Event.REASONING], str]
+UsageEvent = tuple[Literal[Event.USAGE], Usage]
+FinishEvent = tuple[Literal[Event.FINISH], str]  # the finish reason: "stop", "length", ...
+ErrorEvent = tuple[Literal[Event.ERROR], str | None, str]  # (ERROR, code, message)
+PingEvent = tuple[Literal[Event.PING]]
+StreamEvent = TextEvent | ReasoningEvent | UsageEvent | FinishEvent | ErrorEvent | PingEvent
 
 
-def chat_events(data: str) -> Iterator[tuple]:
+def chat_events(data: str) -> Iterator[StreamEvent]:
     """Turn one Chat Completions `data:` payload into events."""
     chunk = json.loads(data)
     if not isinstance(chunk, dict):
@@ -57,7 +72,7 @@ def chat_events(data: str) -> Iterator[tuple]:
         yield error_event(error)
 
 
-def error_event(error: Any) -> tuple:
+def error_event(error: Any) -> ErrorEvent:
     if isinstance(error, dict):
         code = error.get("code") or error.get("type")
         message = error.get("message") or json.dumps(error)[:200]
@@ -68,7 +83,7 @@ def error_event(error: Any) -> tuple:
 INCOMPLETE_REASONS = {"max_output_tokens": "length", "content_filter": "content_filter"}
 
 
-def responses_events(data: str, event_name: str | None = None) -> Iterator[tuple]:
+def responses_events(data: str, event_name: str | None = None) -> Iterator[StreamEvent]:
     """Turn one Responses API event into events, dispatching on its `type` only."""
     event = json.loads(data)
     if not isinstance(event, dict):
@@ -123,7 +138,7 @@ def sse_payloads(lines: Iterable[str]) -> Iterator[tuple[str | None, str | None]
         yield event_name, "\n".join(data)
 
 
-def parse_stream(lines: Iterable[str], api: str) -> Iterator[tuple]:
+def parse_stream(lines: Iterable[str], api: str) -> Iterator[StreamEvent]:
     """Events from an SSE body. A malformed payload becomes an error event, ending the stream."""
     for event_name, data in sse_payloads(lines):
         if data is None:
@@ -141,7 +156,7 @@ def parse_stream(lines: Iterable[str], api: str) -> Iterator[tuple]:
             return
 
 
-def parse_body(body: bytes, content_type: str, api: str) -> Iterator[tuple]:
+def parse_body(body: bytes, content_type: str, api: str) -> Iterator[StreamEvent]:
     """Events from a non-stream body: a whole JSON reply, or something that is not one."""
     text = body.decode("utf-8", "replace").strip()
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -133,10 +134,8 @@ class Cancel:
             self._event.set()
             response, self._response = self._response, None
         if response is not None:
-            try:
+            with contextlib.suppress(Exception):  # the reading thread sees the closed stream (or the flag) either way
                 response.close()
-            except Exception:
-                pass  # the reading thread sees the closed stream (or the flag) either way
 
     def watch(self, response: Any) -> None:
         """The response a turn is reading, to be closed by set()."""
@@ -303,22 +302,22 @@ class Turn:
         settings = self.settings
         for event in events_from_response(response, settings.api):
             self.stopped_yet()
-            kind = event[0]
-            if kind is TEXT:
+            # event[0] each time rather than a local: mypy narrows the tuple's type only this way
+            if event[0] is TEXT:
                 if result.ttft is None:
                     result.ttft = time.monotonic() - self.started
                 parts.append(event[1])
                 on_event(TEXT, event[1])
-            elif kind is REASONING:
+            elif event[0] is REASONING:
                 if result.ttft is None:
                     result.ttft = time.monotonic() - self.started
                 result.reasoning_chars += len(event[1])
                 on_event(REASONING, event[1])
-            elif kind is USAGE:
+            elif event[0] is USAGE:
                 result.usage = event[1]
-            elif kind is FINISH:
+            elif event[0] is FINISH:
                 result.finish_reason = event[1]
-            elif kind is ERROR:
+            elif event[0] is ERROR:
                 raise self.stream_error(event[1], event[2])
             now = time.monotonic()
             if now > self.done_by:

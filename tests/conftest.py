@@ -6,20 +6,28 @@ import hashlib
 import io
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from server import FakeServer  # noqa: E402
+from server import FakeServer
 
 ROOT = Path(__file__).resolve().parent.parent
 CHATBOT = str(ROOT / "chatbot.py")
 CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
+PROMPT = "❯"  # the REPL's prompt: the chatbot is ready for the next line
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """TEMPORARY, until test_telegram.py is rewritten on its own branch: its BotProcess never closes the
+    stdout pipe of the bot it starts, which `filterwarnings = ["error"]` reports as a ResourceWarning.
+    Ignored for that file only; delete this hook once BotProcess.stop() closes process.stdout."""
+    for item in items:
+        if item.path.name == "test_telegram.py":
+            item.add_marker(pytest.mark.filterwarnings("ignore:unclosed file:ResourceWarning"))
 
 
 @pytest.fixture
@@ -70,6 +78,22 @@ def env(home, tmp_path):
     cache = tmp_path / "tiktoken-empty"
     cache.mkdir()
     return clean_environment(home, cache)
+
+
+@pytest.fixture
+def db(tmp_path):
+    """A path for a sessions database (the file does not exist yet)."""
+    return str(tmp_path / "sessions.db")
+
+
+def saved(db_path, session="s"):
+    """(role, content, flags) of every message saved in a session, oldest first."""
+    with closing(sqlite3.connect(db_path)) as connection:
+        return connection.execute(
+            "SELECT m.role, m.content, m.flags FROM messages m JOIN sessions s ON s.id = m.session_id "
+            "WHERE s.name = ? ORDER BY m.id",
+            (session,),
+        ).fetchall()
 
 
 @pytest.fixture
@@ -180,7 +204,8 @@ def run(env, server):
 
 def assert_clean(result):
     """No traceback anywhere, whatever happened."""
-    assert "Traceback" not in result.out and "Traceback" not in result.err, result.err
+    assert "Traceback" not in result.out, result.out
+    assert "Traceback" not in result.err, result.err
 
 
 @pytest.fixture
@@ -211,3 +236,16 @@ def spawn(env, server):
     for child in children:
         if child.isalive():
             child.terminate(force=True)
+
+
+def started(spawn, *args, **kwargs):
+    """spawn(*args) once its banner and first prompt are on the screen."""
+    child = spawn(*args, **kwargs)
+    child.expect("chatbot .* · test-model · 127.0.0.1:\\d+ .*/help")
+    child.expect_exact(PROMPT)
+    return child
+
+
+def send(child, text):
+    """Type a line into the REPL and press Enter."""
+    child.send(text + "\r")

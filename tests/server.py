@@ -457,7 +457,7 @@ class FakeServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
-        self.httpd.handle_error = lambda request, address: None  # clients hanging up is part of the job
+        self.httpd.handle_error = lambda _request, _address: None  # clients hanging up is part of the job
         self.port = self.httpd.server_address[1]
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -569,7 +569,7 @@ class FakeServer:
             return None
         given = body.get("input")
         given = [{"role": "user"}] if isinstance(given, str) else list(given or [])
-        messages = body.get("messages") or [{"role": "system"}] + given
+        messages = body.get("messages") or [{"role": "system"}, *given]
         roles = [m.get("role") for m in messages]
         if roles.count("system") > 1 or (roles and "system" in roles[1:]):
             return "System message must be at the beginning."

@@ -6,6 +6,7 @@ import json
 
 import pexpect
 import pytest
+from conftest import PROMPT, send
 from server import chat_reply
 
 SERVERS = [
@@ -17,7 +18,7 @@ SERVERS = [
 ]
 
 
-@pytest.mark.parametrize("local, source", SERVERS, ids=[s[0] for s in SERVERS])
+@pytest.mark.parametrize(("local", "source"), SERVERS, ids=[s[0] for s in SERVERS])
 def test_the_window_is_learned_from_the_server_and_said_with_its_source(run, server, local, source):
     server.local, server.n_ctx = local, 3072
     result = run("-v", "hi")
@@ -31,12 +32,12 @@ def test_the_window_is_learned_from_the_server_and_said_with_its_source(run, ser
 def test_stats_shows_the_window_and_where_it_came_from(spawn, server):
     server.local, server.n_ctx = "llama.cpp", 2048
     child = spawn("--no-save")
-    child.expect_exact("❯")
-    child.send("hi\r")
+    child.expect_exact(PROMPT)
+    send(child, "hi")
     child.expect_exact("Hello from the test server.")
-    child.send("/stats\r")
+    send(child, "/stats")
     child.expect_exact("context window: 2,048 tokens (llama.cpp /props)")
-    child.send("/exit\r")
+    send(child, "/exit")
     child.expect(pexpect.EOF)
 
 
@@ -52,7 +53,8 @@ def test_thirty_turns_in_a_2048_token_window_get_a_reply_every_turn(run, server,
         assert result.returncode == 0, (turn, result.err)
         assert result.out.startswith(f"Answer {turn}.")
         sent = server.posts[-1].body["messages"]
-        assert sent[-1]["content"] == question and sent[0]["role"] == "system"
+        assert sent[-1]["content"] == question
+        assert sent[0]["role"] == "system"
     assert server.overflows <= (1 if local == "empty-stream" else 0)  # says nothing of its window: learned once
     assert server.window_cuts == 0
     assert len(server.posts) <= 31
@@ -68,13 +70,15 @@ def test_an_overflow_is_recovered_once_and_the_smaller_window_remembered(run, se
     assert all(r.returncode == 0 and r.out.startswith("Hello") for r in results)
     assert server.overflows == 1  # learned once, then remembered across runs
     [recovered] = [r for r in results if "overflowed" in r.err]
-    assert "retrying once with fewer older turns" in recovered.err and "older messages not sent" in recovered.err
+    assert "retrying once with fewer older turns" in recovered.err
+    assert "older messages not sent" in recovered.err
 
 
 def test_with_a_base_url_and_no_model_the_served_model_is_asked_for(run, server):
     server.models = ["qwen2.5-0.5b-instruct"]
     result = run("hi", extra_env={"OPENAI_MODEL": ""})
-    assert result.returncode == 0 and server.posts[-1].body["model"] == "qwen2.5-0.5b-instruct"
+    assert result.returncode == 0
+    assert server.posts[-1].body["model"] == "qwen2.5-0.5b-instruct"
     assert result.err == ""
     server.models = ["first-model", "second-model"]
     result = run("hi", extra_env={"OPENAI_MODEL": ""})
@@ -92,7 +96,7 @@ def test_zero_config_with_a_placeholder_key_finds_the_local_server_and_says_so(r
     assert server.posts[-1].headers["authorization"] == "Bearer not-needed"  # the placeholder is not sent on
 
 
-def test_when_no_local_server_answers_the_ports_tried_are_listed(run, server):
+def test_when_no_local_server_answers_the_ports_tried_are_listed(run):
     result = run("hi", extra_env={"CHATBOT_LOCAL_PORTS": "1,2"}, base=False)
     assert result.returncode == 2
     assert "no local server answered on 127.0.0.1 ports 1, 2" in result.err
@@ -102,7 +106,8 @@ def test_a_length_finish_below_the_output_limit_is_blamed_on_the_window(run, ser
     server.push(chat_reply("Cut", finish="length", completion_tokens=40))
     result = run("--json", "q")
     payload = json.loads(result.out)
-    assert result.returncode == 1 and "context window is full" in payload["error"]["message"]
+    assert result.returncode == 1
+    assert "context window is full" in payload["error"]["message"]
     server.push(chat_reply("Cut", finish="length", completion_tokens=1000))
     assert "--max-tokens" in run("q").err
 
@@ -112,9 +117,11 @@ def test_estimates_are_calibrated_by_the_server_and_never_exceed_the_output_limi
 
     counter = TokenCounter("some-local-model", load_wait=0.0)
     counter._tried, counter._encoding = True, None  # no tokenizer: a byte estimate
-    assert counter.calibrate(estimated=1250, reported=1000) and counter.scale == 0.8
+    assert counter.calibrate(estimated=1250, reported=1000)
+    assert counter.scale == 0.8
     assert not counter.calibrate(estimated=1000, reported=12)  # implausible: a placeholder usage is ignored
-    assert counter.count_text("x" * 400) == round(estimate_tokens("x" * 400) * 0.8) and "0.800" in counter.key
+    assert counter.count_text("x" * 400) == round(estimate_tokens("x" * 400) * 0.8)
+    assert "0.800" in counter.key
     # End to end: the server counts prompts 20% smaller than our estimate; the next estimate follows it.
     server.tokenizer_ratio = 0.8
     server.local, server.n_ctx = "llama.cpp", 2048  # a small window: requests come near it and are counted
@@ -155,9 +162,11 @@ def test_llama_cpp_python_is_recognised_and_fifteen_turns_in_its_default_window_
     results = long_conversation(run, server, str(tmp_path / "s.db"), extra=["-v"])
     for turn, result in enumerate(results):
         assert result.returncode == 0, (turn, result.err)
-        assert result.out.startswith(f"Answer {turn}.") and "cut off" not in result.err
+        assert result.out.startswith(f"Answer {turn}.")
+        assert "cut off" not in result.err
     assert "window=2048(llama-cpp-python's_default_n_ctx)" in results[0].err
-    assert server.window_cuts == 0 and server.overflows == 0
+    assert server.window_cuts == 0
+    assert server.overflows == 0
 
 
 def test_a_length_finish_far_below_the_limit_teaches_the_window(run, server, tmp_path):
@@ -167,11 +176,14 @@ def test_a_length_finish_far_below_the_limit_teaches_the_window(run, server, tmp
     cut = [turn for turn, r in enumerate(results) if r.returncode != 0]
     assert len(cut) == 1, [r.err for r in results]  # the window fills once; from then on it is known
     first_cut = results[cut[0]]
-    assert "context window is full" in first_cut.err and "the next turn sends fewer older messages" in first_cut.err
+    assert "context window is full" in first_cut.err
+    assert "the next turn sends fewer older messages" in first_cut.err
     assert "--max-tokens" not in first_cut.err
     after = results[cut[0] + 1 :]
-    assert after and all(r.returncode == 0 and "cut off" not in r.err for r in after)
-    assert "a_reply_cut_off_at" in after[0].err and "older messages not sent" in after[0].err
+    assert after
+    assert all(r.returncode == 0 and "cut off" not in r.err for r in after)
+    assert "a_reply_cut_off_at" in after[0].err
+    assert "older messages not sent" in after[0].err
     assert server.window_cuts == 1
 
 
@@ -179,8 +191,10 @@ def test_one_message_larger_than_a_silent_servers_window_is_said_to_be_too_long(
     server.local, server.n_ctx = "empty-stream", 2048  # answers an overflowing prompt with an empty stream
     result = run("please read this: " + "many words of a very long document " * 400)
     assert result.returncode == 2, result.err
-    assert "larger than the model's context window" in result.err and "shorten it" in result.err
-    assert "finish signal" not in result.err and "Traceback" not in result.err
+    assert "larger than the model's context window" in result.err
+    assert "shorten it" in result.err
+    assert "finish signal" not in result.err
+    assert "Traceback" not in result.err
 
 
 def test_asking_a_slow_local_server_its_window_is_bounded_by_the_timeout(run, server):

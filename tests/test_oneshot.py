@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import CHATBOT, assert_clean, run_chatbot
+from conftest import CHATBOT, PROMPT, assert_clean, run_chatbot, send
 from server import SLEEP, chat_reply, error_status
 
 
@@ -22,8 +22,11 @@ def test_argument_prompt_prints_the_reply(run, server):
     body = server.posts[0].body
     assert body["messages"][0]["role"] == "system"
     assert body["messages"][-1] == {"role": "user", "content": "explain KV cache"}
-    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
-    assert body["max_tokens"] == 1000 and body["temperature"] == 0.4 and body["model"] == "test-model"
+    assert body["stream"] is True
+    assert body["stream_options"] == {"include_usage": True}
+    assert body["max_tokens"] == 1000
+    assert body["temperature"] == 0.4
+    assert body["model"] == "test-model"
 
 
 def test_piped_then_argument_separated_by_a_blank_line(run, server):
@@ -42,7 +45,8 @@ def test_output_is_plain_with_no_escape_codes(run, server):
     server.push(chat_reply("# Heading\n\n**bold** and `code`\n"))
     result = run("md please")
     assert result.out == "# Heading\n\n**bold** and `code`\n"
-    assert "\x1b" not in result.out and "\x1b" not in result.err
+    assert "\x1b" not in result.out
+    assert "\x1b" not in result.err
 
 
 def test_json_output(run, server):
@@ -84,15 +88,18 @@ def test_no_stream_mode(run, server):
     server.push(Behaviour(headers={"Content-Type": "application/json"}, pieces=[json.dumps(body).encode()]))
     result = run("--no-stream", "--json", "q")
     assert json.loads(result.out)["reply"] == "Whole reply."
-    assert server.posts[0].body["stream"] is False and "stream_options" not in server.posts[0].body
+    assert server.posts[0].body["stream"] is False
+    assert "stream_options" not in server.posts[0].body
 
 
 def test_attribution_headers_only_when_both_set(run, server):
     run("q", extra_env={"APP_URL": "http://localhost:3000", "APP_NAME": "Test App"})
     run("q", extra_env={"APP_URL": "http://localhost:3000"})
     first, second = server.posts
-    assert first.headers.get("http-referer") == "http://localhost:3000" and first.headers.get("x-title") == "Test App"
-    assert "http-referer" not in second.headers and "x-title" not in second.headers
+    assert first.headers.get("http-referer") == "http://localhost:3000"
+    assert first.headers.get("x-title") == "Test App"
+    assert "http-referer" not in second.headers
+    assert "x-title" not in second.headers
 
 
 def test_dotenv_file_and_env_file_flag(env, server, home):
@@ -105,7 +112,8 @@ def test_dotenv_file_and_env_file_flag(env, server, home):
     run_chatbot(["--env-file", str(other), "q"], env2)
     assert [p.body["model"] for p in server.posts] == ["from-dotenv", "from-environment"]
     missing = run_chatbot(["--env-file", str(home / "nope.env"), "q"], env)
-    assert missing.returncode == 2 and b"--env-file" in missing.stderr
+    assert missing.returncode == 2
+    assert b"--env-file" in missing.stderr
 
 
 def test_zero_config_finds_a_local_server(env, server):
@@ -119,12 +127,15 @@ def test_no_key_and_no_server_fails_fast(env):
     result = run_chatbot(["q"], dict(env, CHATBOT_LOCAL_PORTS="1"))
     assert result.returncode == 2
     lines = result.stderr.decode().strip().splitlines()
-    assert len(lines) == 1 and "OPENAI_API_KEY" in lines[0] and ".env.example" in lines[0]
+    assert len(lines) == 1
+    assert "OPENAI_API_KEY" in lines[0]
+    assert ".env.example" in lines[0]
 
 
 def test_remote_url_without_key_fails_before_any_request(env):
     result = run_chatbot(["q"], dict(env, OPENAI_BASE_URL="https://api.example.invalid/v1"))
-    assert result.returncode == 2 and b"OPENAI_API_KEY" in result.stderr
+    assert result.returncode == 2
+    assert b"OPENAI_API_KEY" in result.stderr
 
 
 def test_bad_values_exit_2_with_one_line(run, server):
@@ -138,21 +149,24 @@ def test_bad_values_exit_2_with_one_line(run, server):
         result = run(*args, extra_env=extra)
         assert_clean(result)
         assert result.returncode == 2, (args, result.err)
-        assert len(result.err.strip().splitlines()) == 1 and needle in result.err
+        assert len(result.err.strip().splitlines()) == 1
+        assert needle in result.err
     assert server.posts == []
 
 
 def test_empty_and_whitespace_input_are_usage_errors(run, server):
     for stdin in (b"", b"   \n\t\n"):
         result = run(input=stdin)
-        assert result.returncode == 2 and "nothing to send" in result.err
+        assert result.returncode == 2
+        assert "nothing to send" in result.err
     assert server.posts == []
 
 
 def test_non_utf8_stdin(run, server):
     result = run(input=b"caf\xe9 au lait\n")
     assert_clean(result)
-    assert result.returncode == 2 and "UTF-8" in result.err
+    assert result.returncode == 2
+    assert "UTF-8" in result.err
     assert server.posts == []
 
 
@@ -160,7 +174,8 @@ def test_ten_megabytes_on_stdin_is_refused_quickly(run, server):
     result = run(input=b"lorem ipsum dolor sit amet " * 400_000, timeout=30)
     assert_clean(result)
     assert result.returncode == 2
-    assert "tokens" in result.err and "room for" in result.err
+    assert "tokens" in result.err
+    assert "room for" in result.err
     assert server.posts == []
 
 
@@ -182,14 +197,17 @@ def test_version_and_help_do_not_import_the_sdk(env):
         assert out.stdout.strip().splitlines()[-1] == "False False", out.stderr
 
 
-def test_log_line_per_request_without_content_or_key(run, server, home):
+def test_log_line_per_request_without_content_or_key(run, home):
     secret = "sk-test-" + "x" * 30
     run("a very private question", extra_env={"OPENAI_API_KEY": secret})
     logs = list(home.rglob("chatbot.log"))
     assert logs, "no log file written"
     text = logs[0].read_text()
-    assert "model=test-model" in text and "host=127.0.0.1" in text and "status=200" in text
-    assert "private" not in text and secret not in text
+    assert "model=test-model" in text
+    assert "host=127.0.0.1" in text
+    assert "status=200" in text
+    assert "private" not in text
+    assert secret not in text
     verbose = run("-v", "q")
     assert "model=test-model" in verbose.err
 
@@ -201,7 +219,8 @@ def test_key_never_printed_on_auth_failure(run, server):
     server.push(error_status(401, f"Incorrect API key provided: {secret}", code="invalid_api_key"))
     result = run("q", extra_env={"OPENAI_API_KEY": secret})
     assert result.returncode == 1
-    assert secret not in result.err and secret not in result.out
+    assert secret not in result.err
+    assert secret not in result.out
     assert "OPENAI_API_KEY" in result.err
     assert len(server.posts) == 1  # never retried
     assert server.posts[0].headers["authorization"] == f"Bearer {secret}"
@@ -233,10 +252,11 @@ def test_wheel_holds_the_engine_both_front_ends_and_their_console_scripts(tmp_pa
     ):
         assert module in names
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
-    assert "chatbot = chatbot:cli" in entry_points and "chatbot-telegram = telegram_bot:main" in entry_points
+    assert "chatbot = chatbot:cli" in entry_points
+    assert "chatbot-telegram = telegram_bot:main" in entry_points
 
 
-def test_piped_one_shot_imports_only_what_it_uses(run, server, env):
+def test_piped_one_shot_imports_only_what_it_uses(server, env):
     """Piped output never loads rich, prompt_toolkit, tiktoken, genai-prices or the SDK's typed resources."""
     import subprocess
     import sys
@@ -298,7 +318,9 @@ def test_one_shot_in_a_terminal_renders_markdown_unless_no_color(env, server):
     server.push(chat_reply(reply))
     child = pexpect.spawn(sys.executable, [CHATBOT, "q"], env=full_env, encoding="utf-8", timeout=15)
     rendered = child.read()
-    assert "\x1b[" in rendered and "**bold**" not in rendered and "Title" in rendered
+    assert "\x1b[" in rendered
+    assert "**bold**" not in rendered
+    assert "Title" in rendered
     server.push(chat_reply(reply))
     child = pexpect.spawn(
         sys.executable, [CHATBOT, "q"], env=dict(full_env, NO_COLOR="1"), encoding="utf-8", timeout=15
@@ -311,13 +333,15 @@ def test_one_shot_in_a_terminal_renders_markdown_unless_no_color(env, server):
 def test_no_stream_does_not_pass_the_whole_reply_time_off_as_time_to_first_token(run, server):
     server.push(chat_reply("Whole.", delay=0.05))
     payload = json.loads(run("--no-stream", "--json", "q").out)
-    assert payload["ttft_ms"] is None and payload["latency_ms"] > 0
+    assert payload["ttft_ms"] is None
+    assert payload["latency_ms"] > 0
     result = run("--no-stream", "--show-usage", "q")
-    assert "first token" not in result.err and "tok/s" not in result.err
+    assert "first token" not in result.err
+    assert "tok/s" not in result.err
 
 
 @pytest.mark.parametrize(
-    "args, extra_env, kind, needle",
+    ("args", "extra_env", "kind", "needle"),
     [
         (["--json", "--max-tokens", "-5", "q"], {}, "configuration", "--max-tokens"),
         (["--json", "--bogus-flag", "q"], {}, "usage", "--bogus-flag"),
@@ -326,18 +350,21 @@ def test_no_stream_does_not_pass_the_whole_reply_time_off_as_time_to_first_token
         (["--json", "--continue", "q"], {}, "sessions", "no saved conversation"),
     ],
 )
-def test_json_is_one_object_with_an_error_in_every_outcome(run, server, args, extra_env, kind, needle):
+def test_json_is_one_object_with_an_error_in_every_outcome(run, args, extra_env, kind, needle):
     result = run(*args, extra_env=extra_env)
     assert result.returncode == 2
     payload = json.loads(result.out)  # exactly one JSON object, nothing else
-    assert payload["error"]["type"] == kind and needle in payload["error"]["message"]
-    assert payload["reply"] == "" and payload["truncated"] is True
+    assert payload["error"]["type"] == kind
+    assert needle in payload["error"]["message"]
+    assert payload["reply"] == ""
+    assert payload["truncated"] is True
 
 
 def test_json_error_for_a_provider_failure_names_its_type(run, server):
     server.push(error_status(401, "Incorrect API key provided"))
     payload = json.loads(run("--json", "q").out)
-    assert payload["error"]["type"] == "auth" and "OPENAI_API_KEY" in payload["error"]["message"]
+    assert payload["error"]["type"] == "auth"
+    assert "OPENAI_API_KEY" in payload["error"]["message"]
 
 
 def test_verbose_log_line_never_joins_the_reply_when_both_streams_share_a_pipe(env, server):
@@ -362,31 +389,38 @@ def test_piped_output_has_no_waiting_line(run, server):
     behaviour.pieces.insert(0, (SLEEP, 1.2))
     server.push(behaviour)
     result = run("q")
-    assert result.out == "Late.\n" and "waiting" not in result.err
+    assert result.out == "Late.\n"
+    assert "waiting" not in result.err
 
 
 def test_polish_env_file_directory_bad_ports_empty_reply_and_context_hint(run, server, home):
     folder = run("--env-file", str(home), "q")
-    assert folder.returncode == 2 and "is a directory: give the path of a file" in folder.err
+    assert folder.returncode == 2
+    assert "is a directory: give the path of a file" in folder.err
     ports = run("q", extra_env={"CHATBOT_LOCAL_PORTS": "abc"}, base=False)
-    assert ports.returncode == 2 and "CHATBOT_LOCAL_PORTS='abc' is not valid" in ports.err
+    assert ports.returncode == 2
+    assert "CHATBOT_LOCAL_PORTS='abc' is not valid" in ports.err
     server.push(chat_reply(""))
     empty = run("q")
-    assert empty.returncode == 0 and empty.out == "" and "the model sent an empty reply" in empty.err
+    assert empty.returncode == 0
+    assert empty.out == ""
+    assert "the model sent an empty reply" in empty.err
     server.push(error_status(400, "This model's maximum context length is 100 tokens", code="context_length_exceeded"))
     too_long = run("q")
-    assert too_long.returncode == 1 and "/clear" not in too_long.err and "--max-messages" in too_long.err
+    assert too_long.returncode == 1
+    assert "/clear" not in too_long.err
+    assert "--max-messages" in too_long.err
 
 
-def test_save_expands_the_home_directory(spawn, server, home):
+def test_save_expands_the_home_directory(spawn, home):
     import pexpect
 
     child = spawn("--no-save")
-    child.expect_exact("❯")
-    child.send("hi\r")
+    child.expect_exact(PROMPT)
+    send(child, "hi")
     child.expect_exact("Hello from the test server.")
-    child.send("/save ~/talk.md\r")
+    send(child, "/save ~/talk.md")
     child.expect_exact("saved 2 messages to ~/talk.md")
-    child.send("/exit\r")
+    send(child, "/exit")
     child.expect(pexpect.EOF)
     assert "Hello from the test server." in (home / "talk.md").read_text()

@@ -8,20 +8,8 @@ import time
 
 import pexpect
 import pytest
+from conftest import PROMPT, send, started
 from server import SLEEP, chat_reply, error_status
-
-PROMPT = "❯"
-
-
-def started(spawn, *args, **kwargs):
-    child = spawn(*args, **kwargs)
-    child.expect("chatbot .* · test-model · 127.0.0.1:\\d+ .*/help")
-    child.expect_exact(PROMPT)
-    return child
-
-
-def send(child, text):
-    child.send(text + "\r")
 
 
 def test_banner_reply_stats_clear_exit(spawn, server):
@@ -133,7 +121,7 @@ def test_unknown_command_and_bad_arguments(spawn, server):
     child.expect(pexpect.EOF)
 
 
-def test_help_lists_every_command_from_the_table(spawn, server):
+def test_help_lists_every_command_from_the_table(spawn):
     import chatbot
 
     child = started(spawn, "--no-save")
@@ -143,25 +131,25 @@ def test_help_lists_every_command_from_the_table(spawn, server):
     child.expect_exact(PROMPT)
 
 
-def test_tab_completes_commands(spawn, server):
+def test_tab_completes_commands(spawn):
     child = started(spawn, "--no-save")
     child.send("/sta")
     child.send("\t")
     time.sleep(0.3)
-    child.send("\r")
+    send(child, "")
     child.expect("messages in memory")
 
 
 def test_alt_enter_adds_a_line_and_paste_keeps_newlines(spawn, server):
     child = started(spawn, "--no-save")
     child.send("first line")
-    child.send("\x1b\r")  # Esc Enter
-    child.send("second line\r")
+    send(child, "\x1b")  # Esc Enter
+    send(child, "second line")
     child.expect_exact("Hello from the test server.")
     child.expect_exact(PROMPT)
     assert server.posts[-1].body["messages"][-1]["content"] == "first line\nsecond line"
     child.send("\x1b[200~pasted one\npasted two\x1b[201~")
-    child.send("\r")
+    send(child, "")
     child.expect_exact("Hello from the test server.")
     child.expect_exact(PROMPT)
     assert server.posts[-1].body["messages"][-1]["content"] == "pasted one\npasted two"
@@ -197,7 +185,8 @@ def test_markdown_reply_rendered_in_the_terminal(spawn, server):
     child.expect_exact("Big Title")
     child.expect_exact(PROMPT)
     shown = child.before
-    assert "**bold**" not in shown and "bold" in shown
+    assert "**bold**" not in shown
+    assert "bold" in shown
     assert "```" not in shown
     assert "\x1b[" in shown  # styled
 
@@ -298,7 +287,8 @@ def test_ctrl_c_mid_markdown_reply_leaves_a_clean_screen(spawn, server):
     rows += [line.rstrip() for line in screen.display]
     shown = [row for row in rows if row.startswith("Paragraph")]
     numbers = [int(row.split()[1]) for row in shown]
-    assert numbers == list(range(len(numbers))) and len(numbers) >= 5  # each once, in order, no leftovers
+    assert numbers == list(range(len(numbers)))
+    assert len(numbers) >= 5
     assert all(row in paragraphs or paragraphs[n].startswith(row) for n, row in zip(numbers, shown, strict=True))
     assert any("[interrupted]" in row for row in rows)
 
@@ -325,7 +315,7 @@ def test_text_starting_with_a_slash_is_never_lost(spawn, server):
     child.expect(pexpect.EOF)
 
 
-def test_summarize_without_an_argument_shows_the_setting(spawn, server):
+def test_summarize_without_an_argument_shows_the_setting(spawn):
     child = started(spawn, "--no-save")
     send(child, "/summarize")
     child.expect_exact("summaries of dropped turns: off (/summarize on|off)")
@@ -356,7 +346,8 @@ def test_fast_repeated_ctrl_c_leaves_one_marker_and_a_valid_history(spawn, serve
     child.expect_exact("Hello from the test server.")
     child.expect_exact(PROMPT)
     shown = child.logfile_read.getvalue()
-    assert shown.count("[interrupted]") == 1 and "^C" not in shown
+    assert shown.count("[interrupted]") == 1
+    assert "^C" not in shown
     messages = server.posts[-1].body["messages"]
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
     assert messages[-1]["content"] == "next"  # the prompt held only what was typed
@@ -365,7 +356,7 @@ def test_fast_repeated_ctrl_c_leaves_one_marker_and_a_valid_history(spawn, serve
     child.expect(pexpect.EOF)
 
 
-def test_ctrl_c_between_prompts_never_ends_the_chat(spawn, server):
+def test_ctrl_c_between_prompts_never_ends_the_chat(spawn):
     child = started(spawn, "--no-save")
     for _ in range(5):  # presses that land while a command runs or before the prompt is back
         send(child, "/help")
@@ -381,7 +372,7 @@ def test_ctrl_c_between_prompts_never_ends_the_chat(spawn, server):
 
 
 @pytest.mark.parametrize("keys", ["\x04", "/exit\r"], ids=["ctrl-d", "exit"])
-def test_leaving_typed_ahead_before_the_prompt_is_drawn_ends_the_chat(spawn, server, keys):
+def test_leaving_typed_ahead_before_the_prompt_is_drawn_ends_the_chat(spawn, keys):
     child = spawn("--no-save")
     child.send(keys)  # at once: Python is still starting, the banner not yet drawn
     child.expect(pexpect.EOF, timeout=10)
@@ -439,7 +430,8 @@ def test_show_reasoning_shows_all_of_it_above_the_whole_answer(spawn, server, fl
     screen = "\n".join(final_screen(child.logfile_read.getvalue()))
     flat = " ".join(screen.split())
     assert reasoning in flat  # complete
-    assert "Line one of the answer." in screen and "Line two of the answer." in screen
+    assert "Line one of the answer." in screen
+    assert "Line two of the answer." in screen
     assert flat.index("Finally I decide.") < flat.index("Line one of the answer.")  # above the answer
     assert "\x1b[2m" in child.logfile_read.getvalue()  # dimmed
     send(child, "/exit")

@@ -8,28 +8,35 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import assert_clean
+from conftest import PROMPT, assert_clean, send
 from server import SLEEP, Behaviour, error_status, responses_openai, responses_router, sse
-
-PROMPT = "❯"
 
 
 def case_router():
-    return responses_router("Hello from the router.", usage=(11, 7)), dict(
-        reply="Hello from the router.", status=0, finish="stop", usage=(11, 7)
-    )
+    return responses_router("Hello from the router.", usage=(11, 7)), {
+        "reply": "Hello from the router.",
+        "status": 0,
+        "finish": "stop",
+        "usage": (11, 7),
+    }
 
 
 def case_openai():
-    return responses_openai("Hello from OpenAI."), dict(
-        reply="Hello from OpenAI.", status=0, finish="stop", usage=(20, 9)
-    )
+    return responses_openai("Hello from OpenAI."), {
+        "reply": "Hello from OpenAI.",
+        "status": 0,
+        "finish": "stop",
+        "usage": (20, 9),
+    }
 
 
 def case_openai_done():
-    return responses_openai("With a DONE.", done=True), dict(
-        reply="With a DONE.", status=0, finish="stop", usage=(20, 9)
-    )
+    return responses_openai("With a DONE.", done=True), {
+        "reply": "With a DONE.",
+        "status": 0,
+        "finish": "stop",
+        "usage": (20, 9),
+    }
 
 
 def case_response_done_event():
@@ -39,7 +46,7 @@ def case_response_done_event():
             "type": "response.done",
             "response": {"status": "completed", "usage": {"input_tokens": 3, "output_tokens": 2}},
         },
-    ), dict(reply="Gateway style.", status=0, finish="stop", usage=(3, 2))
+    ), {"reply": "Gateway style.", "status": 0, "finish": "stop", "usage": (3, 2)}
 
 
 def case_failed():
@@ -49,7 +56,7 @@ def case_failed():
             "type": "response.failed",
             "response": {"status": "failed", "error": {"code": "server_error", "message": "the model crashed"}},
         },
-    ), dict(reply="Partial", status=1, finish=None, needle="the model crashed")
+    ), {"reply": "Partial", "status": 1, "finish": None, "needle": "the model crashed"}
 
 
 def incomplete(reason: str, **response) -> dict:
@@ -63,15 +70,15 @@ def incomplete(reason: str, **response) -> dict:
 def case_incomplete():
     return responses_openai(
         "Cut by limit",
-        terminal=incomplete("max_output_tokens", usage={"input_tokens": 5, "output_tokens": 50}),
-    ), dict(reply="Cut by limit", status=1, finish="length", needle="--max-tokens", usage=(5, 50))
+        terminal=incomplete("max_output_tokens", usage={"input_tokens": 5, "output_tokens": 1000}),
+    ), {"reply": "Cut by limit", "status": 1, "finish": "length", "needle": "--max-tokens", "usage": (5, 1000)}
 
 
 def case_content_filter():
     return responses_openai(
         "Filtered",
         terminal=incomplete("content_filter"),
-    ), dict(reply="Filtered", status=1, finish="content_filter", needle="content filter")
+    ), {"reply": "Filtered", "status": 1, "finish": "content_filter", "needle": "content filter"}
 
 
 def case_incomplete_unknown_reason():
@@ -79,13 +86,13 @@ def case_incomplete_unknown_reason():
     return responses_openai(
         "Half a rep",
         terminal=incomplete("unexpected_eof"),
-    ), dict(reply="Half a rep", status=1, finish="unexpected_eof", needle="finish reason 'unexpected_eof'")
+    ), {"reply": "Half a rep", "status": 1, "finish": "unexpected_eof", "needle": "finish reason 'unexpected_eof'"}
 
 
 def case_error_event():
     return responses_openai(
         "Some", terminal={"type": "error", "code": "rate_limit_exceeded", "message": "slow down please"}
-    ), dict(reply="Some", status=1, finish=None, needle="slow down please")
+    ), {"reply": "Some", "status": 1, "finish": None, "needle": "slow down please"}
 
 
 def case_function_calls_and_unknown_events():
@@ -104,21 +111,30 @@ def case_function_calls_and_unknown_events():
         },
         {"type": "response.some_future_event", "payload": {"x": 1}},
     ]
-    return responses_openai("Tools skipped.", extra_events=extra), dict(
-        reply="Tools skipped.", status=0, finish="stop", usage=(20, 9)
-    )
+    return responses_openai("Tools skipped.", extra_events=extra), {
+        "reply": "Tools skipped.",
+        "status": 0,
+        "finish": "stop",
+        "usage": (20, 9),
+    }
 
 
 def case_reasoning_summary():
-    return responses_openai("Reasoned.", reasoning="First I consider the question."), dict(
-        reply="Reasoned.", status=0, finish="stop", usage=(20, 9)
-    )
+    return responses_openai("Reasoned.", reasoning="First I consider the question."), {
+        "reply": "Reasoned.",
+        "status": 0,
+        "finish": "stop",
+        "usage": (20, 9),
+    }
 
 
 def case_ends_early():
-    return responses_openai("Never finished", end=False), dict(
-        reply="Never finished", status=1, finish=None, needle="without a finish signal"
-    )
+    return responses_openai("Never finished", end=False), {
+        "reply": "Never finished",
+        "status": 1,
+        "finish": None,
+        "needle": "without a finish signal",
+    }
 
 
 def case_context_failed():
@@ -134,7 +150,7 @@ def case_context_failed():
                 },
             },
         },
-    ), dict(reply="", status=1, finish=None, needle="context window")
+    ), {"reply": "", "status": 1, "finish": None, "needle": "context window"}
 
 
 CASES = [
@@ -168,7 +184,9 @@ def test_one_shot(run, server, case):
     assert server.posts[0].path.endswith("/responses")
     assert body["instructions"].startswith("You are")
     assert body["input"] == [{"role": "user", "content": "q"}]
-    assert body["max_output_tokens"] == 1000 and body["stream"] is True and body["temperature"] == 0.4
+    assert body["max_output_tokens"] == 1000
+    assert body["stream"] is True
+    assert body["temperature"] == 0.4
     assert "messages" not in body
 
 
@@ -193,7 +211,8 @@ def test_json(run, server, case):
 def test_openai_usage_details(run, server):
     server.push(responses_openai("x"))
     payload = json.loads(run("--api", "responses", "--json", "q").out)
-    assert payload["usage"]["cached_tokens"] == 4 and payload["usage"]["reasoning_tokens"] == 3
+    assert payload["usage"]["cached_tokens"] == 4
+    assert payload["usage"]["reasoning_tokens"] == 3
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.__name__[5:])
@@ -202,7 +221,7 @@ def test_repl(spawn, server, case):
     server.push(behaviour)
     child = spawn("--api", "responses", "--no-save", "--raw")
     child.expect_exact(PROMPT)
-    child.send("q\r")
+    send(child, "q")
     if expect["reply"]:
         child.expect_exact(expect["reply"])
     if "needle" in expect:
@@ -211,7 +230,7 @@ def test_repl(spawn, server, case):
     if not expect["reply"]:
         child.expect_exact("q")  # the failed message is back at the prompt
         child.sendcontrol("u")
-    child.send("again\r")
+    send(child, "again")
     child.expect_exact("Hello from the router.")
     child.expect_exact(PROMPT)
     body = server.posts[-1].body
@@ -220,7 +239,7 @@ def test_repl(spawn, server, case):
     assert roles == (["user", "assistant", "user"] if expect["reply"] else ["user"])
     assert body["input"][-1]["content"] == "again"
     assert "First I consider" not in json.dumps(body)
-    child.send("/api\r")
+    send(child, "/api")
     child.expect_exact("API: responses")
 
 
@@ -235,15 +254,18 @@ def test_server_without_responses_endpoint(run, server):
     )
     result = run("--api", "responses", "q")
     assert result.returncode == 2  # a configuration problem, as the README says
-    assert "no Responses API endpoint" in result.err and "--api chat" in result.err
+    assert "no Responses API endpoint" in result.err
+    assert "--api chat" in result.err
     server.push(error_status(405, "Method Not Allowed"))
     result = run("--api", "responses", "q")
-    assert result.returncode == 2 and "--api chat" in result.err
+    assert result.returncode == 2
+    assert "--api chat" in result.err
 
 
 def test_api_from_environment(run, server):
     result = run("q", extra_env={"OPENAI_API": "responses"})
-    assert result.returncode == 0 and result.out == "Hello from the router.\n"
+    assert result.returncode == 0
+    assert result.out == "Hello from the router.\n"
     assert server.posts[0].path.endswith("/responses")
 
 
@@ -252,16 +274,19 @@ def test_keep_alives_and_slow_stream_in_responses_mode(run, server):
     behaviour.pieces = [b": keep-alive\n\n", (SLEEP, 0.05)] * 3 + behaviour.pieces
     server.push(behaviour)
     result = run("--api", "responses", "--total-timeout", "0.8", "q")
-    assert result.returncode == 1 and result.out.startswith("slow")
+    assert result.returncode == 1
+    assert result.out.startswith("slow")
     assert "--total-timeout" in result.err
 
 
 def test_malformed_event_in_responses_mode(run, server):
     behaviour = responses_openai("Good part")
-    behaviour.pieces = behaviour.pieces[:-1] + [b"data: {oops\n\n"]
+    behaviour.pieces = [*behaviour.pieces[:-1], b"data: {oops\n\n"]
     server.push(behaviour)
     result = run("--api", "responses", "q")
-    assert result.returncode == 1 and result.out == "Good part\n" and "malformed" in result.err
+    assert result.returncode == 1
+    assert result.out == "Good part\n"
+    assert "malformed" in result.err
 
 
 def test_event_name_only_dispatch_is_not_needed(run, server):
@@ -275,7 +300,8 @@ def test_event_name_only_dispatch_is_not_needed(run, server):
         )
     )
     result = run("--api", "responses", "q")
-    assert result.returncode == 0 and result.out == "Typed.\n"
+    assert result.returncode == 0
+    assert result.out == "Typed.\n"
 
 
 def test_no_stream_responses_body(run, server):
@@ -297,12 +323,16 @@ def test_no_stream_responses_body(run, server):
     server.push(Behaviour(headers={"Content-Type": "application/json"}, pieces=[json.dumps(body).encode()]))
     result = run("--api", "responses", "--no-stream", "--json", "q")
     payload = json.loads(result.out)
-    assert result.returncode == 0 and payload["reply"] == "Whole answer."
-    assert payload["usage"]["input_tokens"] == 8 and server.posts[0].body["stream"] is False
+    assert result.returncode == 0
+    assert payload["reply"] == "Whole answer."
+    assert payload["usage"]["input_tokens"] == 8
+    assert server.posts[0].body["stream"] is False
 
 
 def test_gateway_rejecting_store_is_retried_without_it(run, server):
     server.push(error_status(400, "Unrecognized request argument supplied: store", param="store"))
     result = run("--api", "responses", "q")
-    assert result.returncode == 0 and result.out == "Hello from the router.\n"
-    assert server.posts[0].body["store"] is False and "store" not in server.posts[1].body
+    assert result.returncode == 0
+    assert result.out == "Hello from the router.\n"
+    assert server.posts[0].body["store"] is False
+    assert "store" not in server.posts[1].body

@@ -84,7 +84,8 @@ def test_the_parsed_shown_default_is_the_default():
 
 def test_rows_say_how_they_are_shown_instead_of_special_cases_by_name():
     rows = {s.name: s for s in SETTINGS}
-    assert rows["system"].shown_default is None and rows["system"].default_doc
+    assert rows["system"].shown_default is None
+    assert rows["system"].default_doc
     assert rows["api"].metavar == "{chat,responses}"
     assert rows["max_tokens"].metavar == "MAX-TOKENS"
     assert rows["local_ports"].shown_default == "11434,1234,8080,8000"
@@ -97,12 +98,13 @@ def test_rows_say_how_they_are_shown_instead_of_special_cases_by_name():
 def test_secrets_are_never_flags():
     for setting in SETTINGS:
         if setting.secret:
-            assert not setting.flags and setting.env, setting.name
+            assert not setting.flags, setting.name
+            assert setting.env, setting.name
 
 
 def test_bool_settings_are_the_rows_parsed_as_booleans():
     hints = typing.get_type_hints(Settings)
-    assert config.BOOL_SETTINGS == {s.name for s in SETTINGS if hints[s.name] is bool}
+    assert {s.name for s in SETTINGS if hints[s.name] is bool} == config.BOOL_SETTINGS
 
 
 # -- reading .env ------------------------------------------------------------------
@@ -175,7 +177,8 @@ def test_no_key_and_no_base_url_uses_the_local_server_and_its_first_model(server
         f"no key or base URL set: using the local server at {host} and its model test-model "
         "(the first of 2 it lists; set OPENAI_MODEL to choose)"
     ]
-    assert "base_url" not in settings.sources and "model" not in settings.sources
+    assert "base_url" not in settings.sources
+    assert "model" not in settings.sources
 
 
 def test_a_model_that_was_set_is_kept_when_a_local_server_is_found(server):
@@ -211,7 +214,7 @@ def test_a_local_server_serving_several_models_gives_its_first_and_says_so(serve
 
 def test_a_remote_server_serving_several_models_asks_for_one(monkeypatch):
     models = [f"model-{n}" for n in range(8)]
-    monkeypatch.setattr(config, "served_models", lambda base_url, api_key: models)
+    monkeypatch.setattr(config, "served_models", lambda _base_url, _api_key: models)
     with pytest.raises(ConfigError) as info:
         config.discover_missing(resolved(OPENAI_BASE_URL="https://api.example.com/v1", OPENAI_API_KEY="sk"))
     assert str(info.value) == (
@@ -227,7 +230,7 @@ def test_a_server_that_does_not_list_models_leaves_the_model_as_set(server):
 
 
 def test_nothing_is_asked_when_key_base_url_and_model_are_set(monkeypatch):
-    def never(*args: object) -> typing.NoReturn:
+    def never(*_args: object) -> typing.NoReturn:
         raise AssertionError("no server should be asked")
 
     monkeypatch.setattr(config, "served_models", never)
