@@ -377,6 +377,10 @@ class LiveRegion:
             same = 0
             while same < min(len(lines), len(self.lines)) and lines[same] == self.lines[same]:
                 same += 1
+            if same == len(lines) and lines:
+                # Fewer lines, all already shown: rewrite the last of them, so the cursor rests at its end
+                # (clearing below it alone would leave the cursor a row low, and a stale line on screen).
+                same -= 1
             if same == len(self.lines):
                 out = "\n" + "\n".join(lines[same:])
             elif same == 0:

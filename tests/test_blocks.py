@@ -239,6 +239,7 @@ class Screen:
         [["a", "b"], ["a", "B"], ["x", "y", "z"]],  # a changed last line; everything changed
         [["a", "b", "c"], ["x"]],
         [["a", "b"], []],
+        [["a", "b", "c"], ["a", "b"], ["a"], ["x"]],  # shrinking to lines already shown
     ],
 )
 def test_the_region_shows_each_frame_and_erases_without_a_trace(frames):
