@@ -1,16 +1,56 @@
-"""Terminal rendering: plain text byte for byte, or Markdown committed block by block with a small live tail."""
+"""Terminal rendering: plain text byte for byte, or Markdown committed block by block with a small live tail.
+
+The Markdown view is three parts, each with one job, composed by `MarkdownView`:
+`BlockSplitter` (streamed text -> finished blocks and the open tail; pure text, no terminal),
+`MarkdownRenderer` (a block -> ANSI lines, with rich) and `LiveRegion` (the lines redrawn in
+place below the scrollback: cursor arithmetic only).
+"""
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Literal, Protocol, TypeVar, cast
 
 from chatcore.streams import REASONING, TEXT
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+# Event kinds are compared with `==`, never `is`: a kind may be a plain string or an enum member.
+Kind = TypeVar("Kind")
+
+
+class Output(Protocol):
+    """Where a view writes: a text stream (sys.stdout, a pseudo-terminal, a test's fake terminal)."""
+
+    def write(self, text: str, /) -> object: ...
+
+    def flush(self) -> object: ...
+
+
+def is_terminal(stream: object, unknown: bool = False) -> bool:
+    """Whether a stream is a terminal; `unknown` for anything without a working `isatty`."""
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty()) if isatty is not None else unknown
+    except (AttributeError, ValueError):  # ValueError: a closed file
+        return unknown
+
+
+def terminal_size(stream: object) -> os.terminal_size | None:
+    """The size of the terminal a stream writes to, or None when it is not one."""
+    fileno = getattr(stream, "fileno", None)
+    try:
+        return os.get_terminal_size(fileno()) if fileno is not None else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
 
 # Model output is untrusted: on a terminal, a control character could set the window title,
 # clear the screen or the scrollback, or write the clipboard (OSC 52). Every one but newline and
@@ -40,26 +80,23 @@ class PlainView:
 
     FLUSH_SECONDS = 0.02
 
-    def __init__(self, out: Any, show_reasoning: bool = False, reasoning_out: Any = None, dim: bool = False):
+    def __init__(
+        self, out: Output, show_reasoning: bool = False, reasoning_out: Output | None = None, dim: bool = False
+    ) -> None:
         self.out = out
-        try:
-            self.batch = not out.isatty()
-        except (AttributeError, ValueError):
-            self.batch = False
+        self.batch = not is_terminal(out, unknown=True)  # a writer that cannot tell is treated as a terminal
         self.flushed_at = 0.0
         self.show_reasoning = show_reasoning
         self.reasoning_out = reasoning_out
-        try:
-            self.reasoning_tty = reasoning_out is not None and reasoning_out.isatty()
-        except (AttributeError, ValueError):
-            self.reasoning_tty = False
+        self.reasoning_tty = is_terminal(reasoning_out)
         self.dim = dim
         self.wrote_text = False
         self.ends_with_newline = True
         self._reasoning_open = False
 
-    def on_event(self, kind: str, text: str) -> None:
-        if kind is TEXT:
+    def on_event(self, kind: object, text: str) -> None:
+        """Show one streamed event: the answer's text, or reasoning."""
+        if kind == TEXT:
             if self._reasoning_open:
                 self._close_reasoning()
             self.out.write(text if self.batch else visible_controls(text))
@@ -84,10 +121,12 @@ class PlainView:
 
     def _close_reasoning(self) -> None:
         self._reasoning_open = False
-        self.reasoning_out.write(("\x1b[0m" if self.dim else "") + "\n")
-        self.reasoning_out.flush()
+        if self.reasoning_out is not None:  # always, once reasoning was opened
+            self.reasoning_out.write(("\x1b[0m" if self.dim else "") + "\n")
+            self.reasoning_out.flush()
 
     def finish(self) -> None:
+        """End the reply on a line of its own."""
         if self._reasoning_open:
             self._close_reasoning()
         if self.wrote_text and not self.ends_with_newline:
@@ -95,6 +134,101 @@ class PlainView:
         self.out.flush()
 
     abort = finish
+
+
+# -- Markdown, 1: splitting the stream into blocks (pure text) ---------------------------
+
+FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+LIST_ITEM = re.compile(r"^ {0,3}(?:[-*+]|\d{1,9}[.)])(?:\s|$)")
+HEADING = re.compile(r"^ {0,3}#{1,6}(\s|$)")
+
+
+def closes_fence(marker: str, line: str) -> bool:
+    """Whether `line` closes a code block opened by `marker`: the same character, at least as many, nothing else."""
+    fence = FENCE.match(line)
+    return bool(
+        fence
+        and fence.group(1)[0] == marker[0]
+        and len(fence.group(1)) >= len(marker)
+        and not line.strip().strip(marker[0])
+    )
+
+
+class BlockSplitter:
+    """Streamed Markdown in, finished blocks out: pure text, no terminal.
+
+    A block is finished only when the Markdown says so: a blank line outside a code fence
+    (and not inside a list that continues), a closing fence, or a heading line. Only complete
+    lines are read, so a chunk may end anywhere, even inside a fence marker. What is not finished
+    is `pending`, the open tail; `fence` is its open fence marker while inside a code block.
+    """
+
+    def __init__(self) -> None:
+        self.pending = ""  # text received but not yet part of a finished block
+        self.fence: str | None = None  # the open fence marker, when inside a code block
+        self._scanned = 0  # offset in `pending` of the first line not yet read
+        self._blank_at: int | None = None  # offset after a blank line that may end the block
+
+    def feed(self, text: str) -> tuple[str, ...]:
+        """Add a chunk; return the blocks it finished, oldest first (each with the blank lines after it)."""
+        pending, self.pending = self.pending, ""
+        pending += text  # with the only reference held here, CPython appends in place: no copy per chunk
+        self.pending = pending
+        return self._scan() if "\n" in text else ()
+
+    def close(self) -> tuple[str, ...]:
+        """The text has ended: the open tail is the last block, if it holds anything. Starts afresh."""
+        rest = self.pending
+        self.pending, self.fence, self._scanned, self._blank_at = "", None, 0, None
+        return (rest,) if rest.strip() else ()
+
+    def _scan(self) -> tuple[str, ...]:
+        """Read the complete lines not yet read, cutting off each block they finish."""
+        blocks: list[str] = []
+        while (end := self.pending.find("\n", self._scanned)) >= 0:
+            start, self._scanned = self._scanned, end + 1
+            line = self.pending[start:end]
+            if self.fence is not None:
+                if closes_fence(self.fence, line):
+                    self.fence = None
+                    self._cut(self._scanned, blocks)
+                continue
+            if not line.strip():
+                if self.pending[:start].strip():
+                    self._blank_at = self._scanned  # the block ends here unless the next line carries it on
+                continue
+            if self._blank_at is not None:
+                if not self._continues(line):
+                    start -= self._blank_at
+                    self._cut(self._blank_at, blocks)
+                self._blank_at = None
+            opening = FENCE.match(line)
+            if opening:
+                self.fence = opening.group(1)
+            elif HEADING.match(line) and not self.pending[:start].strip():
+                self._cut(self._scanned, blocks)  # a heading is a block of its own
+        return tuple(blocks)
+
+    def _continues(self, line: str) -> bool:
+        """After a blank line, whether `line` carries the block on: indented, or the next item of a list."""
+        if line[:1] in (" ", "\t"):
+            return True
+        return LIST_ITEM.match(line) is not None and LIST_ITEM.match(self.pending.lstrip("\n")) is not None
+
+    def _cut(self, upto: int, blocks: list[str]) -> None:
+        """Cut pending[:upto] off as a finished block (kept only if it holds more than blank lines)."""
+        block, self.pending = self.pending[:upto], self.pending[upto:]
+        self._scanned -= upto
+        self._blank_at = None
+        if block.strip():
+            blocks.append(block)
+
+
+# -- Markdown, 2: rendering text into terminal lines (rich) -------------------------------
+
+# rich's Console names its colour system with one of these; `Console.color_system` returns it as a plain str.
+ColorSystem = Literal["auto", "standard", "256", "truecolor", "windows"]
+TRAILING_SPACES = re.compile(r" +\n")
 
 
 def tail_lines(text: str, count: int) -> str:
@@ -107,74 +241,60 @@ def tail_lines(text: str, count: int) -> str:
     return text[position + 1 :]
 
 
-class MarkdownView:
-    """Streams Markdown into a terminal: finished blocks are rendered once into the scrollback,
-    only the unfinished block is redrawn, in a live region of a few lines, at most `fps` times a second.
+def code_tail_lines(pending: str, width: int, rows: int) -> list[str]:
+    """The last `rows` lines of an unfinished code block (its first line, the fence, left out) as plain text,
+    each cropped to one terminal row; it is highlighted once it is finished."""
+    from rich.cells import cell_len, set_cell_size
 
-    A block is finished only when the Markdown says so: a blank line outside a code fence
-    (and not inside a list that continues), a closing fence, or a heading line.
+    lines = []
+    first_newline = pending.find("\n")
+    tail = tail_lines(pending[first_newline + 1 :] if first_newline >= 0 else "", rows)
+    for line in tail.split("\n")[-rows:]:
+        line = line.replace("\t", "    ")  # control characters were made visible on the way in
+        if cell_len(line) >= width:
+            line = set_cell_size(line, width - 1)
+        lines.append(line.rstrip())
+    return lines
+
+
+def dim_lines(text: str, width: int) -> list[str]:
+    """Text (the model's reasoning) dimmed and wrapped to the terminal's width."""
+    lines = []
+    for paragraph in text.strip("\n").split("\n"):
+        while True:
+            lines.append(f"\x1b[2m{paragraph[:width]}\x1b[0m" if paragraph else "")
+            paragraph = paragraph[width:]
+            if not paragraph:
+                break
+    return lines
+
+
+class MarkdownRenderer:
+    """Markdown text -> ANSI lines, with rich, as printing the whole reply at once would show them.
+
+    Its input has had its control characters made visible already (`visible_controls`): what it
+    returns holds only rich's own escape sequences.
     """
 
-    FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
-    LIST_ITEM = re.compile(r"^ {0,3}(?:[-*+]|\d{1,9}[.)])(?:\s|$)")
-
-    def __init__(
-        self,
-        out: Any,
-        console: Any,
-        show_reasoning: bool = False,
-        fps: float = 20.0,
-        live_lines: int = 6,
-        code_theme: str = "monokai",
-        clock: Callable[[], float] = time.monotonic,
-    ):
-        self.out = out
-        self.console = console  # a rich Console: its width, colour system and theme
-        self.show_reasoning = show_reasoning
-        self.interval = 1.0 / fps
-        self.max_live = live_lines
+    def __init__(self, console: Console, code_theme: str = "monokai") -> None:
+        self.console = console  # the terminal's Console: its colour system and theme
         self.code_theme = code_theme
-        self.pending = ""  # text received but not committed
-        self.scanned = 0  # offset in `pending` of the first line not yet scanned
-        self.fence: str | None = None  # the open fence marker, when inside a code block
-        self.blank_at: int | None = None  # offset after a blank line that may end the block
-        self.previous_new_line: bool | None = None  # does the last committed block want a blank line after it?
-        self.live: list[str] = []  # lines now drawn in the live region (cursor at the end of the last)
-        self.live_width = 0
-        self.last_draw = -1e9
-        self.clock = clock
-        self.reasoning_chars = 0
-        self.reasoning = ""  # shown reasoning not yet committed to the scrollback
-        self.wrote_text = False
-        self._capture: Any = None
+        self.previous_new_line: bool | None = None  # does the last finished block want a blank line after it?
+        self._capture: Console | None = None  # renders into _buffer, rebuilt when the width changes
+        self._buffer = io.StringIO()
 
-    # -- rendering helpers -------------------------------------------------------
-
-    def _render(self, markdown_text: str, width: int) -> tuple[list[str], bool]:
+    def render(self, markdown_text: str, width: int) -> tuple[list[str], bool]:
         """ANSI lines for a Markdown text, and whether rich would put a blank line after it."""
-        from rich.console import Console
         from rich.markdown import Markdown, UnknownElement
 
-        capture = self._capture
-        if capture is None or capture.width != width:
-            import io
-
-            capture = self._capture = Console(
-                file=io.StringIO(),
-                width=width,
-                force_terminal=True,
-                no_color=self.console.no_color,
-                color_system=self.console.color_system,
-                legacy_windows=False,
-                theme=None,
-            )
+        capture = self._capture_console(width)
         # Links show their URL: a terminal hyperlink (OSC 8) would hide where it goes.
         markdown = Markdown(markdown_text, code_theme=self.code_theme, hyperlinks=False)
-        capture.file.seek(0)
-        capture.file.truncate()
+        self._buffer.seek(0)
+        self._buffer.truncate()
         capture.print(markdown)
-        text = re.sub(r" +\n", "\n", capture.file.getvalue())
-        top = [t for t in markdown.parsed if t.level == 0]
+        text = TRAILING_SPACES.sub("\n", self._buffer.getvalue())
+        top = [token for token in markdown.parsed if token.level == 0]
         wants_new_line = True
         if top:
             opening = top[-1].type.replace("_close", "_open")
@@ -183,193 +303,229 @@ class MarkdownView:
             text = text[:-1]  # the newline console.print adds; an element's own blank lines stay
         return text.split("\n") if text.strip("\n") else [], wants_new_line
 
-    def _width(self) -> int:
-        try:
-            return max(20, os.get_terminal_size(self.out.fileno()).columns)
-        except (OSError, ValueError, AttributeError):
-            return self.console.width
+    def block_text(self, block: str, width: int) -> str:
+        """The text that puts the next finished block into the scrollback, ending in a newline."""
+        lines, wants_new_line = self.render(block, width)
+        out = ""
+        if self.previous_new_line and lines and lines[0] != "":
+            # rich puts a blank line between elements when the element closed last asks for one;
+            # a block whose own inner elements already produced that blank line needs no other.
+            out = "\n"
+        out += "\n".join(lines) + "\n" if lines else ""
+        self.previous_new_line = wants_new_line
+        return out
 
-    def _height(self) -> int:
-        try:
-            return max(3, os.get_terminal_size(self.out.fileno()).lines)
-        except (OSError, ValueError, AttributeError):
-            return 24
+    def _capture_console(self, width: int) -> Console:
+        from rich.console import Console
 
-    def _erase_live(self, width: int) -> str:
-        if not self.live:
+        if self._capture is None or self._capture.width != width:
+            self._capture = Console(
+                file=self._buffer,
+                width=width,
+                force_terminal=True,
+                no_color=self.console.no_color,
+                color_system=cast("ColorSystem | None", self.console.color_system),
+                legacy_windows=False,
+                theme=None,
+            )
+        return self._capture
+
+
+# -- Markdown, 3: the live region (cursor arithmetic, nothing about Markdown) ---------------
+
+SGR = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class LiveRegion:
+    """The few lines drawn below the scrollback and redrawn in place; the cursor rests at the end of the last.
+
+    It returns the text to write rather than writing it, so a caller can send a commit and the
+    redraw after it in one write. It knows nothing about what the lines hold.
+    """
+
+    def __init__(self, max_lines: int) -> None:
+        self.max_lines = max_lines
+        self.lines: list[str] = []  # the lines on screen now
+        self.width = 0  # the terminal's width when they were drawn
+
+    def limit(self, height: int, tall: bool) -> int:
+        """How many lines may be on screen: a tall region (an open code block) grows to the terminal's height."""
+        return max(1, height - 2 if tall else min(self.max_lines, height - 2))
+
+    def erase(self, width: int) -> str:
+        """The text that clears the region, leaving the cursor where its first line began."""
+        if not self.lines:
+            self.width = width
             return ""
         rows = 0
-        for line in self.live:  # after a resize a line may now take several rows
-            visible = len(re.sub(r"\x1b\[[0-9;]*m", "", line))
-            rows += max(1, -(-visible // width)) if width != self.live_width else 1
-        self.live = []
+        for line in self.lines:  # after a resize a line may now take several rows
+            visible = len(SGR.sub("", line))
+            rows += max(1, -(-visible // width)) if width != self.width else 1
+        self.lines = []
+        self.width = width
         return (f"\x1b[{rows - 1}A" if rows > 1 else "") + "\r\x1b[J"
+
+    def repaint(self, lines: list[str], width: int, height: int, tall: bool = False) -> str | None:
+        """The text that turns the region into `lines` (their tail, within the limit), rewriting
+        only the lines that changed; None when the screen already shows them."""
+        lines = lines[-self.limit(height, tall) :]
+        if lines == self.lines and width == self.width:
+            return None
+        if not self.lines or width != self.width:
+            out = self.erase(width) + "\n".join(lines)
+        else:
+            same = 0
+            while same < min(len(lines), len(self.lines)) and lines[same] == self.lines[same]:
+                same += 1
+            if same == len(lines) and lines:
+                # Fewer lines, all already shown: rewrite the last of them, so the cursor rests at its end
+                # (clearing below it alone would leave the cursor a row low, and a stale line on screen).
+                same -= 1
+            if same == len(self.lines):
+                out = "\n" + "\n".join(lines[same:])
+            elif same == 0:
+                out = self.erase(width) + "\n".join(lines)
+            else:
+                up = len(self.lines) - 1 - same
+                out = (f"\x1b[{up}A" if up > 0 else "") + "\r\x1b[J" + "\n".join(lines[same:])
+        self.lines = lines
+        self.width = width
+        return out
+
+
+# -- Markdown, the view: the three parts composed ------------------------------------------
+
+
+class MarkdownView:
+    """Streams Markdown into a terminal: finished blocks are rendered once into the scrollback,
+    only the unfinished block is redrawn, in a live region of a few lines, at most `fps` times a second.
+
+    Reasoning, when shown, grows in the live region and is printed whole above the answer once the
+    answer starts; when hidden, one dim line counts its characters until then.
+    """
+
+    def __init__(
+        self,
+        out: Output,
+        console: Console,
+        show_reasoning: bool = False,
+        fps: float = 20.0,
+        live_lines: int = 6,
+        code_theme: str = "monokai",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.out = out
+        self.console = console  # a rich Console: its width (when `out` is not a terminal), colours, theme
+        self.show_reasoning = show_reasoning
+        self.interval = 1.0 / fps
+        self.max_live = live_lines
+        self.clock = clock
+        self.blocks = BlockSplitter()
+        self.renderer = MarkdownRenderer(console, code_theme)
+        self.region = LiveRegion(live_lines)
+        self.last_draw = -1e9
+        self.reasoning_chars = 0
+        self.reasoning = ""  # shown reasoning not yet committed to the scrollback
+        self.wrote_text = False
+
+    @property
+    def pending(self) -> str:
+        """The text of the unfinished block."""
+        return self.blocks.pending
+
+    @property
+    def fence(self) -> str | None:
+        """The open fence marker, while the unfinished block is code."""
+        return self.blocks.fence
+
+    @property
+    def live(self) -> list[str]:
+        """The lines now drawn in the live region."""
+        return self.region.lines
+
+    def _width(self) -> int:
+        size = terminal_size(self.out)
+        return max(20, size.columns) if size is not None else self.console.width
+
+    def _height(self) -> int:
+        size = terminal_size(self.out)
+        return max(3, size.lines) if size is not None else 24
 
     # -- the stream ----------------------------------------------------------------
 
-    def on_event(self, kind: str, text: str) -> None:
+    def on_event(self, kind: object, text: str) -> None:
+        """Show one streamed event: the answer's text, or reasoning."""
         text = visible_controls(text)  # this view only ever writes to a terminal
-        if kind is REASONING:
-            self.reasoning_chars += len(text)
-            if self.show_reasoning and not self.wrote_text:
-                self.reasoning += text  # shown growing in the live region, committed before the answer
-                self._draw_live()
-            elif self.reasoning_chars == len(text):
-                self._draw_live(force=True)
+        if kind == REASONING:
+            self._on_reasoning(text)
             return
         if self.reasoning:
             self._commit_reasoning()
         self.wrote_text = True
-        pending, self.pending = self.pending, ""
-        pending += text  # with the only reference held here, CPython appends in place: no copy per delta
-        self.pending = pending
-        if "\n" in text:
-            self._scan()
+        blocks = self.blocks.feed(text)
+        if blocks:
+            self._commit(blocks)
         self._draw_live()
 
-    def _reasoning_lines(self, width: int) -> list[str]:
-        """The reasoning so far, dimmed and wrapped to the terminal's width."""
-        lines = []
-        for paragraph in self.reasoning.strip("\n").split("\n"):
-            while True:
-                lines.append(f"\x1b[2m{paragraph[:width]}\x1b[0m" if paragraph else "")
-                paragraph = paragraph[width:]
-                if not paragraph:
-                    break
-        return lines
+    def _on_reasoning(self, text: str) -> None:
+        self.reasoning_chars += len(text)
+        if self.show_reasoning and not self.wrote_text:
+            self.reasoning += text  # shown growing in the live region, committed before the answer
+            self._draw_live()
+        elif self.reasoning_chars == len(text):
+            self._draw_live(force=True)  # the first reasoning: "thinking…" at once
 
     def _commit_reasoning(self) -> None:
         """Print the whole reasoning, dimmed, into the scrollback above the answer (once)."""
         width = self._width()
-        out = self._erase_live(width) + "\n".join(self._reasoning_lines(width)) + "\n\n"
+        out = self.region.erase(width) + "\n".join(dim_lines(self.reasoning, width)) + "\n\n"
         self.reasoning = ""
         self.out.write(out)
         self.out.flush()
 
-    def _scan(self) -> None:
-        """Find finished blocks among the complete lines not yet scanned, and commit them."""
-        while True:
-            end = self.pending.find("\n", self.scanned)
-            if end < 0:
-                return
-            start, self.scanned = self.scanned, end + 1
-            line = self.pending[start:end]
-            fence = self.FENCE.match(line)
-            if self.fence is not None:
-                marker = self.fence
-                if (
-                    fence
-                    and fence.group(1)[0] == marker[0]
-                    and len(fence.group(1)) >= len(marker)
-                    and not line.strip().strip(marker[0])
-                ):
-                    self.fence = None
-                    self._commit(self.scanned)
-                continue
-            if not line.strip():
-                if self.pending[:start].strip():
-                    self.blank_at = self.scanned
-                continue
-            if self.blank_at is not None:
-                in_list = self.LIST_ITEM.match(self.pending.lstrip("\n")) is not None
-                continues = line[:1] in (" ", "\t") or (in_list and self.LIST_ITEM.match(line))
-                if not continues:
-                    start -= self.blank_at
-                    self._commit(self.blank_at)
-                self.blank_at = None
-            if fence:
-                self.fence = fence.group(1)
-            elif re.match(r"^ {0,3}#{1,6}(\s|$)", line) and not self.pending[:start].strip():
-                self._commit(self.scanned)
-
-    def _commit(self, upto: int) -> None:
-        """Render pending[:upto] once into the scrollback; keep the rest pending."""
-        block, self.pending = self.pending[:upto], self.pending[upto:]
-        self.scanned -= upto
-        self.blank_at = None
-        if not block.strip():
-            return
+    def _commit(self, blocks: tuple[str, ...]) -> None:
+        """Render finished blocks once into the scrollback, in place of the live region, then redraw it below."""
         width = self._width()
-        lines, wants_new_line = self._render(block, width)
-        out = self._erase_live(width)
-        if self.previous_new_line and lines and lines[0] != "":
-            # rich puts a blank line between elements when the element closed last asks for one;
-            # a block whose own inner elements already produced that blank line needs no other.
-            out += "\n"
-        out += "\n".join(lines) + "\n" if lines else ""
-        self.previous_new_line = wants_new_line
+        out = self.region.erase(width)
+        for block in blocks:
+            out += self.renderer.block_text(block, width)
         self.out.write(out)
-        self.live_width = width
         self._draw_live(force=True)
 
-    def _live_source(self) -> str:
-        """The tail of the unfinished block: enough to fill the live region, bounded in size."""
-        return tail_lines(self.pending, self.max_live)[-4000:]
-
-    def _code_lines(self, width: int) -> list[str]:
-        """The tail of an unfinished code block as plain text, each line cropped to one terminal row."""
-        from rich.cells import cell_len, set_cell_size
-
-        lines = []
-        first_newline = self.pending.find("\n")
-        rows = max(self.max_live, self._height() - 2)
-        tail = tail_lines(self.pending[first_newline + 1 :] if first_newline >= 0 else "", rows)
-        for line in tail.split("\n")[-rows:]:
-            line = line.replace("\t", "    ")  # control characters were made visible on the way in
-            if cell_len(line) >= width:
-                line = set_cell_size(line, width - 1)
-            lines.append(line.rstrip())
-        return lines
+    def _live_lines(self, width: int, height: int) -> list[str]:
+        """What the live region should show now: the unfinished block's tail, else the reasoning or its count."""
+        if self.blocks.fence is not None:  # unfinished code: plain lines, highlighted once it is committed
+            return code_tail_lines(self.blocks.pending, width, max(self.max_live, height - 2))
+        source = tail_lines(self.blocks.pending, self.max_live)[-4000:]  # enough to fill the region, bounded
+        if source.strip():
+            return self.renderer.render(source, width)[0]
+        if self.reasoning:
+            return dim_lines(self.reasoning, width)
+        if self.reasoning_chars and not self.show_reasoning and not self.wrote_text:
+            return [f"\x1b[2mthinking… ({self.reasoning_chars:,} characters of reasoning)\x1b[0m"]
+        return []
 
     def _draw_live(self, force: bool = False) -> None:
-        """Redraw the live region, rewriting only the lines that changed."""
+        """Redraw the live region, at most `fps` times a second unless forced."""
         now = self.clock()
         if not force and now - self.last_draw < self.interval:
             return
         self.last_draw = now
-        width = self._width()
-        source = self._live_source()
-        if self.fence is not None:
-            lines = self._code_lines(width)  # unfinished code: plain lines, highlighted once it is committed
-        elif source.strip():
-            lines, _ = self._render(source, width)
-        elif self.reasoning:
-            lines = self._reasoning_lines(width)
-        elif self.reasoning_chars and not self.show_reasoning and not self.wrote_text:
-            lines = [f"\x1b[2mthinking… ({self.reasoning_chars:,} characters of reasoning)\x1b[0m"]
-        else:
-            lines = []
+        width, height = self._width(), self._height()
         # An open code block grows on screen up to its height (then its tail); other blocks keep to a few lines.
-        limit = max(1, self._height() - 2 if self.fence is not None else min(self.max_live, self._height() - 2))
-        lines = lines[-limit:]
-        if lines == self.live and width == self.live_width:
-            return
-        if not self.live or width != self.live_width:
-            out = self._erase_live(width) + "\n".join(lines)
-        else:
-            same = 0
-            while same < min(len(lines), len(self.live)) and lines[same] == self.live[same]:
-                same += 1
-            if same == len(self.live):
-                out = "\n" + "\n".join(lines[same:])
-            elif same == 0:
-                out = self._erase_live(width) + "\n".join(lines)
-            else:
-                up = len(self.live) - 1 - same
-                out = (f"\x1b[{up}A" if up > 0 else "") + "\r\x1b[J" + "\n".join(lines[same:])
-        self.live = lines
-        self.live_width = width
-        self.out.write(out)
-        self.out.flush()
+        frame = self.region.repaint(self._live_lines(width, height), width, height, tall=self.blocks.fence is not None)
+        if frame is not None:
+            self.out.write(frame)
+            self.out.flush()
 
     def finish(self) -> None:
         """Commit whatever is left as the final block."""
         if self.reasoning:
             self._commit_reasoning()  # reasoning with no answer after it: still shown whole
-        if self.pending.strip():
-            self._commit(len(self.pending))
-        out = self._erase_live(self._width())
-        self.out.write(out)
+        blocks = self.blocks.close()
+        if blocks:
+            self._commit(blocks)
+        self.out.write(self.region.erase(self._width()))
         self.out.flush()
 
     def abort(self) -> None:
@@ -385,7 +541,7 @@ class Waiting:
     and the erase, happens under one lock, and nothing is drawn once `stop()` has been called.
     """
 
-    def __init__(self, out: Any, delay: float = 0.25, interval: float = 0.5, shown: bool = True):
+    def __init__(self, out: Output, delay: float = 0.25, interval: float = 0.5, shown: bool = True) -> None:
         self.out, self.delay, self.interval = out, delay, interval
         self.shown = shown  # False (NO_COLOR: plain output, no cursor movement): nothing is drawn
         self.lock = threading.Lock()
@@ -395,6 +551,7 @@ class Waiting:
         self.thread = threading.Thread(target=self._run, name="waiting", daemon=True)
 
     def start(self) -> Waiting:
+        """Start drawing (when shown); returns itself."""
         if self.shown:
             self.thread.start()
         return self
@@ -423,6 +580,7 @@ class Waiting:
                 self.drawn = False
 
     def stop(self) -> None:
+        """Erase the line for good; nothing is drawn after this."""
         if self.stopped.is_set():
             return
         with self.lock:
@@ -432,10 +590,10 @@ class Waiting:
                 self.out.flush()
                 self.drawn = False
 
-    def until_first_event(self, on_event: Callable[[str, str], None]) -> Callable[[str, str], None]:
+    def until_first_event(self, on_event: Callable[[Kind, str], None]) -> Callable[[Kind, str], None]:
         """`on_event`, stopping the indicator before the first text or reasoning is shown."""
 
-        def first(kind: str, text: str) -> None:
+        def first(kind: Kind, text: str) -> None:
             if not self.stopped.is_set():
                 self.stop()
             on_event(kind, text)
@@ -447,6 +605,7 @@ class Waiting:
 
 
 def plural(count: int, word: str) -> str:
+    """`count` and `word`, with an s unless the count is one: "1 turn", "2,000 turns"."""
     return f"{count:,} {word}{'' if count == 1 else 's'}"
 
 

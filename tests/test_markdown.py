@@ -121,6 +121,16 @@ def test_random_splits(doc, seed):
     assert lines == whole(doc)
 
 
+def test_live_region_shrinking_to_lines_already_shown_leaves_no_stale_line():
+    # "1" renders as a paragraph line, "1. one" as a list item: the live region once shrank to
+    # lines it already showed, left the cursor a row low, and a blank line too many was committed.
+    doc = CORPUS[3]
+    pieces = "S|teps:|\n\n1|. one|\n\n|2. tw|o (lo|ose l|ist|)\n\n3|.| thre|e\n\nD|one|.\n".split("|")
+    assert "".join(pieces) == doc
+    lines, _ = streamed(doc, pieces, fps=1e9)
+    assert lines == whole(doc)
+
+
 def test_code_block_is_never_committed_half_done():
     doc = "```python\nline_one = 1\n\nline_two = 2\n"
     out = TerminalOut()
