@@ -118,7 +118,8 @@ def test_a_code_block_is_one_block_blank_lines_and_all():
     assert splitter.feed("```python\nx = 1\n\n\ny = 2\n") == ()
     assert splitter.fence == "```"
     assert splitter.feed("```\n") == ("```python\nx = 1\n\n\ny = 2\n```\n",)
-    assert splitter.fence is None and splitter.pending == ""
+    assert splitter.fence is None
+    assert splitter.pending == ""
 
 
 def test_headings_and_blank_lines_inside_a_fence_are_code():
@@ -133,7 +134,8 @@ def test_an_unclosed_fence_is_committed_whole_at_the_end():
     assert splitter.feed("```js\nconsole.log('no end')\n") == ()
     assert splitter.fence == "```"
     assert splitter.close() == ("```js\nconsole.log('no end')\n",)
-    assert splitter.fence is None and splitter.pending == ""
+    assert splitter.fence is None
+    assert splitter.pending == ""
 
 
 @pytest.mark.parametrize(
@@ -249,7 +251,8 @@ def test_the_region_shows_each_frame_and_erases_without_a_trace(frames):
         assert screen.rows() == ["scrollback", *lines]
         assert region.lines == lines
     screen.feed(region.erase(40))
-    assert screen.rows() == ["scrollback"] and region.lines == []
+    assert screen.rows() == ["scrollback"]
+    assert region.lines == []
 
 
 def test_an_unchanged_frame_writes_nothing_and_growth_writes_only_the_new_line():

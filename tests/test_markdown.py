@@ -78,7 +78,7 @@ def whole(text):
     return out.lines()
 
 
-def streamed(text, pieces, fps=1000.0):
+def streamed(pieces, fps=1000.0):
     out = TerminalOut()
     view = MarkdownView(out, console(), fps=fps)
     for piece in pieces:
@@ -94,7 +94,7 @@ def split_every(text, size):
 @pytest.mark.parametrize("doc", CORPUS, ids=range(len(CORPUS)))
 @pytest.mark.parametrize("size", [1, 4, 17, 10_000])
 def test_scrollback_matches_whole_rendering(doc, size):
-    lines, _ = streamed(doc, split_every(doc, size))
+    lines, _ = streamed(split_every(doc, size))
     assert lines == whole(doc)
 
 
@@ -104,7 +104,7 @@ AWKWARD = "Before **bold text** and\n\n```py\nx = 1\n```\n\n| a | b |\n|---|---|
 @pytest.mark.parametrize("cut", ["``", "**bo", "| 1 ", "```py\n", "\n\n", "|---"])
 def test_splits_inside_markers(cut):
     at = AWKWARD.index(cut) + len(cut) // 2
-    lines, _ = streamed(AWKWARD, [AWKWARD[:at], AWKWARD[at:]])
+    lines, _ = streamed([AWKWARD[:at], AWKWARD[at:]])
     assert lines == whole(AWKWARD)
 
 
@@ -117,7 +117,7 @@ def test_random_splits(doc, seed):
         step = rng.randint(1, 12)
         pieces.append(doc[i : i + step])
         i += step
-    lines, _ = streamed(doc, pieces, fps=rng.choice([1000.0, 20.0]))
+    lines, _ = streamed(pieces, fps=rng.choice([1000.0, 20.0]))
     assert lines == whole(doc)
 
 
@@ -125,9 +125,25 @@ def test_live_region_shrinking_to_lines_already_shown_leaves_no_stale_line():
     # "1" renders as a paragraph line, "1. one" as a list item: the live region once shrank to
     # lines it already showed, left the cursor a row low, and a blank line too many was committed.
     doc = CORPUS[3]
-    pieces = "S|teps:|\n\n1|. one|\n\n|2. tw|o (lo|ose l|ist|)\n\n3|.| thre|e\n\nD|one|.\n".split("|")
+    pieces = [
+        "S",
+        "teps:",
+        "\n\n1",
+        ". one",
+        "\n\n",
+        "2. tw",
+        "o (lo",
+        "ose l",
+        "ist",
+        ")\n\n3",
+        ".",
+        " thre",
+        "e\n\nD",
+        "one",
+        ".\n",
+    ]
     assert "".join(pieces) == doc
-    lines, _ = streamed(doc, pieces, fps=1e9)
+    lines, _ = streamed(pieces, fps=1e9)
     assert lines == whole(doc)
 
 
@@ -137,7 +153,8 @@ def test_code_block_is_never_committed_half_done():
     view = MarkdownView(out, console(), fps=1000.0)
     view.on_event(TEXT, doc)
     # Still inside the fence: nothing committed, the block is only in the live region.
-    assert view.pending == doc and view.fence == "```"
+    assert view.pending == doc
+    assert view.fence == "```"
     view.on_event(TEXT, "```\n\nafter\n")
     assert view.pending.strip() in ("after", "")
 

@@ -21,16 +21,20 @@ def screen_bytes(child) -> str:
 def test_one_shot_on_a_terminal_shows_control_sequences_instead_of_obeying_them(spawn, server, flags):
     server.push(chat_reply(HOSTILE, size=3))
     output = screen_bytes(spawn(*flags, "q"))
-    assert "Title" in output and "end" in output
+    assert "Title" in output
+    assert "end" in output
     for sequence in OBEYED:
         assert sequence not in output
-    assert "␛]0;pwned␇" in output and "␛]52;c;ZXZpbA==␇" in output
+    assert "␛]0;pwned␇" in output
+    assert "␛]52;c;ZXZpbA==␇" in output
 
 
 def test_reasoning_on_a_terminal_is_shown_safely_too(spawn, server):
     server.push(chat_reply("Answer.", reasoning="thinking \x1b]0;pwned\x07 hard"))
     output = screen_bytes(spawn("--raw", "--show-reasoning", "q"))
-    assert "\x1b]0;pwned" not in output and "␛]0;pwned␇" in output and "Answer." in output
+    assert "\x1b]0;pwned" not in output
+    assert "␛]0;pwned␇" in output
+    assert "Answer." in output
 
 
 def test_repl_shows_control_sequences_and_link_urls(spawn, server):
@@ -45,7 +49,8 @@ def test_repl_shows_control_sequences_and_link_urls(spawn, server):
     for sequence in OBEYED:
         assert sequence not in shown
     assert "␛]0;pwned␇" in shown
-    assert "https://example.com/docs" in shown and "\x1b]8;" not in shown  # the URL shown, not hidden
+    assert "https://example.com/docs" in shown
+    assert "\x1b]8;" not in shown
     child.send("/exit\r")
     child.expect(pexpect.EOF)
 
