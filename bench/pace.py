@@ -45,7 +45,8 @@ def process_cpu_ns(pid: int) -> int:
 def paced_reply() -> Any:
     from server import chat_reply
 
-    words = " ".join(f"word{n % 50}" for n in range(CHUNKS)) + "\n"
+    # paragraphs of 45 words, as model replies come: a chunk is a word or a word and a line break
+    words = "".join(f"word{n % 50}" + ("\n\n" if n % 45 == 44 else " ") for n in range(CHUNKS))
     return chat_reply(words, pieces=CHUNKS, delay=1 / CHUNKS_PER_SECOND)
 
 
