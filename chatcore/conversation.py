@@ -150,32 +150,66 @@ def build_request(conversation: Conversation, max_messages: int, budget: int, co
     """
     history = conversation.history
     system = system_with_summary(conversation.system, conversation.summary)
-    system_message = Message("system", system)
     newest = history[-1].content if history else ""
     if len(newest) > 2 * budget and estimate_tokens(newest) // 2 > budget:
         # Far too large to be worth tokenising (10 MB on stdin): say so at once.
         raise PromptTooLarge(estimate_tokens(newest), budget, True)
+    trimming = Trimming(history, Message("system", system), max_messages, budget, counter)
+    kept, used, by_budget = trimming.select(exact=False)
+    exact = False
+    if counter is not None and (used > budget or by_budget):
+        kept, used, _ = trimming.select(exact=True)  # the byte bound is too pessimistic to decide: count for real
+        exact = True
+    elif counter is None and used > budget:
+        raise PromptTooLarge(used, budget, True)
+    dropped, dropped_tokens = not_sent(conversation, len(history) - len(kept), counter if exact else None)
+    return Request(
+        system=system,
+        kept=kept,
+        dropped=dropped,
+        dropped_tokens=dropped_tokens,
+        tokens=used if exact else None,
+        estimated=not exact or counter is None or counter.estimated,
+    )
 
-    keys: list[str] = []  # the counter's key, looked up only once counting is needed (it loads tiktoken)
 
-    def size(message: Message, exact: bool) -> int:
+class Trimming:
+    """Choosing what a request keeps: newest exchanges first, sized by a byte bound or by counting."""
+
+    def __init__(
+        self, history: list[Message], system: Message, max_messages: int, budget: int, counter: TokenCounter | None
+    ):
+        self.history, self.system, self.max_messages, self.budget, self.counter = (
+            history,
+            system,
+            max_messages,
+            budget,
+            counter,
+        )
+        self._key: str | None = None  # the counter's key, looked up only once counting is needed (it loads tiktoken)
+
+    def size(self, message: Message, exact: bool) -> int:
+        counter = self.counter
         if not exact or counter is None:
             return upper_bound_tokens(message)
-        if not keys:
-            keys.append(counter.key)
+        if self._key is None:
+            self._key = counter.key
         cached = message.tokens  # the common case, inlined: every message is counted only once
-        return cached[1] if cached is not None and cached[0] == keys[0] else counter.count_message(message)
+        return cached[1] if cached is not None and cached[0] == self._key else counter.count_message(message)
 
-    def select(exact: bool) -> tuple[list[Message], int, bool]:
-        used = size(system_message, exact) + TokenCounter.REPLY_PRIMING
+    def select(self, exact: bool) -> tuple[list[Message], int, bool]:
+        """(kept messages, their size with the system prompt, whether the budget stopped the walk)."""
+        budget, size = self.budget, self.size
+        used = size(self.system, exact) + TokenCounter.REPLY_PRIMING
         kept: list[list[Message]] = []
         count, by_budget = 0, False
-        for number, group in enumerate(newest_exchanges(history)):
+        for number, group in enumerate(newest_exchanges(self.history)):
             group_size = sum(size(m, exact) for m in group)
             if number == 0:
                 if exact and used + group_size > budget:
+                    counter = self.counter
                     raise PromptTooLarge(group_size + used, budget, counter is None or counter.estimated)
-            elif group[0].role != "user" or count + len(group) > max_messages:
+            elif group[0].role != "user" or count + len(group) > self.max_messages:
                 break
             elif used + group_size > budget:
                 by_budget = True
@@ -185,27 +219,11 @@ def build_request(conversation: Conversation, max_messages: int, budget: int, co
             count += len(group)
         return [m for group in reversed(kept) for m in group], used, by_budget
 
-    kept, used, by_budget = select(exact=False)
-    exact = False
-    if counter is not None and (used > budget or by_budget):
-        kept, used, _ = select(exact=True)  # the byte bound is too pessimistic to decide: count for real
-        exact = True
-    elif counter is None and used > budget:
-        raise PromptTooLarge(used, budget, True)
-    not_sent = len(history) - len(kept)
-    covered = min(conversation.summary_covers, not_sent) if conversation.summary is not None else 0
-    dropped = not_sent - covered
-    dropped_tokens = 0
-    if dropped:
-        count_with = counter if exact else None
-        dropped_tokens = conversation.tokens_before(not_sent, count_with) - conversation.tokens_before(
-            covered, count_with
-        )
-    return Request(
-        system=system,
-        kept=kept,
-        dropped=dropped,
-        dropped_tokens=dropped_tokens,
-        tokens=used if exact else None,
-        estimated=not exact or counter is None or counter.estimated,
-    )
+
+def not_sent(conversation: Conversation, left_out: int, counter: TokenCounter | None) -> tuple[int, int]:
+    """(messages dropped, their tokens): the oldest `left_out`, less those the summary covers."""
+    covered = min(conversation.summary_covers, left_out) if conversation.summary is not None else 0
+    dropped = left_out - covered
+    if not dropped:
+        return 0, 0
+    return dropped, conversation.tokens_before(left_out, counter) - conversation.tokens_before(covered, counter)
