@@ -1,0 +1,166 @@
+"""The inbox: every message a front-end has been handed, in SQLite before its source is told it arrived.
+
+A chat service that confirms what it delivered (Telegram's getUpdates offset) forgets a message as
+soon as it is confirmed, usually long before it is answered. The inbox is the front-end's own
+record: a message is written here first, marked `done` once it is settled (answered, or decided
+not to be answered), and on start-up every message still `pending` is handed back, in order.
+
+A row keeps what is needed to answer again: the update as received (its `payload`), which
+conversation it belongs to, and, once a turn began, the history row of the user message that turn
+added (so a reply cut by a crash can be taken back out and regenerated). A settled row keeps
+only its ids, so a message delivered twice is recognised: its text is deleted at once (with
+`secure_delete`, the words are overwritten, not left in free pages).
+
+It also holds the lock that makes one process the owner of a database (`lock_database`).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+
+from .files import private_file
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS inbox (
+    update_id INTEGER PRIMARY KEY,
+    conversation TEXT NOT NULL,
+    message_id INTEGER,
+    payload TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    user_row INTEGER,
+    received REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS inbox_by_message ON inbox(conversation, message_id);
+"""
+KEEP_SETTLED = 3 * 24 * 3600  # seconds: Telegram redelivers an unconfirmed update for 24 hours
+
+
+@dataclass
+class Received:
+    """One message in the inbox."""
+
+    update_id: int
+    conversation: str
+    message_id: int | None
+    payload: str
+    user_row: int | None
+
+
+class DatabaseInUse(Exception):
+    """Another process owns the database."""
+
+
+def lock_database(path: str) -> int:
+    """Make this process the database's only user: an exclusive lock on `PATH.lock`, held until exit.
+
+    Returns the lock file's descriptor (keep it open). Raises DatabaseInUse naming the other process."""
+    import fcntl
+
+    lock_path = private_file(path + ".lock")
+    descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        other = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(descriptor)
+        raise DatabaseInUse(other) from None
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, str(os.getpid()).encode(), 0)
+    return descriptor
+
+
+class Inbox:
+    """Received messages in an SQLite file (the front-end's own database): thread-safe, one process."""
+
+    def __init__(self, path: str):
+        private_file(path)
+        self.lock = threading.Lock()
+        self.db = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA busy_timeout = 10000")
+        self.db.execute("PRAGMA secure_delete = ON")
+        self.db.execute("PRAGMA journal_mode = WAL")
+        self.db.executescript(SCHEMA)
+        with self.lock:
+            self.db.execute("DELETE FROM inbox WHERE state = 'done' AND received < ?", (time.time() - KEEP_SETTLED,))
+
+    def record(self, received: list[tuple[int, str, int | None, str]]) -> set[int]:
+        """Write down (update_id, conversation, message_id, payload) rows in one transaction; returns
+        the ids that were new (the others were delivered before)."""
+        new: set[int] = set()
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for update_id, conversation, message_id, payload in received:
+                    cursor = self.db.execute(
+                        "INSERT OR IGNORE INTO inbox (update_id, conversation, message_id, payload, received) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        (update_id, conversation, message_id, payload, time.time()),
+                    )
+                    if cursor.rowcount:
+                        new.add(update_id)
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+        return new
+
+    def started(self, update_ids: list[int], user_row: int | None) -> None:
+        """A turn for these messages added this user message to the history."""
+        with self.lock:
+            self.db.executemany(
+                "UPDATE inbox SET user_row = ? WHERE update_id = ?", [(user_row, i) for i in update_ids]
+            )
+
+    def user_rows(self, update_ids: list[int]) -> list[int]:
+        """History rows added by earlier, unfinished turns for these messages."""
+        with self.lock:
+            rows = [
+                self.db.execute("SELECT user_row FROM inbox WHERE update_id = ?", (i,)).fetchone() for i in update_ids
+            ]
+        return [row[0] for row in rows if row and row[0] is not None]
+
+    def done(self, update_ids: list[int]) -> None:
+        """Settled: never handed back again; the text is deleted."""
+        with self.lock:
+            self.db.executemany(
+                "UPDATE inbox SET state = 'done', payload = '' WHERE update_id = ?", [(i,) for i in update_ids]
+            )
+
+    def pending(self) -> list[Received]:
+        """Every message not settled, oldest first."""
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT update_id, conversation, message_id, payload, user_row FROM inbox "
+                "WHERE state = 'pending' ORDER BY update_id"
+            ).fetchall()
+        return [Received(*row) for row in rows]
+
+    def user_row_of(self, conversation: str, message_id: int) -> int | None:
+        """The history row of the user message a chat message became (the latest turn for it)."""
+        with self.lock:
+            row = self.db.execute(
+                "SELECT user_row FROM inbox WHERE conversation = ? AND message_id = ? AND user_row IS NOT NULL "
+                "ORDER BY update_id DESC LIMIT 1",
+                (conversation, message_id),
+            ).fetchone()
+        return row[0] if row else None
+
+    def forget(self, conversation: str) -> None:
+        """A conversation was cleared: nothing of it is handed back, no text of it stays."""
+        with self.lock:
+            self.db.execute(
+                "UPDATE inbox SET state = 'done', payload = '', user_row = NULL WHERE conversation = ?", (conversation,)
+            )
+            try:
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass
+
+    def close(self) -> None:
+        try:
+            self.db.close()
+        except sqlite3.Error:
+            pass
