@@ -463,12 +463,13 @@ class ReplyView:
             return await post(entities, edit_id)
         except BadRequest as exc:
             text = exc.message.lower()
-            if edit_id is not None and ("not found" in text or "message_id_invalid" in text):
-                self.message_id = None
-                return await self._post(chat_id, part, None, self.reply_to)
             if entities and ("entit" in text or "parse" in text):
                 log.info("chat=%s formatting rejected (%s): sent as plain text", chat_id, exc.message)
-                return await post(None, edit_id)
+                return await self._post(chat_id, Part(part.text), edit_id, reply_to)
+            if edit_id is not None:  # the streamed message is gone, or cannot be edited: the reply is still owed
+                log.info("chat=%s the streamed message cannot take the reply (%s): sent anew", chat_id, exc.message)
+                self.message_id = None
+                return await self._post(chat_id, part, None, self.reply_to)
             raise
 
 
