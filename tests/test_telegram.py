@@ -350,8 +350,9 @@ def test_long_reply_is_split_at_paragraphs_and_code_blocks_stay_whole(bot, teleg
     reply = "\n\n".join(paragraphs[:5] + [code] + paragraphs[5:])
     model.push(chat_reply(reply, size=400))
     telegram.send_text(107, "a long one")
-    telegram.wait_for(lambda: telegram.calls_to("sendMessage", 107), timeout=15)
-    time.sleep(1.0)
+    telegram.wait_for(  # the parts are paced: a short burst, then about one a second
+        lambda: all(f"Paragraph {n}." in " ".join(telegram.sent_texts(107)) for n in range(12)), timeout=20
+    )
     parts = telegram.calls_to("sendMessage", 107)
     assert len(parts) >= 3 and all(c.status == 200 for c in parts)
     texts = [c.params["text"] for c in parts]
