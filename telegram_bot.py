@@ -861,7 +861,7 @@ async def gate(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         return
     assistant = assistant_of(context)
     message = update.message or update.edited_message
-    if message is None or not assistant.begin(update.update_id):
+    if message is None:
         raise ApplicationHandlerStop
     line = assistant.lines.get(message.chat.id)
     if update.message is not None and line is not None and line.closed == "blocked":
@@ -1216,7 +1216,8 @@ def recording_bot(settings: Settings, assistant: Assistant) -> Any:
                     assistant.stop(assistant.application, EXIT_USAGE)
                 await asyncio.sleep(0.5)
                 return ()
-            record(assistant.inbox, updates)
+            for update_id in record(assistant.inbox, updates):  # settled in an earlier run: not again
+                assistant.begin(update_id)
             return updates
 
     api = settings.telegram_api_url
@@ -1229,16 +1230,21 @@ def recording_bot(settings: Settings, assistant: Assistant) -> Any:
     )
 
 
-def record(inbox: Inbox, updates: Any) -> None:
-    """Messages and edits, with what is needed to answer them again after a restart."""
+def record(inbox: Inbox, updates: Any) -> set[int]:
+    """Messages and edits, with what is needed to answer them again after a restart; returns the ids
+    of those settled before (delivered again after a crash between answering and confirming)."""
     received = []
     for update in updates:
         message = update.message or update.edited_message
         if message is not None:
             payload = json.dumps(update.to_dict(), ensure_ascii=False)
             received.append((update.update_id, conversation_name(key_of(message)), message.message_id, payload))
-    if received:
-        inbox.record(received)
+    if not received:
+        return set()
+    new = inbox.record(received)
+    return {update_id for update_id, *_ in received if update_id not in new} & inbox.settled(
+        [update_id for update_id, *_ in received]
+    )
 
 
 def build_application(settings: Settings, assistant: Assistant) -> Application[Any, Any, Any, Any, Any, Any]:
@@ -1259,8 +1265,12 @@ def build_application(settings: Settings, assistant: Assistant) -> Application[A
         """Every update whose handlers are done is settled in the inbox, unless it was left for later."""
 
         async def process_update(self, update: object) -> None:
+            if not isinstance(update, Update):
+                return await super().process_update(update)
+            if not assistant.begin(update.update_id):
+                return  # delivered again (Telegram, or the inbox after a restart): handled once
             await super().process_update(update)
-            if isinstance(update, Update) and update.update_id not in assistant.held:
+            if update.update_id not in assistant.held:
                 assistant.inbox.done([update.update_id])
 
     async def started(application: Any) -> None:

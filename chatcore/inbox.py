@@ -129,6 +129,15 @@ class Inbox:
                 "UPDATE inbox SET state = 'done', payload = '' WHERE update_id = ?", [(i,) for i in update_ids]
             )
 
+    def settled(self, update_ids: list[int]) -> set[int]:
+        """Which of these were settled already."""
+        with self.lock:
+            return {
+                i
+                for i in update_ids
+                if self.db.execute("SELECT 1 FROM inbox WHERE update_id = ? AND state = 'done'", (i,)).fetchone()
+            }
+
     def pending(self) -> list[Received]:
         """Every message not settled, oldest first."""
         with self.lock:

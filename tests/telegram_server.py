@@ -215,6 +215,12 @@ class FakeTelegram:
             self.condition.notify_all()
         return update
 
+    def redeliver(self, update: dict[str, Any]) -> None:
+        """The same update again, as Telegram sends one it was not told was received."""
+        with self.condition:
+            self.updates.append(update)
+            self.condition.notify_all()
+
     def edit(self, update: dict[str, Any], text: str) -> dict[str, Any]:
         """The user edits the message of an earlier update: an `edited_message` update."""
         message = {**self.message_of(update), "text": text, "edit_date": int(time.time())}

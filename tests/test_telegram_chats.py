@@ -341,3 +341,15 @@ def test_anonymous_admins_of_different_groups_have_their_own_rate_limits(bot, te
     for chat in ANONYMOUS_GROUPS:
         texts = final_texts(telegram, chat, 3, timeout=20)
         assert texts.count(DEFAULT_REPLY) == 3  # 3 each, under the limit of 5: no shared bucket
+
+
+def test_an_update_delivered_again_is_answered_once_and_channel_posts_not_at_all(bot, telegram, model):
+    update = telegram.send_text(119, "only once, please")
+    final_texts(telegram, 119)
+    posts = len(model.posts)
+    telegram.redeliver(update)  # Telegram sends it again (a crash between answering and confirming)
+    channel = {"id": -1000321, "type": "channel", "title": "News"}
+    telegram.push({"channel_post": {"message_id": 5, "date": 0, "chat": channel, "text": f"{AT} news"}})
+    time.sleep(1.5)
+    assert len(model.posts) == posts and telegram.sent_texts(119) == [DEFAULT_REPLY]
+    assert telegram.sent_texts(-1000321) == []
