@@ -1282,7 +1282,13 @@ def build_application(settings: Settings, assistant: Assistant) -> Application[A
             loop.add_signal_handler(signum, assistant.stop, application)
         owed = assistant.inbox.pending()
         for received in owed:  # before anything new: in the order they came
-            application.update_queue.put_nowait(Update.de_json(json.loads(received.payload), me))
+            try:
+                update = Update.de_json(json.loads(received.payload), me)
+            except Exception as exc:  # written by another version, or damaged: never a start-up failure
+                log.warning("a message received before the last stop cannot be read again (%s): skipped", exc)
+                assistant.inbox.done([received.update_id])
+                continue
+            application.update_queue.put_nowait(update)
         if owed:
             log.info("answering %d messages received before the last stop", len(owed))
         log.info("@%s is answering with %s at %s", me.username, settings.model, settings.host)
