@@ -249,7 +249,7 @@ class Line:
         while self.closed is None:
             wait = max(self.not_before - time.monotonic(), self._room() if counts else 0.0)
             if wait > 0:
-                if not essential:
+                if not essential or (self.stopping and wait > 1.0):  # shutting down: no long waits
                     return None
                 await asyncio.sleep(wait)
                 continue  # look again: the window may have been lengthened meanwhile
