@@ -625,6 +625,8 @@ class Assistant:
         self.bot_username = ""
         self.application: Any = None  # the python-telegram-bot Application, once built around this
         self.held: set[int] = set()  # updates whose settling is not their handler's: left pending, or pasted
+        self.settled: collections.OrderedDict[int, None] = collections.OrderedDict()  # settled by their turn
+        self.unfinished: dict[int, int] = {}  # update id -> the user message an earlier run's turn added
         self.begun: collections.OrderedDict[int, None] = collections.OrderedDict()  # updates handled in this run
         self.strangers_told: collections.OrderedDict[tuple[int, int | None], float] = collections.OrderedDict()
 
@@ -700,9 +702,14 @@ class Assistant:
             self.begun.popitem(last=False)
         return True
 
-    def settle(self, update_ids: list[int]) -> None:
-        self.inbox.done(update_ids)
+    async def settle(self, update_ids: list[int]) -> None:
+        """Answered (or decided not to be): never handed back. Written off the event loop."""
         self.held.difference_update(update_ids)
+        for update_id in update_ids:
+            self.settled[update_id] = None
+        while len(self.settled) > 10_000:
+            self.settled.popitem(last=False)
+        await asyncio.to_thread(self.inbox.done, update_ids)
 
     def take_back(self, state: ChatState, rows: list[int]) -> None:
         """An earlier run's unfinished turn (its user message, and the partial reply a crash left, seen
@@ -741,9 +748,10 @@ class Assistant:
                 if replaces is not None and not self.is_last_exchange(state, replaces):
                     log.info("chat=%s an older message was edited: ignored", key[0])
                 else:
-                    self.take_back(state, [replaces] if replaces is not None else self.inbox.user_rows(update_ids))
+                    rows = [self.unfinished.pop(i) for i in update_ids if i in self.unfinished]
+                    self.take_back(state, [replaces] if replaces is not None else rows)
                     await self.turn(bot, state, text, private, reply_to, update_ids)
-        self.settle(update_ids)
+        await self.settle(update_ids)
 
     def is_last_exchange(self, state: ChatState, row: int) -> bool:
         history = state.chat.conversation.history
@@ -1216,8 +1224,9 @@ def recording_bot(settings: Settings, assistant: Assistant) -> Any:
                     assistant.stop(assistant.application, EXIT_USAGE)
                 await asyncio.sleep(0.5)
                 return ()
-            for update_id in record(assistant.inbox, updates):  # settled in an earlier run: not again
-                assistant.begin(update_id)
+            # In SQLite before this returns: the library's next getUpdates confirms them to Telegram.
+            for update_id in await asyncio.to_thread(record, assistant.inbox, updates):
+                assistant.begin(update_id)  # settled in an earlier run: not again
             return updates
 
     api = settings.telegram_api_url
@@ -1270,8 +1279,8 @@ def build_application(settings: Settings, assistant: Assistant) -> Application[A
             if not assistant.begin(update.update_id):
                 return  # delivered again (Telegram, or the inbox after a restart): handled once
             await super().process_update(update)
-            if update.update_id not in assistant.held:
-                assistant.inbox.done([update.update_id])
+            if update.update_id not in assistant.held and update.update_id not in assistant.settled:
+                await assistant.settle([update.update_id])
 
     async def started(application: Any) -> None:
         me = application.bot
@@ -1282,11 +1291,13 @@ def build_application(settings: Settings, assistant: Assistant) -> Application[A
             loop.add_signal_handler(signum, assistant.stop, application)
         owed = assistant.inbox.pending()
         for received in owed:  # before anything new: in the order they came
+            if received.user_row is not None:
+                assistant.unfinished[received.update_id] = received.user_row
             try:
                 update = Update.de_json(json.loads(received.payload), me)
             except Exception as exc:  # written by another version, or damaged: never a start-up failure
                 log.warning("a message received before the last stop cannot be read again (%s): skipped", exc)
-                assistant.inbox.done([received.update_id])
+                await assistant.settle([received.update_id])
                 continue
             application.update_queue.put_nowait(update)
         if owed:
@@ -1342,7 +1353,7 @@ def main(argv: list[str] | None = None) -> int:
         lock_database(path)  # held until the process ends: one bot per database
         store = SessionStore(path)
         store.take_over_claims()  # this process owns the database: any claim in it is stale
-        inbox = Inbox(path)
+        inbox = Inbox(path, store.db, store.lock)  # one connection: the inbox never waits on the store's writes
     except DatabaseInUse as exc:
         sys.stderr.write(
             f"chatbot-telegram: another chatbot-telegram (pid {exc}) is running on {path}: stop it first\n"

@@ -21,6 +21,7 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from .files import private_file
 
@@ -75,18 +76,20 @@ def lock_database(path: str) -> int:
 class Inbox:
     """Received messages in an SQLite file (the front-end's own database): thread-safe, one process."""
 
-    def __init__(self, path: str):
-        private_file(path)
-        self.lock = threading.Lock()
-        self.db = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA busy_timeout = 10000")
-        self.db.execute("PRAGMA secure_delete = ON")
-        self.db.execute("PRAGMA journal_mode = WAL")
-        # In WAL mode NORMAL loses nothing when the process dies (SIGKILL, OOM), only the last
-        # commits on a power cut, and keeps an fsync off the bot's event loop for every message.
-        self.db.execute("PRAGMA synchronous = NORMAL")
-        self.db.executescript(SCHEMA)
+    def __init__(self, path: str, connection: sqlite3.Connection | None = None, lock: Any = None):
+        """Open the inbox in the database at `path`; or share a connection already open on it (and the
+        lock that guards it), so that two connections of one process never wait on each other's writes."""
+        self.lock = lock or threading.Lock()
+        self.owned = connection is None
+        if connection is None:
+            private_file(path)
+            connection = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
+            connection.execute("PRAGMA busy_timeout = 10000")
+            connection.execute("PRAGMA secure_delete = ON")
+            connection.execute("PRAGMA journal_mode = WAL")
+        self.db = connection
         with self.lock:
+            self.db.executescript(SCHEMA)
             self.db.execute("DELETE FROM inbox WHERE state = 'done' AND received < ?", (time.time() - KEEP_SETTLED,))
 
     def record(self, received: list[tuple[int, str, int | None, str]]) -> set[int]:
@@ -116,14 +119,6 @@ class Inbox:
             self.db.executemany(
                 "UPDATE inbox SET user_row = ? WHERE update_id = ?", [(user_row, i) for i in update_ids]
             )
-
-    def user_rows(self, update_ids: list[int]) -> list[int]:
-        """History rows added by earlier, unfinished turns for these messages."""
-        with self.lock:
-            rows = [
-                self.db.execute("SELECT user_row FROM inbox WHERE update_id = ?", (i,)).fetchone() for i in update_ids
-            ]
-        return [row[0] for row in rows if row and row[0] is not None]
 
     def done(self, update_ids: list[int]) -> None:
         """Settled: never handed back again; the text is deleted."""
@@ -172,6 +167,8 @@ class Inbox:
                 pass
 
     def close(self) -> None:
+        if not self.owned:
+            return  # the connection's owner closes it
         try:
             self.db.close()
         except sqlite3.Error:
