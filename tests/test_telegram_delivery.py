@@ -177,3 +177,22 @@ def test_another_poller_on_the_token_stops_the_bot_with_one_line_and_exit_2(tmp_
     finally:
         telegram.close()
         model.close()
+
+
+def test_stats_after_a_fallback_names_the_model_that_answered(tmp_path):
+    from server import error_status
+
+    telegram, model = FakeTelegram(), FakeServer()
+    try:
+        env = bot_env(tmp_path / "h", telegram, model, OPENAI_FALLBACK_MODEL="backup-model")
+        process = started(telegram, BotProcess(env))
+        model.push(error_status(500, "boom"))  # the main model fails; the fallback answers
+        telegram.send_text(105, "hello")
+        assert final_texts(telegram, 105) == [DEFAULT_REPLY]
+        assert model.posts[-1].body["model"] == "backup-model"
+        telegram.send_text(105, "/stats")
+        assert "Last reply by: backup-model" in final_texts(telegram, 105, 2)[1]
+        assert process.stop() == 0
+    finally:
+        telegram.close()
+        model.close()
