@@ -30,7 +30,6 @@ import os
 import random
 import re
 import signal
-import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -1345,6 +1344,8 @@ def main(argv: list[str] | None = None) -> int:
             f".env and the environment; see --help)\n"
         )
         return EXIT_USAGE
+    import sqlite3
+
     files.notice = lambda text: log.warning("%s", text)  # logging is set up below; until then, stderr
     try:
         settings = load(dict(os.environ))

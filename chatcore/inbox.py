@@ -17,13 +17,15 @@ It also holds the lock that makes one process the owner of a database (`lock_dat
 from __future__ import annotations
 
 import os
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .files import private_file
+
+if TYPE_CHECKING:  # sqlite3 is imported when an inbox is opened: importing the engine does nothing
+    import sqlite3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS inbox (
@@ -79,6 +81,9 @@ class Inbox:
     def __init__(self, path: str, connection: sqlite3.Connection | None = None, lock: Any = None):
         """Open the inbox in the database at `path`; or share a connection already open on it (and the
         lock that guards it), so that two connections of one process never wait on each other's writes."""
+        import sqlite3
+
+        self.sqlite3 = sqlite3
         self.lock = lock or threading.Lock()
         self.owned = connection is None
         if connection is None:
@@ -163,7 +168,7 @@ class Inbox:
             )
             try:
                 self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.Error:
+            except self.sqlite3.Error:
                 pass
 
     def close(self) -> None:
@@ -171,5 +176,5 @@ class Inbox:
             return  # the connection's owner closes it
         try:
             self.db.close()
-        except sqlite3.Error:
+        except self.sqlite3.Error:
             pass
