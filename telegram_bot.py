@@ -326,14 +326,25 @@ class ReplyView:
     (a draft in private chats, else one edited message), then the finished, formatted message(s).
     Every call carries the topic's thread id, if the conversation is a topic."""
 
-    def __init__(self, bot: Any, state: ChatState, private: bool, reply_to: int | None):
+    def __init__(
+        self,
+        bot: Any,
+        state: ChatState,
+        private: bool,
+        reply_to: int | None,
+        resume: int | None = None,
+        on_message: Callable[[int], None] = lambda message_id: None,
+    ):
+        """`resume`: a message an earlier run streamed this reply into (a crash cut it): the reply
+        replaces its text. `on_message` hears of the message a reply streams into, when it is sent."""
         self.bot, self.line, self.state = bot, state.line, state
+        self.on_message = on_message
         self.thread = state.key[1]
         self.mode = "draft" if private and state.drafts_work else "edit"
         self.interval = STREAM_INTERVAL["draft" if self.mode == "draft" else "edit" if private else "group"]
         self.draft_id = random.randint(1, 2**31 - 1)
         self.reply_to = reply_to
-        self.message_id: int | None = None  # the streamed message, in edit mode
+        self.message_id: int | None = resume  # the streamed message, in edit mode
         self.shown = ""
 
     def _reply_parameters(self, reply_to: int | None) -> Any:
@@ -382,6 +393,8 @@ class ReplyView:
                 essential=False,
             )
             self.message_id = message.message_id if message is not None else None
+            if self.message_id is not None:
+                self.on_message(self.message_id)
         else:
             await self.line.send(functools.partial(self._edit, part=part), essential=False)
         self.shown = text
@@ -626,6 +639,7 @@ class Assistant:
         self.held: set[int] = set()  # updates whose settling is not their handler's: left pending, or pasted
         self.settled: collections.OrderedDict[int, None] = collections.OrderedDict()  # settled by their turn
         self.unfinished: dict[int, int] = {}  # update id -> the user message an earlier run's turn added
+        self.resumed: dict[int, int] = {}  # update id -> the message an earlier run streamed its reply into
         self.begun: collections.OrderedDict[int, None] = collections.OrderedDict()  # updates handled in this run
         self.strangers_told: collections.OrderedDict[tuple[int, int | None], float] = collections.OrderedDict()
 
@@ -749,7 +763,8 @@ class Assistant:
                 else:
                     rows = [self.unfinished.pop(i) for i in update_ids if i in self.unfinished]
                     self.take_back(state, [replaces] if replaces is not None else rows)
-                    await self.turn(bot, state, text, private, reply_to, update_ids)
+                    resume = next((self.resumed.pop(i) for i in update_ids if i in self.resumed), None)
+                    await self.turn(bot, state, text, private, reply_to, update_ids, resume)
         await self.settle(update_ids)
 
     def is_last_exchange(self, state: ChatState, row: int) -> bool:
@@ -758,13 +773,22 @@ class Assistant:
         return last_user is not None and last_user.row_id == row
 
     async def turn(
-        self, bot: Any, state: ChatState, text: str, private: bool, reply_to: int | None, update_ids: list[int]
+        self,
+        bot: Any,
+        state: ChatState,
+        text: str,
+        private: bool,
+        reply_to: int | None,
+        update_ids: list[int],
+        resume: int | None = None,
     ) -> None:
         """The model call in a worker thread, followed in the chat; a turn always finishes (or is
         cancelled and awaited) before the conversation's next one starts."""
         cancel = state.cancel = Cancel()
         buffer = ReplyBuffer()
-        view = ReplyView(bot, state, private, reply_to)
+        view = ReplyView(
+            bot, state, private, reply_to, resume, lambda message_id: self.inbox.streamed(update_ids, message_id)
+        )
         loop = asyncio.get_running_loop()
         turn = loop.run_in_executor(
             self.workers, take_turn, state.chat, text, buffer, cancel, lambda row: self.inbox.started(update_ids, row)
@@ -1292,6 +1316,8 @@ def build_application(settings: Settings, assistant: Assistant) -> Application[A
         for received in owed:  # before anything new: in the order they came
             if received.user_row is not None:
                 assistant.unfinished[received.update_id] = received.user_row
+            if received.reply_message is not None:
+                assistant.resumed[received.update_id] = received.reply_message
             try:
                 update = Update.de_json(json.loads(received.payload), me)
             except Exception as exc:  # written by another version, or damaged: never a start-up failure
@@ -1346,6 +1372,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     import sqlite3
 
+    path = ""
     files.notice = lambda text: log.warning("%s", text)  # logging is set up below; until then, stderr
     try:
         settings = load(dict(os.environ))

@@ -7,7 +7,8 @@ not to be answered), and on start-up every message still `pending` is handed bac
 
 A row keeps what is needed to answer again: the update as received (its `payload`), which
 conversation it belongs to, and, once a turn began, the history row of the user message that turn
-added (so a reply cut by a crash can be taken back out and regenerated). A settled row keeps
+added (so a reply cut by a crash can be taken back out and regenerated) and the chat message the
+reply was being streamed into (so the regenerated reply replaces the partial one there). A settled row keeps
 only its ids, so a message delivered twice is recognised: its text is deleted at once (with
 `secure_delete`, the words are overwritten, not left in free pages).
 
@@ -35,6 +36,7 @@ CREATE TABLE IF NOT EXISTS inbox (
     payload TEXT NOT NULL,
     state TEXT NOT NULL DEFAULT 'pending',
     user_row INTEGER,
+    reply_message INTEGER,
     received REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS inbox_by_message ON inbox(conversation, message_id);
 """
@@ -50,6 +52,7 @@ class Received:
     message_id: int | None
     payload: str
     user_row: int | None
+    reply_message: int | None  # the message its reply was being streamed into, if any
 
 
 class DatabaseInUse(Exception):
@@ -125,6 +128,13 @@ class Inbox:
                 "UPDATE inbox SET user_row = ? WHERE update_id = ?", [(user_row, i) for i in update_ids]
             )
 
+    def streamed(self, update_ids: list[int], message_id: int) -> None:
+        """The reply to these messages is being streamed into this chat message (edited as it grows)."""
+        with self.lock:
+            self.db.executemany(
+                "UPDATE inbox SET reply_message = ? WHERE update_id = ?", [(message_id, i) for i in update_ids]
+            )
+
     def done(self, update_ids: list[int]) -> None:
         """Settled: never handed back again; the text is deleted."""
         with self.lock:
@@ -145,7 +155,7 @@ class Inbox:
         """Every message not settled, oldest first."""
         with self.lock:
             rows = self.db.execute(
-                "SELECT update_id, conversation, message_id, payload, user_row FROM inbox "
+                "SELECT update_id, conversation, message_id, payload, user_row, reply_message FROM inbox "
                 "WHERE state = 'pending' ORDER BY update_id"
             ).fetchall()
         return [Received(*row) for row in rows]

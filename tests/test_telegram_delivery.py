@@ -196,3 +196,28 @@ def test_stats_after_a_fallback_names_the_model_that_answered(tmp_path):
     finally:
         telegram.close()
         model.close()
+
+
+def test_a_group_reply_cut_by_a_crash_replaces_its_partial_message_after_restart(tmp_path):
+    from telegram_server import BOT_USER
+
+    telegram, model = FakeTelegram(), FakeServer()
+    group = -1000042
+    try:
+        env = bot_env(tmp_path / "h", telegram, model, TELEGRAM_DB=str(tmp_path / "telegram.db"))
+        process = started(telegram, BotProcess(env))
+        model.push(chat_reply("partial " * 300, size=5, delay=0.05))
+        asked = telegram.send_text(group, f"@{BOT_USER['username']} a long answer please", user_id=101)
+        telegram.wait_for(lambda: any("partial partial" in t for t in telegram.sent_texts(group)), timeout=20)
+        telegram.wait_for(lambda: confirmed(telegram, asked))
+        process.process.kill()
+        process.process.wait(10)
+        model.queue.clear()
+        process = started(telegram, BotProcess(env))
+        telegram.wait_for(lambda: telegram.sent_texts(group) == [DEFAULT_REPLY], timeout=20)
+        time.sleep(1.0)
+        assert telegram.sent_texts(group) == [DEFAULT_REPLY]  # the partial message now shows the reply
+        assert process.stop() == 0
+    finally:
+        telegram.close()
+        model.close()
