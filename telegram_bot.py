@@ -811,7 +811,14 @@ class Assistant:
             log.info("chat=%s model request failed: %s", state.key[0], redact(str(failure), self.settings.api_key))
             await view.finish(friendly(failure))
             return
-        except Exception:
+        except Exception as exc:
+            if cancel.is_set():  # stopped while reading: some clients raise on a closed stream (engine issue)
+                log.info("chat=%s reply stopped (%s)", state.key[0], type(exc).__name__)
+                partial = buffer.text()
+                await view.finish(
+                    f"{partial}\n\n⏹ Stopped." if partial.strip() else "⏹ Stopped before the reply began."
+                )
+                return
             log.exception("chat=%s internal error", state.key[0])
             await view.finish("Sorry, something went wrong on my side. Please try again.")
             return

@@ -56,7 +56,7 @@ def start_bot(home: Path, telegram: FakeTelegram, model: FakeServer, **extra: st
         [sys.executable, str(ROOT / "telegram_bot.py")],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=open(os.environ.get("BENCH_BOT_LOG", os.devnull), "a"),
         cwd=str(home),
     )
     telegram.wait_for(lambda: len(telegram.calls_to("getUpdates")) > polls, timeout=30)
