@@ -201,7 +201,9 @@ def bench_restart(row) -> None:
     try:
         for chat in chats:
             telegram.send_text(chat, "a question that will be cut by a crash")
-        telegram.wait_for(lambda: all(telegram.calls_to("sendMessageDraft", c) for c in chats), timeout=30)
+        telegram.wait_for(  # every chat mid-reply (or, on a slow machine, already answered: then it shows)
+            lambda: all(telegram.calls_to("sendMessageDraft", c) or telegram.sent_texts(c) for c in chats), timeout=60
+        )
         bot.kill()
         bot.wait(10)
         model.default_chat = lambda: chat_reply(REPLY, pieces=PIECES, delay=DELAY)
