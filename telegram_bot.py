@@ -579,24 +579,39 @@ def closing_note(result: TurnResult) -> str:
     return ""
 
 
+UNANSWERED = "unanswered"  # a user message kept after an empty reply: the next message joins it
+
+
 def take_turn(
     chat: Chat, text: str, buffer: ReplyBuffer, cancel: Cancel, on_added: Callable[[int | None], None]
 ) -> TurnResult:
     """In a worker thread: add the user's message, stream the reply, record it. The history stays a
     valid alternation whatever fails: a message that got no reply is taken out again, and one left
-    without a reply by an earlier failure is dropped, never merged into this one."""
+    without a reply by an earlier failure is dropped, never merged into this one. A message the model
+    answered with nothing is kept, and joined by the next one ("try again" then carries the question).
+    (Engine behaviour wanted: add_user merges any dangling message; record drops one an empty reply left.)"""
     history = chat.conversation.history
-    if history and history[-1].role == "user":
-        chat.drop_last_user()  # (engine behaviour wanted: add_user merges it into the new message)
+    if history and history[-1].role == "user" and history[-1].flags != UNANSWERED:
+        chat.drop_last_user()
     message = chat.add_user(text)
+    if message.flags == UNANSWERED:  # joined: an ordinary message again
+        message.flags = ""
+        if chat.store is not None and message.row_id is not None:
+            chat.store.update_message(message)
     on_added(message.row_id)
     try:
-        return chat.respond(buffer.on_event, cancel=cancel)
+        result = chat.respond(buffer.on_event, cancel=cancel)
     except Failure:
         raise  # respond() has already taken the message out
     except BaseException:
         chat.drop_last_user()
         raise
+    if not result.reply and not result.interrupted and result.failure is None:
+        kept = chat.add_user(message.content)  # the engine took it out with the empty reply
+        kept.flags = UNANSWERED
+        if chat.store is not None and kept.row_id is not None:
+            chat.store.update_message(kept)
+    return result
 
 
 class Sender(NamedTuple):

@@ -353,3 +353,17 @@ def test_an_update_delivered_again_is_answered_once_and_channel_posts_not_at_all
     time.sleep(1.5)
     assert len(model.posts) == posts and telegram.sent_texts(119) == [DEFAULT_REPLY]
     assert telegram.sent_texts(-1000321) == []
+
+
+def test_an_empty_reply_keeps_the_users_message_for_the_next_one(bot, telegram, model):
+    model.push(chat_reply("", completion_tokens=0))
+    telegram.send_text(120, "what is the capital of Peru?")
+    [note] = final_texts(telegram, 120)
+    assert "empty reply" in note
+    telegram.send_text(120, "try again")
+    final_texts(telegram, 120, 2)
+    sent = model.posts[-1].body["messages"]
+    assert [m["role"] for m in sent] == ["system", "user"]
+    assert "what is the capital of Peru?" in sent[1]["content"] and "try again" in sent[1]["content"]
+    telegram.send_text(120, "/stats")
+    assert "Messages kept: 2" in final_texts(telegram, 120, 3)[2]
