@@ -1,14 +1,19 @@
 #!/usr/bin/env python3
 """telegram_bot: the chapter's capstone, a Telegram assistant on the same engine as the terminal chat.
 
-Each Telegram chat is one conversation:
+Each Telegram chat (each forum topic) is one conversation:
 
-    message -> history (trimmed) -> model call -> reply streamed into the chat -> saved -> repeat
+    message -> inbox (SQLite) -> history (trimmed) -> model call -> reply streamed into the chat -> saved -> repeat
 
-In reading order: the command table -> who may talk to it -> sending to Telegram (flood control,
-blocked chats, retries) -> showing a reply while it is written -> one chat's turn -> the handlers ->
-main(), where the whole bot is wired. The engine (`chatcore`) does settings, trimming, the provider,
-usage and sessions; python-telegram-bot does polling and the Bot API.
+In reading order: who may talk to it -> sending to Telegram (flood control, chats that cannot be
+written to, retries) -> showing a reply while it is written -> one conversation's turn -> the
+handlers and the command table -> main(), where the whole bot is wired. The engine (`chatcore`)
+does settings, trimming, the provider, usage, sessions and the inbox; python-telegram-bot does
+polling and the Bot API.
+
+Nothing is lost: python-telegram-bot confirms updates to Telegram (the next getUpdates offset)
+long before they are answered, so every message is written to the inbox before that confirmation
+is sent, settled once answered, and handed back in order on the next start if it was not.
 
 The engine is synchronous and fast (it parses the raw stream itself), so each turn runs in a
 worker thread of a pool sized for dozens of chats, while the event loop paces what Telegram sees.
@@ -19,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import json
 import logging
 import os
 import random
@@ -26,41 +32,54 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from chatcore import __version__, files
 from chatcore.chat import Chat
 from chatcore.conversation import PromptTooLarge
+from chatcore.inbox import DatabaseInUse, Inbox, lock_database
 from chatcore.log import redact
 from chatcore.provider import Failure, Provider
 from chatcore.settings import ConfigError, Settings, check_credentials, load_settings
 from chatcore.store import SessionStore, StoreError
 from chatcore.streams import TEXT
 from chatcore.turn import Cancel, Outcome, TurnResult
-from telegram_render import Part, split_message, to_telegram
+from telegram_render import Part, split_message, to_telegram, utf16_len
+
+if TYPE_CHECKING:  # telegram is imported where first used: start-up (and --help) stays fast
+    from telegram import Message, Update
+    from telegram.ext import Application, ContextTypes
 
 log = logging.getLogger("chatbot.telegram")
 T = TypeVar("T")
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
-# ---------------------------------------------------------------------------
-# Commands: one table drives the handlers, /help and Telegram's command menu
-# ---------------------------------------------------------------------------
-
-COMMANDS: tuple[tuple[str, str], ...] = (
-    ("start", "what this assistant is and how to use it"),
-    ("help", "list the commands"),
-    ("clear", "forget this chat's conversation"),
-    ("stats", "messages, requests, tokens and cost in this chat"),
-    ("model", "which model answers"),
-    ("cancel", "stop the reply in progress (what was written stays)"),
-)
+# A conversation is a chat, or one forum topic of it: (chat id, topic thread id or None).
+Key = tuple[int, int | None]
 
 
-def help_text() -> str:
-    return "\n".join(f"/{name} - {about}" for name, about in COMMANDS)
+def key_of(message: Message) -> Key:
+    """Which conversation a message belongs to: its topic's own, or the chat's (General included)."""
+    thread = message.message_thread_id if message.is_topic_message else None
+    return message.chat.id, thread if thread not in (None, 1) else None
+
+
+def conversation_name(key: Key) -> str:
+    chat_id, thread = key
+    return f"{chat_id}" if thread is None else f"{chat_id}:{thread}"
+
+
+def session_name(key: Key) -> str:
+    chat_id, thread = key
+    return f"telegram-{chat_id}" if thread is None else f"telegram-{chat_id}-topic-{thread}"
+
+
+def in_thread(thread: int | None) -> dict[str, Any]:
+    """The keyword every call for a topic carries; none for General or a chat without topics."""
+    return {"message_thread_id": thread} if thread else {}
 
 
 # ---------------------------------------------------------------------------
@@ -89,34 +108,53 @@ def stranger_text(user_id: int | None) -> str:
     )
 
 
+STRANGER_NOTE_EVERY = 3600.0  # seconds: a stranger is told their id once an hour at most
+
+
 class RateLimiter:
-    """At most `per_minute` messages from one user in any 60 seconds."""
+    """At most `per_minute` messages from one sender in any 60 seconds; one note per limit window."""
 
     def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic):
         self.per_minute = per_minute
         self.clock = clock
         self.sent: dict[int, collections.deque[float]] = {}
+        self.noted_until: dict[int, float] = {}
 
-    def wait(self, user_id: int) -> float:
+    def wait(self, sender: int) -> float:
         """0 if the message may go now (and it is counted), else the seconds until it may."""
         now = self.clock()
-        recent = self.sent.setdefault(user_id, collections.deque())
+        recent = self.sent.setdefault(sender, collections.deque())
         while recent and recent[0] <= now - 60:
             recent.popleft()
+        if not recent:
+            self.noted_until.pop(sender, None)
+        if len(self.sent) > 10_000:  # senders idle for a minute are forgotten
+            for idle in [s for s, times in self.sent.items() if not times and s != sender]:
+                del self.sent[idle]
         if len(recent) >= self.per_minute:
             return recent[0] + 60 - now
         recent.append(now)
         return 0.0
 
+    def should_note(self, sender: int, wait: float) -> bool:
+        """A sender over the limit is told once per window, not once per message."""
+        now = self.clock()
+        if self.noted_until.get(sender, 0.0) > now:
+            return False
+        self.noted_until[sender] = now + wait
+        return True
+
 
 # ---------------------------------------------------------------------------
-# Sending to Telegram: flood control per chat, blocked chats, retries
+# Sending to Telegram: flood control per chat, chats that cannot be written to, retries
 # ---------------------------------------------------------------------------
 
 STREAM_INTERVAL = {"draft": 0.35, "edit": 1.0, "group": 3.0}  # seconds between updates of one reply
 TYPING_EVERY = 4.0  # "typing…" lasts 5 s
 GROUP_PER_MINUTE = 20  # Telegram's limit for one group
+CHAT_BURST, CHAT_PER_SECOND = 2.0, 1.0  # messages and edits to one chat: a short burst, then one a second
 FINAL_ATTEMPTS = 8  # a finished reply is retried through network errors and 5xx, with backoff
+NO_RIGHTS = re.compile(r"not enough rights|have no rights|chat_write_forbidden|need administrator rights", re.I)
 
 
 def seconds(value: Any) -> float:
@@ -154,12 +192,15 @@ class Pace:
 
 
 class Line:
-    """Everything the bot sends to one chat goes through here.
+    """Everything the bot sends to one chat goes through here (one per chat, its topics share it).
 
-    After a 429 nothing is sent to this chat before `retry_after` has passed (other chats go on);
-    "message is not modified" is ignored; a chat that blocked the bot (403) gets nothing more; a
+    After a 429 nothing is sent to this chat before `retry_after` has passed, and a waiting call looks
+    again when it wakes (another may have been told to wait meanwhile); other chats go on. Each chat
+    also gets at most a short burst and then about one message or edit a second, so Telegram's limit
+    is not reached in the first place. "Message is not modified" is ignored. A chat that cannot be
+    written to (403: blocked or removed; 400: no right to write) is `closed` until it can again; a
     group that became a supergroup moves to its new id; an essential call (a finished reply) is
-    retried through network errors and 5xx with backoff, a streaming update is simply skipped.
+    retried through network errors and 5xx with backoff; a streaming update that fails is skipped.
     """
 
     def __init__(self, chat_id: int, pace: Pace, on_migrate: Callable[[int, int], None]):
@@ -167,23 +208,51 @@ class Line:
         self.pace = pace
         self.on_migrate = on_migrate
         self.not_before = 0.0
-        self.blocked = False
+        self.closed: str | None = None  # why the chat cannot be written to: "blocked" or "muted"
         self.stopping = False
+        self.tokens, self.counted = CHAT_BURST, time.monotonic()
         self.recent: collections.deque[float] = collections.deque()  # a group's messages and edits, last 60 s
 
+    def reopen(self, why: str) -> None:
+        if self.closed is not None:
+            log.info("chat=%s can be written to again (%s)", self.chat_id, why)
+        self.closed = None
+
+    def idle(self) -> bool:
+        return self.closed is None and self.not_before <= time.monotonic() and not self.recent
+
+    def _room(self) -> float:
+        """Seconds until one more message or edit may go to this chat (0: now)."""
+        now = time.monotonic()
+        self.tokens = min(CHAT_BURST, self.tokens + (now - self.counted) * CHAT_PER_SECOND)
+        self.counted = now
+        wait = 0.0 if self.tokens >= 1 else (1 - self.tokens) / CHAT_PER_SECOND
+        if self.chat_id < 0:
+            while self.recent and self.recent[0] <= now - 60:
+                self.recent.popleft()
+            if len(self.recent) >= GROUP_PER_MINUTE:
+                wait = max(wait, self.recent[0] + 60 - now)
+        return wait
+
+    def _count(self) -> None:
+        self.tokens -= 1
+        if self.chat_id < 0:
+            self.recent.append(time.monotonic())
+
     async def send(self, call: Callable[[int], Awaitable[T]], essential: bool, counts: bool = True) -> T | None:
+        """Make one call to this chat; None when it was skipped, refused or the chat is closed."""
         from telegram.error import BadRequest, ChatMigrated, Forbidden, NetworkError, RetryAfter
 
         attempt = 0
-        while not self.blocked:
-            wait = self.not_before - time.monotonic()
+        while self.closed is None:
+            wait = max(self.not_before - time.monotonic(), self._room() if counts else 0.0)
             if wait > 0:
-                if not essential:
+                if not essential or (self.stopping and wait > 1.0):  # shutting down: no long waits
                     return None
                 await asyncio.sleep(wait)
+                continue  # look again: the window may have been lengthened meanwhile
             if counts:
-                if self.chat_id < 0 and not await self._group_room(essential):
-                    return None
+                self._count()
                 if essential:
                     await self.pace.take()
                 elif not self.pace.try_take():
@@ -192,21 +261,27 @@ class Line:
                 return await call(self.chat_id)
             except RetryAfter as exc:
                 delay = seconds(exc.retry_after)
-                self.not_before = time.monotonic() + delay
+                self.not_before = max(self.not_before, time.monotonic() + delay)
                 log.warning("chat=%s flood control: nothing sent to it for %.0fs", self.chat_id, delay)
                 if not essential:
                     return None
             except Forbidden as exc:
-                self.blocked = True
-                log.warning("chat=%s cannot be written to (%s): skipped from now on", self.chat_id, exc.message)
-                return None
+                self.close("blocked", exc.message)
             except ChatMigrated as exc:
                 old, self.chat_id = self.chat_id, exc.new_chat_id
                 self.on_migrate(old, exc.new_chat_id)
             except BadRequest as exc:
                 if "not modified" in exc.message.lower():
                     return None
-                raise
+                if NO_RIGHTS.search(exc.message):
+                    self.close("muted", exc.message)
+                elif "chat not found" in exc.message.lower():
+                    self.close("blocked", exc.message)
+                elif essential:
+                    raise
+                else:  # a streaming update that failed is skipped, like one that was rate-limited
+                    log.info("chat=%s streaming update refused (%s): skipped", self.chat_id, exc.message)
+                    return None
             except NetworkError as exc:  # timeouts, connection errors and 5xx
                 attempt += 1
                 if not essential or attempt >= FINAL_ATTEMPTS or self.stopping:
@@ -215,19 +290,9 @@ class Line:
                 await asyncio.sleep(min(20.0, 0.5 * 2**attempt))
         return None
 
-    async def _group_room(self, essential: bool) -> bool:
-        """A group takes at most GROUP_PER_MINUTE messages and edits in any minute: a finished reply
-        waits for room, a streaming update is skipped."""
-        while True:
-            now = time.monotonic()
-            while self.recent and self.recent[0] <= now - 60:
-                self.recent.popleft()
-            if len(self.recent) < GROUP_PER_MINUTE:
-                self.recent.append(now)
-                return True
-            if not essential:
-                return False
-            await asyncio.sleep(self.recent[0] + 60 - now)
+    def close(self, why: str, description: str) -> None:
+        self.closed = why
+        log.warning("chat=%s cannot be written to (%s): skipped until that changes", self.chat_id, description)
 
 
 # ---------------------------------------------------------------------------
@@ -249,39 +314,61 @@ class ReplyBuffer:
         return "".join(self.parts)
 
 
-class ReplyView:
-    """One reply in one chat: "typing…" until the first words, then the text as it grows
-    (a draft in private chats, else one edited message), then the finished, formatted message(s)."""
+def entities_for(part: Part, bot: Any) -> list[Any] | None:
+    from telegram import MessageEntity
 
-    def __init__(self, bot: Any, line: Line, state: ChatState, private: bool, reply_to: int | None):
-        self.bot, self.line, self.state = bot, line, state
+    return [MessageEntity.de_json(entity, bot) for entity in part.entities] or None
+
+
+class ReplyView:
+    """One reply in one conversation: "typing…" until the first words, then the text as it grows
+    (a draft in private chats, else one edited message), then the finished, formatted message(s).
+    Every call carries the topic's thread id, if the conversation is a topic."""
+
+    def __init__(
+        self,
+        bot: Any,
+        state: ChatState,
+        private: bool,
+        reply_to: int | None,
+        resume: int | None = None,
+        on_message: Callable[[int], None] = lambda _message_id: None,
+    ):
+        """`resume`: a message an earlier run streamed this reply into (a crash cut it): the reply
+        replaces its text. `on_message` hears of the message a reply streams into, when it is sent."""
+        self.bot, self.line, self.state = bot, state.line, state
+        self.on_message = on_message
+        self.thread = state.key[1]
         self.mode = "draft" if private and state.drafts_work else "edit"
         self.interval = STREAM_INTERVAL["draft" if self.mode == "draft" else "edit" if private else "group"]
         self.draft_id = random.randint(1, 2**31 - 1)
         self.reply_to = reply_to
-        self.message_id: int | None = None  # the streamed message, in edit mode
+        self.message_id: int | None = resume  # the streamed message, in edit mode
         self.shown = ""
 
-    def _reply_parameters(self) -> Any:
+    def _reply_parameters(self, reply_to: int | None) -> Any:
         from telegram import ReplyParameters
 
-        if self.reply_to is None:
-            return None
-        return ReplyParameters(self.reply_to, allow_sending_without_reply=True)
+        return ReplyParameters(reply_to, allow_sending_without_reply=True) if reply_to else None
 
-    async def follow(self, turn: asyncio.Future[Any], buffer: ReplyBuffer) -> None:
-        """Until the turn ends: typing while nothing is written, updates at the chat's pace after."""
+    async def follow(self, turn: asyncio.Future[Any], buffer: ReplyBuffer, cancel: Cancel) -> None:
+        """Until the turn ends: typing while nothing is written, updates at the chat's pace after.
+        A chat that can no longer be written to stops the turn: no more credit is spent on it."""
         from telegram.constants import ChatAction
 
         typed_at = updated_at = -1e9
         while not turn.done():
+            if self.line.closed is not None:
+                cancel.set()
             now = time.monotonic()
             text = buffer.text()
             if not text.strip():
                 if now - typed_at >= TYPING_EVERY:
                     typed_at = now
                     await self.line.send(
-                        lambda chat: self.bot.send_chat_action(chat, ChatAction.TYPING), essential=False, counts=False
+                        lambda chat: self.bot.send_chat_action(chat, ChatAction.TYPING, **in_thread(self.thread)),
+                        essential=False,
+                        counts=False,
                     )
             elif now - updated_at >= self.interval and text != self.shown:
                 await self.update(text)
@@ -290,98 +377,160 @@ class ReplyView:
 
     async def update(self, text: str) -> None:
         """Show the reply so far, formatted: its last message-sized part if it is already long."""
-        from telegram import MessageEntity
-        from telegram.error import BadRequest
-
         part = split_message(to_telegram(text))[-1]  # `text` is not blank: there is at least one part
-        shown = part.text
-        entities = [MessageEntity.de_json(entity, self.bot) for entity in part.entities] or None
         if self.mode == "draft":
-            try:
-                await self.line.send(
-                    lambda chat: self.bot.send_message_draft(chat, self.draft_id, shown, entities=entities),
-                    essential=False,
-                    counts=False,
-                )
-            except BadRequest as exc:  # no drafts here: stream by editing one message instead
-                log.info("chat=%s drafts refused (%s): streaming by editing a message", self.line.chat_id, exc.message)
-                self.state.drafts_work = False
-                self.mode, self.interval = "edit", STREAM_INTERVAL["edit"]
-                return
+            await self.line.send(functools.partial(self._draft, part=part), essential=False, counts=False)
         elif self.message_id is None:
             message = await self.line.send(
                 lambda chat: self.bot.send_message(
-                    chat, shown, entities=entities, reply_parameters=self._reply_parameters()
+                    chat,
+                    part.text,
+                    entities=entities_for(part, self.bot),
+                    reply_parameters=self._reply_parameters(self.reply_to),
+                    **in_thread(self.thread),
                 ),
                 essential=False,
             )
             self.message_id = message.message_id if message is not None else None
+            if self.message_id is not None:
+                self.on_message(self.message_id)
         else:
-            await self.line.send(
-                lambda chat: self.bot.edit_message_text(
-                    shown, chat_id=chat, message_id=self.message_id, entities=entities
-                ),
-                essential=False,
-            )
+            await self.line.send(functools.partial(self._edit, part=part), essential=False)
         self.shown = text
+
+    async def _draft(self, chat_id: int, part: Part) -> None:
+        from telegram.error import BadRequest
+
+        try:
+            await self.bot.send_message_draft(
+                chat_id, self.draft_id, part.text, entities=entities_for(part, self.bot), **in_thread(self.thread)
+            )
+        except BadRequest as exc:
+            if not re.search(r"not available|not found|unknown method|not supported", exc.message, re.I):
+                raise  # one refused update: skipped (by Line), the next one is tried
+            log.info("chat=%s drafts refused (%s): streaming by editing a message", chat_id, exc.message)
+            self.state.drafts_work = False
+            self.mode, self.interval = "edit", STREAM_INTERVAL["edit"]
+
+    async def _edit(self, chat_id: int, part: Part) -> None:
+        """One streaming edit; a message that is gone (deleted by an admin) is forgotten, and the next
+        update starts a new one."""
+        from telegram.error import BadRequest
+
+        try:
+            await self.bot.edit_message_text(
+                part.text, chat_id=chat_id, message_id=self.message_id, entities=entities_for(part, self.bot)
+            )
+        except BadRequest as exc:
+            if "not found" not in exc.message.lower() and "message_id_invalid" not in exc.message.lower():
+                raise
+            log.info("chat=%s the streamed message is gone (%s): a new one follows", chat_id, exc.message)
+            self.message_id = None
 
     async def finish(self, markdown: str) -> int:
         """Send the finished reply as real messages, formatted; returns how many were delivered."""
+        from telegram.error import BadRequest
+
         parts = split_message(to_telegram(markdown)) or [Part("(empty reply)")]
         delivered = 0
         for index, part in enumerate(parts):
             first = index == 0
-            sent = await self.line.send(
-                functools.partial(
-                    self._post,
-                    part=part,
-                    edit_id=self.message_id if first else None,
-                    reply_to=self.reply_to if first else None,
-                ),
-                essential=True,
-            )
+            try:
+                sent = await self.line.send(
+                    functools.partial(
+                        self._post,
+                        part=part,
+                        edit_id=self.message_id if first else None,
+                        reply_to=self.reply_to if first else None,
+                    ),
+                    essential=True,
+                )
+            except BadRequest as exc:
+                log.warning("chat=%s part %d of a reply refused: %s", self.line.chat_id, index + 1, exc.message)
+                continue
             delivered += sent is not None
         return delivered
 
     async def _post(self, chat_id: int, part: Part, edit_id: int | None, reply_to: int | None) -> Any:
-        """One message with its entities; as plain text if Telegram rejects the formatting."""
-        from telegram import MessageEntity, ReplyParameters
+        """One message with its entities; as plain text if Telegram rejects the formatting; as a new
+        message if the one it was streamed into is gone."""
         from telegram.error import BadRequest
 
-        async def post(entities: list[Any] | None) -> Any:
+        async def post(entities: list[Any] | None, edit_id: int | None) -> Any:
             if edit_id is not None:
                 return await self.bot.edit_message_text(
                     part.text, chat_id=chat_id, message_id=edit_id, entities=entities
                 )
-            reply = ReplyParameters(reply_to, allow_sending_without_reply=True) if reply_to else None
-            return await self.bot.send_message(chat_id, part.text, entities=entities, reply_parameters=reply)
+            return await self.bot.send_message(
+                chat_id,
+                part.text,
+                entities=entities,
+                reply_parameters=self._reply_parameters(reply_to),
+                **in_thread(self.thread),
+            )
 
-        entities = [MessageEntity.de_json(entity, self.bot) for entity in part.entities] or None
+        entities = entities_for(part, self.bot)
         try:
-            return await post(entities)
+            return await post(entities, edit_id)
         except BadRequest as exc:
             text = exc.message.lower()
             if entities and ("entit" in text or "parse" in text):
                 log.info("chat=%s formatting rejected (%s): sent as plain text", chat_id, exc.message)
-                return await post(None)
-            if edit_id is not None and "not found" in text:
-                return await self.bot.send_message(chat_id, part.text, entities=entities)
+                return await self._post(chat_id, Part(part.text), edit_id, reply_to)
+            if edit_id is not None:  # the streamed message is gone, or cannot be edited: the reply is still owed
+                log.info("chat=%s the streamed message cannot take the reply (%s): sent anew", chat_id, exc.message)
+                self.message_id = None
+                return await self._post(chat_id, part, None, self.reply_to)
             raise
 
 
 # ---------------------------------------------------------------------------
-# One chat: its conversation, its line to Telegram, one reply at a time
+# One conversation: its history, its line to Telegram, one reply at a time
 # ---------------------------------------------------------------------------
+
+PASTE_PART = 3500  # UTF-16 units: a message this long may be one part of a paste the client split
+PASTE_WAIT = 2.0  # seconds to wait for the next part of a paste
+
+
+@dataclass
+class Paste:
+    """A long paste arriving as several messages from one sender: one turn once all parts are in."""
+
+    sender: int
+    texts: list[str]
+    update_ids: list[int]
+    last_long: bool = True
+    more: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def add(self, text: str, update_id: int) -> None:
+        self.texts.append(text)
+        self.update_ids.append(update_id)
+        self.last_long = utf16_len(text) >= PASTE_PART
+        self.more.set()
+
+    async def gather(self) -> None:
+        """Until a short part ends the paste, or no part has come for PASTE_WAIT seconds."""
+        while self.last_long:
+            self.more.clear()
+            try:
+                await asyncio.wait_for(self.more.wait(), PASTE_WAIT)
+            except TimeoutError:
+                return
 
 
 @dataclass
 class ChatState:
+    key: Key
     chat: Chat
     line: Line
-    lock: asyncio.Lock
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one turn at a time, in arrival order
     cancel: Cancel | None = None  # the turn in progress, if any
     drafts_work: bool = True
     answers: asyncio.Lock = field(default_factory=asyncio.Lock)  # command answers leave in the order asked
+    paste: Paste | None = None  # a long paste still arriving
+
+    def busy(self) -> bool:
+        return self.lock.locked() or self.answers.locked() or self.cancel is not None or self.paste is not None
 
 
 FRIENDLY = {
@@ -390,16 +539,29 @@ FRIENDLY = {
     "rate_limit": "The model provider is rate-limiting requests right now. Please try again in a minute.",
     "unknown_model": "The configured model is not available at the provider. The owner needs to check OPENAI_MODEL.",
     "context_length": "This conversation has grown too long for the model, even trimmed. Send /clear to start afresh.",
-    "message_too_long": "Your message is too long for this model, even on its own. Please shorten it.",
     "timeout": "The model took too long to answer. Please try again.",
     "deadline": "The model took too long to answer. Please try again.",
     "connection": "The model provider cannot be reached right now. Please try again shortly.",
     "server": "The model provider is having trouble right now. Please try again shortly.",
 }
+CUT_SHORT = {  # after a partial reply: what stopped it, never "the model could not answer"
+    "timeout": "the model stopped sending for too long.",
+    "deadline": "the reply took longer than the time allowed.",
+    "context_length": "the conversation is too long for the model. Send /clear to start afresh.",
+}
 
 
 def friendly(failure: Failure) -> str:
     return FRIENDLY.get(failure.kind, "Sorry, the model could not answer that. Please try again.")
+
+
+def finish_text(result: TurnResult) -> str:
+    """A reply that ended early, in Telegram's words (no command-line flags)."""
+    if result.finish_reason == "length":
+        if result.window_full:
+            return "cut off: this conversation fills the model's context window; send /clear to start afresh"
+        return "cut off at the longest reply the assistant is set to write"
+    return result.note()
 
 
 def closing_note(result: TurnResult) -> str:
@@ -408,101 +570,262 @@ def closing_note(result: TurnResult) -> str:
     if outcome is Outcome.INTERRUPTED:
         return "⏹ Stopped." if result.reply else "⏹ Stopped before the reply began."
     if outcome is Outcome.FAILED_MID_REPLY and result.failure is not None:
-        return f"⚠️ The reply was cut short: {friendly(result.failure)}"
+        reason = CUT_SHORT.get(result.failure.kind, "the connection to the model was lost mid-reply.")
+        return f"⚠️ The reply was cut short: {reason}"
     if outcome is Outcome.ENDED_EARLY:
-        return f"… ({result.note().replace(' (--max-tokens)', '')})"
+        return f"… ({finish_text(result)})"
     if outcome is Outcome.EMPTY:
         return f"({result.note().capitalize()}.)"
     return ""
 
 
-class Assistant:
-    """The bot's state: settings, the shared provider and store, one ChatState per chat."""
+def take_turn(
+    chat: Chat, text: str, buffer: ReplyBuffer, cancel: Cancel, on_added: Callable[[int | None], None]
+) -> TurnResult:
+    """In a worker thread: one turn of the engine's. A message an earlier run left without a reply is
+    answered through the inbox's replay, so one still dangling here is dropped, never merged into this
+    one; a message the model answered with nothing stays, and this one joins it (the engine's rule)."""
+    chat.take_back_unanswered()
+    return chat.send(text, buffer.on_event, True, cancel, on_added=lambda message: on_added(message.row_id))
 
-    def __init__(self, settings: Settings, store: SessionStore):
+
+class Sender(NamedTuple):
+    """Who wrote a message: the id rate limits count, and the name a group's history shows."""
+
+    id: int
+    name: str
+
+
+def sender_of(message: Message) -> Sender:
+    """Anonymous admins and channels write as a chat (`sender_chat`): each such chat is one sender."""
+    if message.sender_chat is not None:
+        return Sender(message.sender_chat.id, message.sender_chat.title or "Admin")
+    user = message.from_user
+    return Sender(user.id, user.first_name) if user else Sender(message.chat.id, "Someone")
+
+
+MAX_LOADED = 500  # conversations kept in memory; idle ones beyond this are dropped and reloaded from SQLite
+
+
+class Assistant:
+    """The bot's state: settings, the shared provider, store and inbox, one ChatState per conversation
+    and one Line per chat."""
+
+    def __init__(self, settings: Settings, store: SessionStore, inbox: Inbox):
         self.settings = settings
         self.store = store
+        self.inbox = inbox
         self.provider = Provider(settings, lambda text: log.info("%s", text))
-        self.chats: dict[int, ChatState] = {}
+        self.chats: collections.OrderedDict[Key, ChatState] = collections.OrderedDict()
+        self.lines: collections.OrderedDict[int, Line] = collections.OrderedDict()
         self.pace = Pace()
         self.rate = RateLimiter(settings.telegram_rate_limit)
         self.workers = ThreadPoolExecutor(max_workers=64, thread_name_prefix="turn")
         self.stopping = False
+        self.exit_status = EXIT_OK
         self.bot_id: int | None = None
         self.bot_username = ""
+        self.application: Any = None  # the python-telegram-bot Application, once built around this
+        self.held: set[int] = set()  # updates whose settling is not their handler's: left pending, or pasted
+        self.settled: collections.OrderedDict[int, None] = collections.OrderedDict()  # settled by their turn
+        self.unfinished: dict[int, int] = {}  # update id -> the user message an earlier run's turn added
+        self.resumed: dict[int, int] = {}  # update id -> the message an earlier run streamed its reply into
+        self.begun: collections.OrderedDict[int, None] = collections.OrderedDict()  # updates handled in this run
+        self.strangers_told: collections.OrderedDict[tuple[int, int | None], float] = collections.OrderedDict()
 
-    def state(self, chat_id: int) -> ChatState:
-        state = self.chats.get(chat_id)
+    def line(self, chat_id: int) -> Line:
+        """The chat's line to Telegram, for every chat the bot writes to (strangers' included)."""
+        line = self.lines.get(chat_id)
+        if line is None:
+            line = self.lines[chat_id] = Line(chat_id, self.pace, self.migrate)
+            if len(self.lines) > 4 * MAX_LOADED:
+                in_use = {state.line for state in self.chats.values()}
+                for idle in [c for c, ln in self.lines.items() if ln.idle() and ln not in in_use][: MAX_LOADED // 2]:
+                    del self.lines[idle]
+        self.lines.move_to_end(chat_id)
+        return line
+
+    def state(self, key: Key) -> ChatState:
+        """A conversation's state, its history loaded from SQLite the first time (and after eviction)."""
+        state = self.chats.get(key)
         if state is None:
             chat = Chat(
                 self.settings,
-                lambda text: log.info("chat=%s %s", chat_id, text),
+                lambda text: log.info("chat=%s %s", conversation_name(key), text),
                 provider=self.provider,
                 store=self.store,
-                label=f"chat={chat_id}",
+                label=f"chat={conversation_name(key)}",
                 log_sink=lambda line: log.info("%s", line),
             )
-            chat.open_session(f"telegram-{chat_id}")
-            state = ChatState(chat, Line(chat_id, self.pace, self.migrate), asyncio.Lock())
-            self.chats[chat_id] = state
+            try:
+                chat.open_session(session_name(key))
+            except StoreError as exc:  # never a silent chat: it goes on, unsaved
+                log.warning("chat=%s history not available (%s): this conversation is not saved", key[0], exc)
+            state = self.chats[key] = ChatState(key, chat, self.line(key[0]))
+            self._evict()
+        self.chats.move_to_end(key)
         return state
 
-    def migrate(self, old: int, new: int) -> None:
-        """A group became a supergroup: its history belongs to the new id."""
-        state = self.chats.pop(old, None)
-        if state is None:
+    def _evict(self) -> None:
+        """Thousands of idle chats do not stay in memory: the least recently used idle ones go."""
+        if len(self.chats) <= MAX_LOADED:
             return
-        try:
-            state.chat.rename_session(f"telegram-{new}")
-        except StoreError as exc:
-            log.warning("chat=%s moved to %s but its history could not follow: %s", old, new, exc)
-        state.chat.label = f"chat={new}"
-        self.chats[new] = state
+        for key in [k for k, s in self.chats.items() if not s.busy()][: len(self.chats) - MAX_LOADED]:
+            self.chats.pop(key).chat.leave()
+
+    def migrate(self, old: int, new: int) -> None:
+        """A group became a supergroup: its history (every topic's) and its line belong to the new id."""
+        line = self.lines.pop(old, None)
+        if line is not None:
+            self.lines[new] = line
+        for key in [k for k in self.chats if k[0] == old]:
+            state = self.chats.pop(key)
+            new_key = (new, key[1])
+            try:
+                state.chat.rename_session(session_name(new_key))
+            except StoreError as exc:
+                log.warning("chat=%s moved to %s but its history could not follow: %s", old, new, exc)
+            state.key = new_key
+            state.chat.label = f"chat={conversation_name(new_key)}"
+            self.chats[new_key] = state
         log.info("chat=%s became chat=%s (supergroup): history moved", old, new)
 
-    async def answer(self, bot: Any, chat_id: int, text: str, private: bool, reply_to: int | None) -> None:
-        """One turn, in order with the chat's other messages: stream the reply, then send it whole."""
-        state = self.state(chat_id)
+    # -- settling what was received --------------------------------------------------
+
+    def begin(self, update_id: int) -> bool:
+        """False for an update already handled in this run (Telegram delivered it again)."""
+        if update_id in self.begun:
+            return False
+        self.begun[update_id] = None
+        if len(self.begun) > 10_000:
+            self.begun.popitem(last=False)
+        return True
+
+    async def settle(self, update_ids: list[int]) -> None:
+        """Answered (or decided not to be): never handed back. Written off the event loop."""
+        self.held.difference_update(update_ids)
+        for update_id in update_ids:
+            self.settled[update_id] = None
+        while len(self.settled) > 10_000:
+            self.settled.popitem(last=False)
+        await asyncio.to_thread(self.inbox.done, update_ids)
+
+    def take_back(self, state: ChatState, rows: list[int]) -> None:
+        """An earlier run's unfinished turn (its user message, and the partial reply a crash left, seen
+        by the user only as a draft or a partial edit) is taken out: the turn is answered anew."""
+        gone = state.chat.take_back(set(rows))
+        if not gone:
+            return
+        log.info("chat=%s %d messages of an unfinished turn taken back: answering again", state.key[0], len(gone))
+
+    # -- a turn ----------------------------------------------------------------------
+
+    async def answer(
+        self,
+        bot: Any,
+        key: Key,
+        text: str,
+        private: bool,
+        reply_to: int | None,
+        update_ids: list[int],
+        replaces: int | None = None,
+    ) -> None:
+        """One turn, in order with the conversation's other messages: stream the reply, then send it
+        whole; then the messages it answers are settled. `replaces`: the history row of a message the
+        user edited, whose exchange this turn redoes (only if it is still the last one)."""
+        state = self.state(key)
         async with state.lock:
-            if self.stopping or state.line.blocked:
+            if self.stopping:
+                self.held.update(update_ids)  # left pending in the inbox: the next start answers it
                 return
-            cancel = state.cancel = Cancel()
-            buffer = ReplyBuffer()
-            view = ReplyView(bot, state.line, state, private, reply_to)
-            loop = asyncio.get_running_loop()
-            turn = loop.run_in_executor(self.workers, state.chat.send, text, buffer.on_event, True, cancel)
+            if state.line.closed is None:
+                if replaces is not None and not self.is_last_exchange(state, replaces):
+                    log.info("chat=%s an older message was edited: ignored", key[0])
+                else:
+                    rows = [self.unfinished.pop(i) for i in update_ids if i in self.unfinished]
+                    self.take_back(state, [replaces] if replaces is not None else rows)
+                    resume = next((self.resumed.pop(i) for i in update_ids if i in self.resumed), None)
+                    await self.turn(bot, state, text, private, reply_to, update_ids, resume)
+        await self.settle(update_ids)
+
+    def is_last_exchange(self, state: ChatState, row: int) -> bool:
+        history = state.chat.conversation.history
+        last_user = next((m for m in reversed(history) if m.role == "user"), None)
+        return last_user is not None and last_user.row_id == row
+
+    async def turn(
+        self,
+        bot: Any,
+        state: ChatState,
+        text: str,
+        private: bool,
+        reply_to: int | None,
+        update_ids: list[int],
+        resume: int | None = None,
+    ) -> None:
+        """The model call in a worker thread, followed in the chat; a turn always finishes (or is
+        cancelled and awaited) before the conversation's next one starts."""
+        cancel = state.cancel = Cancel()
+        buffer = ReplyBuffer()
+        view = ReplyView(
+            bot, state, private, reply_to, resume, lambda message_id: self.inbox.streamed(update_ids, message_id)
+        )
+        loop = asyncio.get_running_loop()
+        turn = loop.run_in_executor(
+            self.workers, take_turn, state.chat, text, buffer, cancel, lambda row: self.inbox.started(update_ids, row)
+        )
+        try:
             try:
-                await view.follow(turn, buffer)
-                result = await turn
-            except PromptTooLarge as exc:
+                await view.follow(turn, buffer, cancel)
+            finally:
+                if not turn.done():
+                    cancel.set()
+                    await asyncio.wait({turn})
+            result = turn.result()
+        except PromptTooLarge as exc:
+            await view.finish(
+                f"Your message is too long for this model: {exc.tokens:,} tokens, with room "
+                f"for {exc.budget:,}. Please shorten it."
+            )
+            return
+        except Failure as failure:
+            log.info("chat=%s model request failed: %s", state.key[0], redact(str(failure), self.settings.api_key))
+            await view.finish(friendly(failure))
+            return
+        except Exception as exc:
+            if cancel.is_set():  # stopped while reading: some clients raise on a closed stream (engine issue)
+                log.info("chat=%s reply stopped (%s)", state.key[0], type(exc).__name__)
+                partial = buffer.text()
                 await view.finish(
-                    f"Your message is too long for this model: {exc.tokens:,} tokens, with room "
-                    f"for {exc.budget:,}. Please shorten it."
+                    f"{partial}\n\n⏹ Stopped." if partial.strip() else "⏹ Stopped before the reply began."
                 )
                 return
-            except Failure as failure:
-                log.info("chat=%s model request failed: %s", chat_id, redact(str(failure), self.settings.api_key))
-                await view.finish(friendly(failure))
-                return
-            except Exception:
-                log.exception("chat=%s internal error", chat_id)
-                await view.finish("Sorry, something went wrong on my side. Please try again.")
-                return
-            finally:
-                state.cancel = None
-            note = closing_note(result)
-            await view.finish(f"{result.reply}\n\n{note}" if result.reply and note else note or result.reply)
+            log.exception("chat=%s internal error", state.key[0])
+            await view.finish("Sorry, something went wrong on my side. Please try again.")
+            return
+        finally:
+            state.cancel = None
+        if state.line.closed is not None:
+            return  # nobody to show it to: the reply is saved, marked as stopped
+        note = closing_note(result)
+        await view.finish(f"{result.reply}\n\n{note}" if result.reply and note else note or result.reply)
 
-    def stop(self, application: Any) -> None:
-        """SIGINT/SIGTERM: stop every reply in progress (each keeps its partial text), then polling."""
+    def stop(self, application: Any, status: int = EXIT_OK) -> None:
+        """SIGINT/SIGTERM: stop every reply in progress (each keeps its partial text), then polling.
+        Messages still waiting are left in the inbox for the next start."""
+        self.exit_status = max(self.exit_status, status)
         if self.stopping:
             return
         self.stopping = True
         log.info("stopping: %d replies in progress are cancelled", sum(1 for s in self.chats.values() if s.cancel))
+        for line in self.lines.values():
+            line.stopping = True
         for state in self.chats.values():
-            state.line.stopping = True
             if state.cancel is not None:
                 state.cancel.set()
+            if state.paste is not None:
+                state.paste.last_long = False
+                state.paste.more.set()
         application.stop_running()
 
 
@@ -511,51 +834,108 @@ class Assistant:
 # ---------------------------------------------------------------------------
 
 
-def assistant_of(context: Any) -> Assistant:
-    return context.application.bot_data["assistant"]
+def assistant_of(context: ContextTypes.DEFAULT_TYPE) -> Assistant:
+    assistant: Assistant = context.application.bot_data["assistant"]
+    return assistant
 
 
-def addressed_to_bot(message: Any, assistant: Assistant) -> bool:
-    """In groups only mentions and replies to the bot's own messages are for it (commands apart)."""
-    if message.chat.type == "private":
-        return True
-    replied = message.reply_to_message
-    if replied is not None and replied.from_user is not None and replied.from_user.id == assistant.bot_id:
-        return True
-    return bool(assistant.bot_username) and f"@{assistant.bot_username}".lower() in (message.text or "").lower()
-
-
-async def admitted(update: Any, context: Any) -> bool:
-    """Only TELEGRAM_ALLOWED_USERS get an answer; a stranger is told their id, and no model is called."""
-    assistant = assistant_of(context)
-    user, chat = update.effective_user, update.effective_chat
-    if is_allowed(
-        assistant.settings.telegram_allowed, user.id if user else None, user.username if user else None, chat.id
-    ):
-        return True
-    log.info("chat=%s user=%s not allowed", chat.id, user.id if user else None)
-    await reply_text(update, context, stranger_text(user.id if user else None))
+def mentions_bot(message: Message, assistant: Assistant) -> bool:
+    """An exact @mention of the bot (not @bot2, not ada@bot.example), or a text_mention of it."""
+    username = f"@{assistant.bot_username}".lower()
+    for entity, text in {**message.parse_entities(), **message.parse_caption_entities()}.items():
+        if entity.type == "mention" and text.lower() == username:
+            return True
+        if entity.type == "text_mention" and entity.user is not None and entity.user.id == assistant.bot_id:
+            return True
     return False
 
 
-async def reply_text(update: Any, context: Any, text: str) -> None:
-    """A short answer to a command, through the chat's line (flood control, blocked chats)."""
+def replies_to_bot(message: Message, assistant: Assistant) -> bool:
+    replied = message.reply_to_message
+    return replied is not None and replied.from_user is not None and replied.from_user.id == assistant.bot_id
+
+
+def addressed_to_bot(message: Message, assistant: Assistant) -> bool:
+    """In groups only mentions and replies to the bot's own messages are for it (commands apart)."""
+    return message.chat.type == "private" or replies_to_bot(message, assistant) or mentions_bot(message, assistant)
+
+
+def command_for_bot(message: Message, assistant: Assistant) -> bool:
+    """A /command meant for this bot: any in a private chat, `/x` or `/x@thisbot` in a group."""
+    words = (message.text or "").split()
+    if not words or not words[0].startswith("/"):
+        return False
+    _, _, target = words[0].partition("@")
+    return target.lower() == assistant.bot_username.lower() or (not target and message.chat.type == "private")
+
+
+async def gate(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Group -1, before every handler: only TELEGRAM_ALLOWED_USERS go further. A stranger writing to
+    the bot is told their id once an hour at most, and no model is called; updates that are not
+    messages (channel posts, button presses) go no further either. A chat that writes again after it
+    answered 403 (the user pressed Restart) can be written to again."""
+    from telegram.ext import ApplicationHandlerStop
+
+    if update.my_chat_member is not None:
+        return
     assistant = assistant_of(context)
-    chat_id = update.effective_chat.id
-    state = assistant.chats.get(chat_id)
+    message = update.message or update.edited_message
+    if message is None:
+        raise ApplicationHandlerStop
+    line = assistant.lines.get(message.chat.id)
+    if update.message is not None and line is not None and line.closed == "blocked":
+        line.reopen("a new message from it")
+    user = message.from_user
+    if is_allowed(
+        assistant.settings.telegram_allowed,
+        user.id if user else None,
+        user.username if user else None,
+        message.chat.id,
+    ):
+        return
+    if update.message is not None and (addressed_to_bot(message, assistant) or command_for_bot(message, assistant)):
+        log.info("chat=%s user=%s not allowed", message.chat.id, user.id if user else None)
+        await tell_stranger(update, context, user.id if user else None)
+    raise ApplicationHandlerStop
+
+
+async def tell_stranger(update: Update, context: ContextTypes.DEFAULT_TYPE, user_id: int | None) -> None:
+    assistant = assistant_of(context)
+    chat_id = update.effective_chat.id if update.effective_chat else 0
+    told = assistant.strangers_told
+    now = time.monotonic()
+    if told.get((chat_id, user_id), -1e9) > now - STRANGER_NOTE_EVERY:
+        return
+    told[(chat_id, user_id)] = now
+    if len(told) > 10_000:
+        told.popitem(last=False)
+    await reply_text(update, context, stranger_text(user_id))
+
+
+async def reply_text(update: Update, context: ContextTypes.DEFAULT_TYPE, text: str) -> None:
+    """A short answer to a command, through the chat's line (flood control, closed chats), in the
+    message's topic."""
+    assistant = assistant_of(context)
+    message = update.effective_message
+    if message is None:
+        return
+    key = key_of(message)
+    line = assistant.line(key[0])
+    state = assistant.chats.get(key)
+
+    async def send(chat: int) -> Any:
+        return await context.bot.send_message(chat, text, **in_thread(key[1]))
+
     if state is None:  # a stranger, or a chat that has not talked yet: no history is loaded for it
-        line = Line(chat_id, assistant.pace, assistant.migrate)
-        await line.send(lambda chat: context.bot.send_message(chat, text), essential=True)
+        await line.send(send, essential=True)
         return
     async with state.answers:
-        await state.line.send(lambda chat: context.bot.send_message(chat, text), essential=True)
+        await line.send(send, essential=True)
 
 
-async def on_start(update: Any, context: Any) -> None:
-    assistant = assistant_of(context)
-    if not await admitted(update, context):
-        return
-    model = assistant.settings.model
+async def on_start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """What the assistant is, which model answers, the commands."""
+    model = assistant_of(context).settings.model
     await reply_text(
         update,
         context,
@@ -566,35 +946,39 @@ async def on_start(update: Any, context: Any) -> None:
     )
 
 
-async def on_help(update: Any, context: Any) -> None:
-    if await admitted(update, context):
-        await reply_text(update, context, help_text())
+async def on_help(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """The commands."""
+    await reply_text(update, context, help_text())
 
 
-async def on_model(update: Any, context: Any) -> None:
-    if not await admitted(update, context):
-        return
+async def on_model(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """The configured model (and fallback)."""
     settings = assistant_of(context).settings
     fallback = f" (fallback: {settings.fallback_model})" if settings.fallback_model else ""
     await reply_text(update, context, f"Model: {settings.model}{fallback} at {settings.host}")
 
 
-async def on_clear(update: Any, context: Any) -> None:
-    if not await admitted(update, context):
-        return
+async def on_clear(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Forget this conversation (this topic's, in a forum), on disk too."""
     assistant = assistant_of(context)
-    state = assistant.state(update.effective_chat.id)
+    if update.effective_message is None:
+        return
+    key = key_of(update.effective_message)
+    state = assistant.state(key)
     if state.cancel is not None:
         state.cancel.set()
     async with state.lock:
         state.chat.clear()
+        assistant.inbox.forget(conversation_name(key))
     await reply_text(update, context, "Conversation cleared: I've forgotten this chat's messages.")
 
 
-async def on_stats(update: Any, context: Any) -> None:
-    if not await admitted(update, context):
+async def on_stats(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Messages, requests, tokens and cost of this conversation, and the model that answered."""
+    if update.effective_message is None:
         return
-    stats = assistant_of(context).state(update.effective_chat.id).chat.stats()  # never asks the server: no blocking
+    # as learned by the requests so far: asking the server here would block the event loop
+    stats = assistant_of(context).state(key_of(update.effective_message)).chat.stats(ask_window=False)
     lines = [f"Messages kept: {stats.messages - 1}", f"Requests: {stats.requests}"]
     if stats.last is not None:
         usage, about = stats.usage, "~" if stats.estimated else ""
@@ -608,62 +992,163 @@ async def on_stats(update: Any, context: Any) -> None:
     window = stats.window
     known = f" · context window {window.tokens:,} tokens ({window.source})" if window else ""
     lines.append(f"Model: {stats.model}{known}")
+    if stats.last is not None and stats.last.model and stats.last.model != stats.model:
+        lines.append(f"Last reply by: {stats.last.model} (the fallback)")
     await reply_text(update, context, "\n".join(lines))
 
 
-async def on_cancel(update: Any, context: Any) -> None:
-    if not await admitted(update, context):
+async def on_cancel(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Stop the reply in progress; what was written stays, marked."""
+    if update.effective_message is None:
         return
-    state = assistant_of(context).chats.get(update.effective_chat.id)
+    state = assistant_of(context).chats.get(key_of(update.effective_message))
     if state is None or state.cancel is None:
         await reply_text(update, context, "Nothing to stop: no reply is in progress.")
         return
     state.cancel.set()  # the reply ends with what was written so far, marked as stopped
 
 
-async def on_message(update: Any, context: Any) -> None:
-    assistant = assistant_of(context)
+async def on_unknown_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """A command the bot does not have: one line pointing at /help (in groups only when it is ours)."""
     message = update.effective_message
-    if message is None or not addressed_to_bot(message, assistant) or not await admitted(update, context):
+    if message is None or not command_for_bot(message, assistant_of(context)):
         return
-    chat, user = message.chat, message.from_user
-    if not message.text:
-        if chat.type == "private":
-            await reply_text(update, context, "I can only read text messages.")
-        return
-    wait = assistant.rate.wait(user.id if user else chat.id)
-    if wait:
-        await reply_text(
-            update,
-            context,
-            f"You're sending messages faster than I can answer (at most "
-            f"{assistant.rate.per_minute} a minute). Please wait {wait:.0f} s.",
-        )
-        return
-    text = message.text
+    name = (message.text or "").split()[0].split("@")[0]
+    await reply_text(update, context, f"I don't know {name}. Send /help for the commands I understand.")
+
+
+def compose(message: Message, text: str, assistant: Assistant) -> str:
+    """The user's message as the model reads it: the mention taken out, the sender's name in groups
+    (several people share the history), and the message it replies to, with its author."""
     if assistant.bot_username:
-        text = re.sub(rf"@{re.escape(assistant.bot_username)}\b", "", text, flags=re.I).strip() or text
-    private = chat.type == "private"
-    if not private:
-        text = f"{user.first_name if user else 'Someone'}: {text}"  # several people share a group's history
-    await assistant.answer(context.bot, chat.id, text, private, None if private else message.message_id)
+        text = re.sub(rf"(?<![\w@.])@{re.escape(assistant.bot_username)}(?!\w)", "", text, flags=re.I).strip() or text
+    replied = message.reply_to_message
+    if replied is not None and not replies_to_bot(message, assistant):
+        quoted = message.quote.text if message.quote is not None else (replied.text or replied.caption or "")
+        if quoted:
+            author = sender_of(replied).name
+            text = f'(In reply to {author}: "{quoted}")\n{text}'
+    if message.chat.type != "private":
+        text = f"{sender_of(message).name}: {text}"
+    return text
 
 
-async def on_migrate(update: Any, context: Any) -> None:
+async def on_message(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """A message (or a caption) for the assistant: one turn, in order with the conversation's others;
+    the parts of a long paste the client split are gathered into one."""
+    assistant = assistant_of(context)
+    message = update.message
+    if message is None:
+        return
+    key, sender = key_of(message), sender_of(message)
+    raw = message.text or message.caption or ""
+    state = assistant.chats.get(key)
+    if raw and state is not None and state.paste is not None and state.paste.sender == sender.id:
+        state.paste.add(raw, update.update_id)  # a later part of a paste: its first part's turn answers it
+        assistant.held.add(update.update_id)
+        return
+    if not addressed_to_bot(message, assistant):
+        return
+    private = message.chat.type == "private"
+    if not raw:
+        if private:
+            await reply_text(update, context, "I can only read text messages (and the captions of photos and files).")
+        return
+    wait = assistant.rate.wait(sender.id)
+    if wait:
+        if assistant.rate.should_note(sender.id, wait):
+            await reply_text(
+                update,
+                context,
+                f"You're sending messages faster than I can answer (at most "
+                f"{assistant.rate.per_minute} a minute). Please wait {wait:.0f} s.",
+            )
+        return
+    text, update_ids = compose(message, raw, assistant), [update.update_id]
+    if utf16_len(raw) >= PASTE_PART:
+        state = assistant.state(key)
+        paste = state.paste = Paste(sender.id, [text], update_ids)
+        await paste.gather()
+        state.paste = None
+        text = "\n".join(paste.texts)
+    reply_to = None if private and key[1] is None else message.message_id
+    await assistant.answer(context.bot, key, text, private, reply_to, update_ids)
+
+
+async def on_edit(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """An edit of the last message answered redoes its reply (the old exchange is replaced, never
+    kept beside the new one); an edit of an older message, or into a command, is ignored."""
+    assistant = assistant_of(context)
+    message = update.edited_message
+    raw = (message.text or message.caption or "") if message is not None else ""
+    if message is None or not raw or raw.startswith("/") or not addressed_to_bot(message, assistant):
+        return
+    key = key_of(message)
+    row = assistant.inbox.user_row_of(conversation_name(key), message.message_id)
+    if row is None:
+        return
+    private = message.chat.type == "private"
+    await assistant.answer(
+        context.bot, key, compose(message, raw, assistant), private, message.message_id, [update.update_id], row
+    )
+
+
+async def on_membership(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """The bot's own membership changed: removed or blocked closes the chat, added back opens it,
+    muted (restricted without the right to write) closes it until the right is given back."""
+    change = update.my_chat_member
+    if change is None:
+        return
+    line = assistant_of(context).line(change.chat.id)
+    member = change.new_chat_member
+    if member.status in ("left", "kicked"):
+        line.close("blocked", f"the bot is {member.status}")
+    elif member.status == "restricted" and not getattr(member, "can_send_messages", True):
+        line.close("muted", "the bot may not send messages")
+    else:
+        line.reopen(f"the bot is {member.status}")
+
+
+async def on_migrate(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """A group became a supergroup: its history follows."""
     message = update.effective_message
     if message is not None and message.migrate_to_chat_id:
         assistant_of(context).migrate(message.chat.id, message.migrate_to_chat_id)
 
 
-async def on_error(update: object, context: Any) -> None:
+async def on_error(_update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
     log.error("while handling an update: %s", context.error, exc_info=context.error)
+
+
+# ---------------------------------------------------------------------------
+# Commands: one table drives the handlers, /help and Telegram's command menu
+# ---------------------------------------------------------------------------
+
+
+class Command(NamedTuple):
+    name: str
+    about: str
+    handler: Callable[[Update, ContextTypes.DEFAULT_TYPE], Coroutine[Any, Any, None]]
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("start", "what this assistant is and how to use it", on_start),
+    Command("help", "list the commands", on_help),
+    Command("clear", "forget this chat's conversation", on_clear),
+    Command("stats", "messages, requests, tokens and cost in this chat", on_stats),
+    Command("model", "which model answers", on_model),
+    Command("cancel", "stop the reply in progress (what was written stays)", on_cancel),
+)
+
+
+def help_text() -> str:
+    return "\n".join(f"/{command.name} - {command.about}" for command in COMMANDS)
 
 
 # ---------------------------------------------------------------------------
 # main(): settings, logging that never shows a secret, the wiring, polling
 # ---------------------------------------------------------------------------
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 TOKEN_PATTERN = re.compile(r"\d{5,}:[A-Za-z0-9_-]{20,}")
 
 
@@ -725,43 +1210,130 @@ def load(environ: dict[str, str]) -> Settings:
     return settings
 
 
-def build_application(settings: Settings, assistant: Assistant) -> Any:
-    from telegram import BotCommand
-    from telegram.ext import ApplicationBuilder, CommandHandler, MessageHandler, filters
+def recording_bot(settings: Settings, assistant: Assistant) -> Any:
+    """The Bot, with getUpdates writing every message it fetched to the inbox before returning: the
+    library confirms updates to Telegram with its next getUpdates, so what Telegram was told was
+    received is always in SQLite first. A 409 Conflict (another process polls this token) ends the
+    bot with one line."""
+    from telegram.error import Conflict
+    from telegram.ext import ExtBot
+    from telegram.request import HTTPXRequest
+
+    class RecordingBot(ExtBot[None]):
+        async def get_updates(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                updates = await super().get_updates(*args, **kwargs)
+            except Conflict:
+                if not assistant.stopping:
+                    log.error(
+                        "another process is polling this bot token (409 Conflict from Telegram): stopping; "
+                        "run one chatbot-telegram per token"
+                    )
+                    assistant.stop(assistant.application, EXIT_USAGE)
+                await asyncio.sleep(0.5)
+                return ()
+            # In SQLite before this returns: the library's next getUpdates confirms them to Telegram.
+            for update_id in await asyncio.to_thread(record, assistant.inbox, updates):
+                assistant.begin(update_id)  # settled in an earlier run: not again
+            return updates
+
+    api = settings.telegram_api_url
+    return RecordingBot(
+        settings.telegram_token or "",
+        base_url=f"{api}/bot",
+        base_file_url=f"{api}/file/bot",
+        request=HTTPXRequest(connection_pool_size=128),
+        get_updates_request=HTTPXRequest(),
+    )
+
+
+def record(inbox: Inbox, updates: Any) -> set[int]:
+    """Messages and edits, with what is needed to answer them again after a restart; returns the ids
+    of those settled before (delivered again after a crash between answering and confirming)."""
+    received = []
+    for update in updates:
+        message = update.message or update.edited_message
+        if message is not None:
+            payload = json.dumps(update.to_dict(), ensure_ascii=False)
+            received.append((update.update_id, conversation_name(key_of(message)), message.message_id, payload))
+    if not received:
+        return set()
+    new = inbox.record(received)
+    return {update_id for update_id, *_ in received if update_id not in new} & inbox.settled(
+        [update_id for update_id, *_ in received]
+    )
+
+
+def build_application(settings: Settings, assistant: Assistant) -> Application[Any, Any, Any, Any, Any, Any]:
+    """The whole bot at a glance: the gate, one handler per command (from the table), messages,
+    edits, membership changes; start-up answers what an earlier run left unanswered."""
+    from telegram import BotCommand, Update
+    from telegram.ext import (
+        Application,
+        ApplicationBuilder,
+        ChatMemberHandler,
+        CommandHandler,
+        MessageHandler,
+        TypeHandler,
+        filters,
+    )
+
+    class SettlingApplication(Application[Any, Any, Any, Any, Any, Any]):  # the library's defaults
+        """Every update whose handlers are done is settled in the inbox, unless it was left for later."""
+
+        async def process_update(self, update: object) -> None:
+            if not isinstance(update, Update):
+                return await super().process_update(update)
+            if not assistant.begin(update.update_id):
+                return None  # delivered again (Telegram, or the inbox after a restart): handled once
+            await super().process_update(update)
+            if update.update_id not in assistant.held and update.update_id not in assistant.settled:
+                await assistant.settle([update.update_id])
+            return None
 
     async def started(application: Any) -> None:
         me = application.bot
         assistant.bot_id, assistant.bot_username = me.id, me.username or ""
-        await me.set_my_commands([BotCommand(name, about) for name, about in COMMANDS])
+        await me.set_my_commands([BotCommand(command.name, command.about) for command in COMMANDS])
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, assistant.stop, application)
+        owed = assistant.inbox.pending()
+        for received in owed:  # before anything new: in the order they came
+            if received.user_row is not None:
+                assistant.unfinished[received.update_id] = received.user_row
+            if received.reply_message is not None:
+                assistant.resumed[received.update_id] = received.reply_message
+            try:
+                update = Update.de_json(json.loads(received.payload), me)
+            except Exception as exc:  # written by another version, or damaged: never a start-up failure
+                log.warning("a message received before the last stop cannot be read again (%s): skipped", exc)
+                await assistant.settle([received.update_id])
+                continue
+            application.update_queue.put_nowait(update)
+        if owed:
+            log.info("answering %d messages received before the last stop", len(owed))
         log.info("@%s is answering with %s at %s", me.username, settings.model, settings.host)
 
-    api = settings.telegram_api_url
     application = (
         ApplicationBuilder()
-        .token(settings.telegram_token or "")
-        .base_url(f"{api}/bot")
-        .base_file_url(f"{api}/file/bot")
+        .application_class(SettlingApplication)
+        .bot(recording_bot(settings, assistant))
         .concurrent_updates(True)
-        .connection_pool_size(128)
         .post_init(started)
         .build()
     )
+    assistant.application = application
     application.bot_data["assistant"] = assistant
-    handlers = {
-        "start": on_start,
-        "help": on_help,
-        "clear": on_clear,
-        "stats": on_stats,
-        "model": on_model,
-        "cancel": on_cancel,
-    }
-    for name, _ in COMMANDS:
-        application.add_handler(CommandHandler(name, handlers[name]))
+    messages, edits = filters.UpdateType.MESSAGE, filters.UpdateType.EDITED_MESSAGE
+    application.add_handler(TypeHandler(Update, gate), group=-1)
+    for command in COMMANDS:
+        application.add_handler(CommandHandler(command.name, command.handler, filters=messages))
     application.add_handler(MessageHandler(filters.StatusUpdate.MIGRATE, on_migrate))
-    application.add_handler(MessageHandler(~filters.COMMAND & ~filters.StatusUpdate.ALL, on_message))
+    application.add_handler(MessageHandler(messages & filters.COMMAND, on_unknown_command))
+    application.add_handler(MessageHandler(messages & ~filters.COMMAND & ~filters.StatusUpdate.ALL, on_message))
+    application.add_handler(MessageHandler(edits, on_edit))
+    application.add_handler(ChatMemberHandler(on_membership, ChatMemberHandler.MY_CHAT_MEMBER))
     application.add_error_handler(on_error)
     return application
 
@@ -784,18 +1356,34 @@ def main(argv: list[str] | None = None) -> int:
             f".env and the environment; see --help)\n"
         )
         return EXIT_USAGE
+    import sqlite3
+
+    path = ""
     try:
         settings = load(dict(os.environ))
-        store = SessionStore(settings.telegram_db or default_telegram_db())
+        path = settings.telegram_db or default_telegram_db()
+        files.private_dir(os.path.dirname(os.path.abspath(path)))
+        lock_database(path)  # held until the process ends: one bot per database
+        store = SessionStore(path)
+        store.take_over_claims()  # this process owns the database: any claim in it is stale
+        inbox = Inbox(path, store.db, store.lock)  # one connection: the inbox never waits on the store's writes
+    except DatabaseInUse as exc:
+        sys.stderr.write(
+            f"chatbot-telegram: another chatbot-telegram (pid {exc}) is running on {path}: stop it first\n"
+        )
+        return EXIT_USAGE
     except (ConfigError, StoreError) as exc:
         sys.stderr.write(f"chatbot-telegram: {exc}\n")
+        return EXIT_USAGE
+    except (OSError, sqlite3.Error) as exc:
+        sys.stderr.write(f"chatbot-telegram: cannot use the database {path}: {exc}\n")
         return EXIT_USAGE
     setup_logging(settings)
     for warning in settings.warnings:
         log.warning("%s", warning)
     for note in settings.notes:
         log.info("%s", note)
-    return run(settings, store)
+    return run(settings, store, inbox)
 
 
 def default_telegram_db() -> str:
@@ -811,10 +1399,10 @@ async def check_token(settings: Settings) -> None:
         await probe.get_me()
 
 
-def run(settings: Settings, store: SessionStore) -> int:
+def run(settings: Settings, store: SessionStore, inbox: Inbox) -> int:
     from telegram.error import InvalidToken, NetworkError
 
-    assistant = Assistant(settings, store)
+    assistant = Assistant(settings, store, inbox)
     application = build_application(settings, assistant)
     try:
         asyncio.run(check_token(settings))  # one clear line for a bad token, not the library's traceback
@@ -834,7 +1422,8 @@ def run(settings: Settings, store: SessionStore) -> int:
     finally:
         assistant.workers.shutdown(wait=False, cancel_futures=True)
         store.close()
-    return EXIT_OK
+        inbox.close()
+    return assistant.exit_status
 
 
 if __name__ == "__main__":

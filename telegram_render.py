@@ -8,6 +8,7 @@ exactly that. Offsets and lengths are in UTF-16 code units, as Telegram counts t
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,14 +27,28 @@ def utf16_len(text: str) -> int:
     return len(text.encode("utf-16-le")) // 2
 
 
+# Markdown treats `<tag>` as inline HTML and `&name;` as a character reference; Telegram shows
+# neither, so the converter drops `Vec<String>` to `Vec` and turns `&lt;` into `<`. What the model
+# wrote is what the chat shows: these characters are swapped for placeholders the converter leaves
+# alone (one UTF-16 unit each, like the originals, so entity offsets stay right) and swapped back.
+# Autolinks (`<https://...>`) are left to the converter: they become links.
+LITERAL = re.compile(r"<(?!(?:https?://|mailto:)[^\s<>]*>)|&(?=#?\w+;)")
+
+
 def to_telegram(markdown: str) -> Part:
     """The model's Markdown as Telegram text and entities; the raw text itself if conversion fails."""
+    used = set(markdown)
+    free = [chr(code) for code in range(0xE000, 0xF8FF) if chr(code) not in used][:2]
+    keep = {"<": free[0], "&": free[1]}
+    back = {value: key for key, value in keep.items()}
+    protected = LITERAL.sub(lambda match: keep[match.group()], markdown)
     try:
         from telegramify_markdown import convert
 
-        text, entities = convert(markdown)
+        text, entities = convert(protected)
     except Exception:  # a bug in the converter must not lose the reply
         return Part(markdown)
+    text = re.sub(f"[{free[0]}{free[1]}]", lambda match: back[match.group()], text)
     if not text.strip():
         return Part(markdown)
     return Part(text, [entity.to_dict() for entity in entities])
@@ -104,7 +119,39 @@ def _best_cut(
         cuts = [m.start() for m in boundary.finditer(window) if m.start() > 0]
         if cuts:
             return start + cuts[-1]
-    return max(furthest, start + 1)  # one unbroken run longer than a message: cut where it must be
+    return grapheme_start(text, max(furthest, start + 1), start)  # one unbroken run: cut where it must be
+
+
+def _joins(char: str) -> bool:
+    """A character that belongs to the one before it: combining marks, joiners, variation selectors,
+    skin tones, tag characters."""
+    code = ord(char)
+    return (
+        unicodedata.category(char) in ("Mn", "Me", "Mc")
+        or code in (0x200D, 0x20E3)
+        or 0xFE00 <= code <= 0xFE0F
+        or 0x1F3FB <= code <= 0x1F3FF
+        or 0xE0020 <= code <= 0xE007F
+    )
+
+
+def grapheme_start(text: str, index: int, floor: int) -> int:
+    """The latest cut at or before `index` that does not fall inside a grapheme (a ZWJ sequence, a
+    letter and its combining marks, a flag); never before `floor + 1` unless the whole run is one."""
+    cut = index
+    while floor < cut < len(text):
+        char, before = text[cut], text[cut - 1]
+        regional = 0x1F1E6 <= ord(char) <= 0x1F1FF and 0x1F1E6 <= ord(before) <= 0x1F1FF
+        if regional:  # flags are pairs: cut between pairs
+            run = cut
+            while run > floor and 0x1F1E6 <= ord(text[run - 1]) <= 0x1F1FF:
+                run -= 1
+            if (cut - run) % 2 == 0:
+                return cut
+        elif not (_joins(char) or before == "\u200d"):
+            return cut
+        cut -= 1
+    return cut if cut > floor else index
 
 
 def _clip(entities: list[dict[str, Any]], begin: int, end: int, piece: str) -> list[dict[str, Any]]:

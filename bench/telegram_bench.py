@@ -5,6 +5,10 @@
 - Telegram calls per chat per second while those replies stream (drafts at most about 3 a second),
   with 429s injected for some chats: no call may land inside a retry_after window.
 - The bot process's memory with 1,000 chats' histories (20 messages each) loaded.
+- A restart: SIGKILL with 20 chats mid-reply, then a new process: all 20 answered, and how long it
+  took; SIGTERM with replies streaming and messages queued: how long until the process exits.
+- Flood control with Telegram's per-chat limit enforced by the fake: 20 strangers writing at once
+  and a user flooding the bot: 429s answered and calls inside retry_after windows (both 0).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ REPLY = "A reply that takes about two seconds to stream, word by word, as a real
 PIECES, DELAY = 20, 0.1  # 20 deltas, 0.1 s apart: about 2 s
 
 
-def start_bot(home: Path, telegram: FakeTelegram, model: FakeServer) -> subprocess.Popen:
+def start_bot(home: Path, telegram: FakeTelegram, model: FakeServer, **extra: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "CHATBOT_", "TELEGRAM_", "XDG_"))}
     env.update(
         HOME=str(home),
@@ -46,14 +50,16 @@ def start_bot(home: Path, telegram: FakeTelegram, model: FakeServer) -> subproce
         CHATBOT_LOCAL_PORTS="",
         NO_PROXY="127.0.0.1",
     )
+    env.update(extra)
+    polls = len(telegram.calls_to("getUpdates"))
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "telegram_bot.py")],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=open(os.environ.get("BENCH_BOT_LOG", os.devnull), "a"),
         cwd=str(home),
     )
-    telegram.wait_for(lambda: telegram.calls_to("getUpdates"), timeout=30)
+    telegram.wait_for(lambda: len(telegram.calls_to("getUpdates")) > polls, timeout=30)
     return process
 
 
@@ -186,9 +192,107 @@ def bench_memory(row) -> None:
         model.close()
 
 
+def bench_restart(row) -> None:
+    telegram, model = FakeTelegram(poll_cap=0.5), FakeServer()
+    home = Path(tempfile.mkdtemp())
+    model.default_chat = lambda: chat_reply("word " * 200, size=5, delay=0.1)  # about 4 s
+    bot = start_bot(home, telegram, model)
+    chats = list(range(20_001, 20_021))
+    try:
+        for chat in chats:
+            telegram.send_text(chat, "a question that will be cut by a crash")
+        telegram.wait_for(  # every chat mid-reply (or, on a slow machine, already answered: then it shows)
+            lambda: all(telegram.calls_to("sendMessageDraft", c) or telegram.sent_texts(c) for c in chats), timeout=60
+        )
+        bot.kill()
+        bot.wait(10)
+        model.default_chat = lambda: chat_reply(REPLY, pieces=PIECES, delay=DELAY)
+        restarted = time.monotonic()
+        bot = start_bot(home, telegram, model)
+        telegram.wait_for(lambda: all(final_at(telegram, c) for c in chats), timeout=60, interval=0.01)
+        recovered = max(final_at(telegram, c) for c in chats) - restarted
+        answered = sum(1 for c in chats if len(telegram.sent_texts(c)) == 1)
+        row(
+            "bot: SIGKILL with 20 chats mid-reply, then restart: chats answered (once)",
+            f"{answered}/20",
+            f"{recovered:.2f}s from restart to the last reply",
+            "-",
+            "20/20",
+            answered == 20,
+        )
+        # SIGTERM with 20 replies streaming and one message queued behind each.
+        model.default_chat = lambda: chat_reply("word " * 200, size=5, delay=0.1)
+        for chat in chats:
+            telegram.send_text(chat, "a long one")
+        telegram.wait_for(lambda: len(model.posts) >= 40, timeout=30)
+        for chat in chats:
+            telegram.send_text(chat, "and one queued behind it")
+        time.sleep(0.5)
+        asked = time.monotonic()
+        bot.send_signal(signal.SIGTERM)
+        status = bot.wait(30)
+        took = time.monotonic() - asked
+        row(
+            "bot: SIGTERM with 20 replies streaming and 20 queued: time to exit (s)",
+            f"{took:.2f}",
+            f"exit {status}",
+            "-",
+            "< 3 s, exit 0",
+            took < 3 and status == 0,
+        )
+        model.default_chat = lambda: chat_reply(REPLY, pieces=2, delay=0.01)
+        bot = start_bot(home, telegram, model)
+        telegram.wait_for(lambda: all(len(telegram.sent_texts(c)) >= 3 for c in chats), timeout=60)
+        queued = sum(len(telegram.sent_texts(c)) == 3 for c in chats)  # the first, the stopped one, the queued
+        row("bot: ...then restart: the queued messages answered", f"{queued}/20", "-", "-", "20/20", queued == 20)
+    finally:
+        bot.send_signal(signal.SIGTERM)
+        bot.wait(30)
+        telegram.close()
+        model.close()
+
+
+def bench_flood(row) -> None:
+    telegram, model = FakeTelegram(poll_cap=0.5), FakeServer()
+    telegram.flood = True  # Telegram's per-chat limit: a burst of 3, then one a second
+    home = Path(tempfile.mkdtemp())
+    bot = start_bot(home, telegram, model, TELEGRAM_ALLOWED_USERS="100,101", TELEGRAM_RATE_LIMIT="10")
+    strangers = list(range(30_001, 30_021))
+    try:
+        for n in range(5):
+            for chat in strangers:
+                telegram.send_text(chat, f"let me in {n}")
+        for n in range(20):  # a user sending 20 messages in about 2 s
+            telegram.send_text(100, f"message {n}")
+            time.sleep(0.1)
+        for _ in range(6):  # six /help in a fresh chat
+            telegram.send_text(101, "/help")
+        telegram.wait_for(
+            lambda: len(telegram.sent_texts(100)) >= 11 and len(telegram.sent_texts(101)) >= 6, timeout=90
+        )
+        time.sleep(2.0)
+        notes = sum(len(telegram.sent_texts(c)) for c in strangers)
+        too_many, inside = len(telegram.too_many()), len(telegram.violations)
+        row(
+            "bot: 429s / calls inside retry_after (20 strangers x5, a user sending 20 in 2 s, 6 x /help)",
+            f"{too_many} / {inside}",
+            f"{notes} notes to 20 strangers, {len(telegram.sent_texts(100))} messages to the flooder",
+            "-",
+            "0 / 0, 20 notes",
+            too_many == 0 and inside == 0 and notes == 20,
+        )
+    finally:
+        bot.send_signal(signal.SIGTERM)
+        bot.wait(30)
+        telegram.close()
+        model.close()
+
+
 def main(row, runs: int) -> None:
     bench_concurrency(row, runs)
     bench_memory(row)
+    bench_restart(row)
+    bench_flood(row)
 
 
 if __name__ == "__main__":  # python bench/telegram_bench.py: this part alone
@@ -196,4 +300,8 @@ if __name__ == "__main__":  # python bench/telegram_bench.py: this part alone
     def show(*cells: object) -> None:
         print(" | ".join(str(c) for c in cells), flush=True)
 
-    main(show, 3)
+    if len(sys.argv) > 1:  # one part by name: restart, flood, memory, concurrency
+        part = globals()[f"bench_{sys.argv[1]}"]
+        part(show, 3) if sys.argv[1] == "concurrency" else part(show)
+    else:
+        main(show, 3)

@@ -30,7 +30,7 @@ from .settings import Settings, is_local_url
 from .store import SessionStore, StoreError
 from .streams import TEXT, Event
 from .tokens import TokenCounter, encoding_for_model
-from .turn import Cancel, TurnResult, stream_turn
+from .turn import Cancel, Outcome, TurnResult, stream_turn
 from .usage import TurnStats, Usage, model_info, total_usage, turn_cost
 
 OnEvent = Callable[[Event, str], None]
@@ -281,9 +281,10 @@ class Chat:
 
     def take_back_unanswered(self) -> str | None:
         """A resumed conversation ending in a message that never got its reply (the last run ended
-        first): the message is taken out and returned, for the front-end to offer again."""
+        first): the message is taken out and returned, for the front-end to offer again. (One the
+        model answered with nothing stays: the next message joins it.)"""
         history = self.conversation.history
-        if not history or history[-1].role != "user":
+        if not history or history[-1].role != "user" or history[-1].status is Status.UNANSWERED:
             return None
         message = history.pop()
         self.session.delete([message])
@@ -293,12 +294,14 @@ class Chat:
         message = Message("user", text)
         history = self.conversation.history
         if history and history[-1].role == "user":
-            # Never two user turns in a row: a previous run ended before its reply. Merge (a front-end
-            # that answers such a message anew calls take_back_unanswered first).
-            history[-1].content += "\n\n" + text
-            history[-1].tokens = None
-            self.session.update(history[-1])
-            return history[-1]
+            # Never two user turns in a row: the model answered the last one with nothing, or a previous
+            # run ended before its reply (a front-end that answers such a message anew calls
+            # take_back_unanswered first). Merge: the question goes with what follows it.
+            joined = history[-1]
+            joined.content += "\n\n" + text
+            joined.tokens, joined.status = None, Status.COMPLETE
+            self.session.update(joined)
+            return joined
         history.append(message)
         self.session.add(message)  # write-ahead: saved before the request
         return message
@@ -488,14 +491,18 @@ class Chat:
     def record(self, result: TurnResult, request: Request) -> None:
         """Append the reply (partial replies marked) and account for usage and cost."""
         partial, self._partial = self._partial, None
+        history = self.conversation.history
         if result.reply:
             reply = Message("assistant", result.reply, result.status)
-            self.conversation.history.append(reply)
+            history.append(reply)
             if partial is not None:
                 reply.row_id = partial.row_id
                 self.session.update(reply)
             else:
                 self.session.add(reply)
+        elif result.outcome is Outcome.EMPTY and history and history[-1].role == "user":
+            history[-1].status = Status.UNANSWERED  # kept: "try again" or the next message carries it
+            self.session.update(history[-1])
         else:  # nothing arrived (interrupted before the first token): the user turn is not left dangling
             self._drop_unanswered()
         result.usage = usage = self._usage(result, request)

@@ -16,6 +16,7 @@ class Status(StrEnum):
     COMPLETE = ""
     INTERRUPTED = "interrupted"
     INCOMPLETE = "cut short"  # failed mid-reply or ended early: the text may stop mid-way
+    UNANSWERED = "unanswered"  # a user message the model answered with nothing: kept, the next one joins it
 
     @classmethod
     def parse(cls, text: str | None) -> Status:

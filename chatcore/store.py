@@ -276,6 +276,13 @@ class SessionStore:
             (session_id, self.pid, session_id),
         )
 
+    @writes
+    def take_over_claims(self) -> None:
+        """Every session's claim becomes this process's. Only for a caller that owns the whole database
+        (the Telegram assistant locks it at start-up): any claim left in it is stale, whatever its
+        pid, even one a live unrelated process has been given since."""
+        self.db.execute("UPDATE sessions SET owner_pid = ? WHERE owner_pid IS NOT NULL", (self.pid,))
+
     @locked
     def release(self, session_id: int) -> None:
         if self.readonly:

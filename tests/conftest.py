@@ -21,15 +21,6 @@ CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.t
 PROMPT = "❯"  # the REPL's prompt: the chatbot is ready for the next line
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """TEMPORARY, until test_telegram.py is rewritten on its own branch: its BotProcess never closes the
-    stdout pipe of the bot it starts, which `filterwarnings = ["error"]` reports as a ResourceWarning.
-    Ignored for that file only; delete this hook once BotProcess.stop() closes process.stdout."""
-    for item in items:
-        if item.path.name == "test_telegram.py":
-            item.add_marker(pytest.mark.filterwarnings("ignore:unclosed file:ResourceWarning"))
-
-
 @pytest.fixture
 def server():
     fake = FakeServer()

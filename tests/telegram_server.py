@@ -5,13 +5,22 @@ Every call is `POST /bot{TOKEN}/{method}` with a form or JSON body, answered wit
 as Telegram does. A test pushes updates (`send_text`), injects failures (`fail`) and slow answers
 (`slow`), and reads every call the bot made (`calls`). Long polling is real: getUpdates waits for
 an update or its timeout. Flood control is checked: a call to a chat inside a `retry_after`
-window it was given is recorded as a violation.
+window it was given is recorded as a violation. With `flood = True` the fake also enforces
+Telegram's per-chat limit itself (a burst of 3 messages or edits, then one a second): a call over
+it is answered 429 with a `retry_after`, as Telegram does.
+
+Beyond text messages a test can push any raw update (`push`), edit a user's message (`edit`),
+delete one of the bot's messages as an admin would (`delete`), write in forum topics
+(`send_text(..., thread_id=N)`), change the bot's membership (`member`), mute a group for the bot
+(`mute`), and read `message_thread_id` on every call (`Call.thread_id`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import re
 import threading
 import time
 import urllib.parse
@@ -44,6 +53,11 @@ class Call:
         value = self.params.get("chat_id")
         return int(value) if value is not None else None
 
+    @property
+    def thread_id(self) -> int | None:
+        value = self.params.get("message_thread_id")
+        return int(value) if value is not None else None
+
 
 @dataclass
 class Injected:
@@ -62,6 +76,7 @@ class SentMessage:
     text: str
     entities: list[dict[str, Any]] = field(default_factory=list)
     edits: int = 0
+    thread_id: int | None = None
 
 
 class FakeTelegram:
@@ -80,6 +95,10 @@ class FakeTelegram:
         self.update_ids = itertools.count(1)
         self.message_ids = itertools.count(1000)
         self.no_drafts = False  # answer sendMessageDraft with 400, as a server without drafts would
+        self.flood = False  # enforce the per-chat limit (burst of 3, then 1 a second) with real 429s
+        self.flood_tokens: dict[int, tuple[float, float]] = {}  # chat id -> (tokens, when counted)
+        self.muted: set[int] = set()  # groups where the bot may not write
+        self.user_messages: dict[int, dict[str, Any]] = {}  # message_id -> a user's message as sent
         self.condition = threading.Condition()
         server = self
 
@@ -100,6 +119,7 @@ class FakeTelegram:
                     return self._answer(401, {"ok": False, "error_code": 401, "description": "Unauthorized"})
                 status, body = server.handle(parts[1], params)
                 self._answer(status, body)
+                return None
 
             do_GET = do_POST
 
@@ -116,7 +136,7 @@ class FakeTelegram:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
-        self.httpd.handle_error = lambda request, address: None
+        self.httpd.handle_error = lambda _request, _address: None
         self.port = self.httpd.server_address[1]
         self.api_url = f"http://127.0.0.1:{self.port}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -127,52 +147,126 @@ class FakeTelegram:
     def send_text(
         self,
         chat_id: int,
-        text: str,
+        text: str | None,
         user_id: int | None = None,
         first_name: str = "Ada",
         username: str | None = "ada",
         chat_type: str | None = None,
         reply_to_bot: bool = False,
+        thread_id: int | None = None,
+        reply_to: dict[str, Any] | None = None,
+        quote: str | None = None,
+        **fields: Any,
     ) -> dict[str, Any]:
-        """A user writes `text` in a chat; returns the update."""
+        """A user writes `text` in a chat (in a forum topic with `thread_id`); returns the update.
+        `reply_to` is a message (as returned by `message_of`) this one answers; extra `fields` go
+        into the message as they are (`caption`, `photo`, `sender_chat`, ...)."""
         chat_type = chat_type or ("private" if chat_id > 0 else "supergroup")
         user_id = user_id if user_id is not None else (chat_id if chat_id > 0 else 42)
         message_id = next(self.message_ids)
+        chat: dict[str, Any] = {
+            "id": chat_id,
+            "type": chat_type,
+            **({"title": "Group"} if chat_id < 0 else {"first_name": first_name}),
+        }
+        if thread_id is not None:
+            chat["is_forum"] = True
         message: dict[str, Any] = {
             "message_id": message_id,
             "date": int(time.time()),
-            "text": text,
-            "chat": {
-                "id": chat_id,
-                "type": chat_type,
-                **({"title": "Group"} if chat_id < 0 else {"first_name": first_name}),
-            },
+            "chat": chat,
             "from": {
                 "id": user_id,
                 "is_bot": False,
                 "first_name": first_name,
                 **({"username": username} if username else {}),
             },
+            **fields,
         }
-        if text.startswith("/"):
-            command = text.split()[0]
-            message["entities"] = [{"type": "bot_command", "offset": 0, "length": len(command)}]
-        elif f"@{BOT_USER['username']}" in text:
-            at = text.index(f"@{BOT_USER['username']}")
-            message["entities"] = [{"type": "mention", "offset": at, "length": len(BOT_USER["username"]) + 1}]
+        if text is not None:
+            message["text"] = text
+            if "entities" not in fields:
+                message["entities"] = entities_of(text)
+        if thread_id is not None:
+            message["message_thread_id"] = thread_id
+            message["is_topic_message"] = True
         if reply_to_bot:
-            message["reply_to_message"] = {
+            reply_to = {
                 "message_id": 1,
                 "date": int(time.time()),
                 "text": "earlier",
                 "chat": message["chat"],
                 "from": BOT_USER,
             }
-        update = {"update_id": next(self.update_ids), "message": message}
+        if reply_to is not None:
+            message["reply_to_message"] = reply_to
+        if quote is not None:
+            message["quote"] = {"text": quote, "position": 0}
+        with self.condition:
+            self.user_messages[message_id] = message
+        return self.push({"message": message})
+
+    def message_of(self, update: dict[str, Any]) -> dict[str, Any]:
+        return update.get("message") or update["edited_message"]
+
+    def push(self, update: dict[str, Any]) -> dict[str, Any]:
+        """Any update, as Telegram would deliver it (an update_id is added)."""
+        update = {"update_id": next(self.update_ids), **update}
         with self.condition:
             self.updates.append(update)
             self.condition.notify_all()
         return update
+
+    def redeliver(self, update: dict[str, Any]) -> None:
+        """The same update again, as Telegram sends one it was not told was received."""
+        with self.condition:
+            self.updates.append(update)
+            self.condition.notify_all()
+
+    def edit(self, update: dict[str, Any], text: str) -> dict[str, Any]:
+        """The user edits the message of an earlier update: an `edited_message` update."""
+        message = {**self.message_of(update), "text": text, "edit_date": int(time.time())}
+        message["entities"] = entities_of(text)
+        return self.push({"edited_message": message})
+
+    def delete(self, message_id: int) -> None:
+        """An admin (or another bot) deletes one of the bot's messages."""
+        with self.condition:
+            self.messages.pop(message_id, None)
+
+    def member(self, chat_id: int, status: str, old: str = "member", **rights: Any) -> dict[str, Any]:
+        """The bot's own membership in a chat changes (`my_chat_member`): kicked, member, restricted..."""
+        chat = {"id": chat_id, "type": "private" if chat_id > 0 else "supergroup"}
+        chat.update({"first_name": "Ada"} if chat_id > 0 else {"title": "Group"})
+        actor = {"id": chat_id if chat_id > 0 else 42, "is_bot": False, "first_name": "Ada"}
+
+        def member(state: str) -> dict[str, Any]:
+            value: dict[str, Any] = {"status": state, "user": BOT_USER}
+            if state == "restricted":
+                value.update(
+                    {"is_member": True, "until_date": 0, "can_send_messages": False, **rights}
+                    | {k: False for k in RESTRICTED_RIGHTS if k not in rights}
+                )
+            if state == "kicked":
+                value["until_date"] = 0
+            return value
+
+        return self.push(
+            {
+                "my_chat_member": {
+                    "chat": chat,
+                    "from": actor,
+                    "date": int(time.time()),
+                    "old_chat_member": member(old),
+                    "new_chat_member": member(status),
+                }
+            }
+        )
+
+    def mute(self, chat_id: int, muted: bool = True) -> None:
+        """The bot may not write in this group: every send answers 400 "not enough rights"."""
+        with self.condition:
+            (self.muted.add if muted else self.muted.discard)(chat_id)
 
     def fail(
         self,
@@ -198,10 +292,19 @@ class FakeTelegram:
         with self.condition:
             return [c for c in self.calls if c.method == method and (chat_id is None or c.chat_id == chat_id)]
 
-    def sent_texts(self, chat_id: int) -> list[str]:
-        """The final messages a chat shows, in order (drafts are not messages)."""
+    def sent_texts(self, chat_id: int, thread_id: int | str | None = "any") -> list[str]:
+        """The final messages a chat shows, in order (drafts are not messages); in one topic if given."""
         with self.condition:
-            return [m.text for m in self.messages.values() if m.chat_id == chat_id]
+            return [
+                m.text
+                for m in self.messages.values()
+                if m.chat_id == chat_id and (thread_id == "any" or m.thread_id == thread_id)
+            ]
+
+    def too_many(self) -> list[Call]:
+        """Every call Telegram answered 429."""
+        with self.condition:
+            return [c for c in self.calls if c.status == 429]
 
     def wait_for(self, predicate: Any, timeout: float = 15.0, interval: float = 0.02) -> Any:
         deadline = time.monotonic() + timeout
@@ -248,12 +351,44 @@ class FakeTelegram:
                     if injected.parameters:
                         body["parameters"] = injected.parameters
                     return injected.status, body
+            limited = self._flood_check(method, chat_id, call)
+            if limited is not None:
+                return limited
         if method == "getUpdates":
             return 200, {"ok": True, "result": self._get_updates(params)}
         handler = getattr(self, f"_{method}", None)
         if handler is None:
             return 200, {"ok": True, "result": True}
         return handler(params)
+
+    def _flood_check(self, method: str, chat_id: int | None, call: Call) -> tuple[int, dict[str, Any]] | None:
+        """Muted groups, then Telegram's per-chat limit (when `flood` is on): sends and edits only."""
+        if chat_id is None or method not in ("sendMessage", "editMessageText", "sendChatAction", "sendMessageDraft"):
+            return None
+        if chat_id in self.muted:
+            call.status = 400
+            return 400, {
+                "ok": False,
+                "error_code": 400,
+                "description": "Bad Request: not enough rights to send text messages to the chat",
+            }
+        if not self.flood or method not in ("sendMessage", "editMessageText"):
+            return None
+        tokens, counted = self.flood_tokens.get(chat_id, (3.0, call.at))
+        tokens = min(3.0, tokens + (call.at - counted))
+        if tokens < 1:
+            retry_after = max(1, int(1 - tokens + 0.999))
+            self.blocked_until[chat_id] = call.at + retry_after
+            self.flood_tokens[chat_id] = (tokens, call.at)
+            call.status = 429
+            return 429, {
+                "ok": False,
+                "error_code": 429,
+                "description": f"Too Many Requests: retry after {retry_after}",
+                "parameters": {"retry_after": retry_after},
+            }
+        self.flood_tokens[chat_id] = (tokens - 1, call.at)
+        return None
 
     def _get_updates(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         offset = int(params.get("offset") or 0)
@@ -265,7 +400,7 @@ class FakeTelegram:
                 self.condition.wait(deadline - time.monotonic())
             return list(self.updates[: int(params.get("limit") or 100)])
 
-    def _getMe(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def _getMe(self, _params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         return 200, {"ok": True, "result": BOT_USER}
 
     def _message(self, chat_id: int, message_id: int, text: str) -> dict[str, Any]:
@@ -290,8 +425,11 @@ class FakeTelegram:
         if problem:
             return problem
         chat_id, message_id = int(params["chat_id"]), next(self.message_ids)
+        thread = params.get("message_thread_id")
         with self.condition:
-            self.messages[message_id] = SentMessage(message_id, chat_id, text, params.get("entities") or [])
+            self.messages[message_id] = SentMessage(
+                message_id, chat_id, text, params.get("entities") or [], thread_id=int(thread) if thread else None
+            )
         return 200, {"ok": True, "result": self._message(chat_id, message_id, text)}
 
     def _editMessageText(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -327,6 +465,36 @@ class FakeTelegram:
         return problem or (200, {"ok": True, "result": True})
 
 
+RESTRICTED_RIGHTS = (
+    "can_send_messages",
+    "can_send_audios",
+    "can_send_documents",
+    "can_send_photos",
+    "can_send_videos",
+    "can_send_video_notes",
+    "can_send_voice_notes",
+    "can_send_polls",
+    "can_send_other_messages",
+    "can_add_web_page_previews",
+    "can_change_info",
+    "can_invite_users",
+    "can_pin_messages",
+    "can_manage_topics",
+    "can_edit_tag",
+    "can_react_to_messages",
+)
+
+
+def entities_of(text: str) -> list[dict[str, Any]]:
+    """The entities Telegram would find: a command at the start, @mentions (offsets in UTF-16 units)."""
+    entities = []
+    for match in re.finditer(r"(?<![\w@.])@[A-Za-z][A-Za-z0-9_]{3,31}(?![\w@])|^/[A-Za-z0-9_]+(@[A-Za-z0-9_]+)?", text):
+        offset = len(text[: match.start()].encode("utf-16-le")) // 2
+        kind = "bot_command" if match.group().startswith("/") else "mention"
+        entities.append({"type": kind, "offset": offset, "length": len(match.group().encode("utf-16-le")) // 2})
+    return entities
+
+
 def parse_params(raw: bytes, content_type: str) -> dict[str, Any]:
     """A Bot API call's parameters, from JSON or a form whose non-string values are JSON-encoded."""
     if "json" in content_type:
@@ -339,10 +507,8 @@ def parse_params(raw: bytes, content_type: str) -> dict[str, Any]:
     for key, values in urllib.parse.parse_qs(raw.decode("utf-8"), keep_blank_values=True).items():
         value: Any = values[-1]
         if key not in STRING_PARAMS:
-            try:
+            with contextlib.suppress(ValueError):
                 value = json.loads(value)
-            except ValueError:
-                pass
         params[key] = value
     return params
 

@@ -7,6 +7,7 @@ configuration start their own.
 
 from __future__ import annotations
 
+import itertools
 import signal
 import sqlite3
 import subprocess
@@ -30,15 +31,22 @@ class BotProcess:
 
     def __init__(self, env: dict[str, str]):
         self.process = subprocess.Popen(
-            [sys.executable, BOT], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=env["HOME"]
+            [sys.executable, BOT],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=env["HOME"],
         )
         self.lines: list[str] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
     def _read(self) -> None:
-        for line in self.process.stderr:
-            self.lines.append(line)
+        assert self.process.stderr is not None
+        with self.process.stderr:  # closed once the bot has gone
+            for line in self.process.stderr:
+                self.lines.append(line)
 
     @property
     def stderr(self) -> str:
@@ -98,7 +106,8 @@ def bot(telegram, model, home):
     yield process
     assert process.stop() == 0, process.stderr
     for line in process.lines:  # whatever happened in the module, no secret was ever logged
-        assert TOKEN not in line and TOKEN.split(":")[1] not in line
+        assert TOKEN not in line
+        assert TOKEN.split(":")[1] not in line
 
 
 @pytest.fixture(autouse=True)
@@ -133,7 +142,7 @@ def test_start_sequence_then_polling(tmp_path):
         commands = telegram.calls_to("setMyCommands")[0].params["commands"]
         import telegram_bot
 
-        assert [c["command"] for c in commands] == [name for name, _ in telegram_bot.COMMANDS]
+        assert [c["command"] for c in commands] == [command.name for command in telegram_bot.COMMANDS]
         assert process.stop(signal.SIGINT) == 0
         assert "Traceback" not in process.stderr
     finally:
@@ -142,7 +151,7 @@ def test_start_sequence_then_polling(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "setting, value, needle",
+    ("setting", "value", "needle"),
     [
         ("TELEGRAM_BOT_TOKEN", None, "TELEGRAM_BOT_TOKEN is not set"),
         ("both", None, "TELEGRAM_BOT_TOKEN is not set"),
@@ -167,8 +176,10 @@ def test_configuration_errors_are_one_line_and_exit_2(tmp_path, setting, value, 
             [sys.executable, BOT], env=env, capture_output=True, text=True, timeout=30, cwd=env["HOME"]
         )
         assert result.returncode == 2
-        assert result.stderr.count("\n") == 1 and needle in result.stderr, result.stderr
-        assert "Traceback" not in result.stderr and TOKEN not in result.stderr
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert needle in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+        assert TOKEN not in result.stderr
         assert not telegram.calls  # nothing was sent anywhere
     finally:
         telegram.close()
@@ -184,8 +195,10 @@ def test_token_telegram_rejects_exits_2_without_showing_it(tmp_path):
         )
         assert result.returncode == 2, result.stderr
         assert "Telegram rejected TELEGRAM_BOT_TOKEN (401 at getMe)" in result.stderr
-        assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
-        assert TOKEN not in result.stderr and TOKEN.split(":")[1] not in result.stderr
+        assert result.stderr.strip().count("\n") == 0
+        assert "Traceback" not in result.stderr
+        assert TOKEN not in result.stderr
+        assert TOKEN.split(":")[1] not in result.stderr
     finally:
         telegram.close()
         model.close()
@@ -204,11 +217,13 @@ def test_sigterm_mid_reply_keeps_the_partial_text_and_exits_0_and_history_surviv
         )
         assert process.stop(signal.SIGTERM) == 0, process.stderr
         [shown] = telegram.sent_texts(101)  # the partial reply was still sent, marked
-        assert shown.startswith("word word") and shown.endswith("⏹ Stopped.")
+        assert shown.startswith("word word")
+        assert shown.endswith("⏹ Stopped.")
         db = sqlite3.connect(str(next((home / "data").rglob("telegram.db"))))
         rows = db.execute("SELECT role, flags, content FROM messages ORDER BY id").fetchall()
         assert [(r[0], r[1]) for r in rows] == [("user", ""), ("assistant", "interrupted")]
-        assert rows[1][2].startswith("word word") and len(rows[1][2]) < len("word " * 200)
+        assert rows[1][2].startswith("word word")
+        assert len(rows[1][2]) < len("word " * 200)
         db.close()
         # Restarted, the chat goes on from its saved history.
         process = started(telegram, BotProcess(env))
@@ -229,19 +244,25 @@ def test_private_reply_streams_into_a_draft_then_arrives_as_one_formatted_messag
     model.push(chat_reply(text, size=4, delay=0.03, prompt_tokens=20, completion_tokens=40))
     telegram.send_text(101, "make a plan")
     [final] = final_texts(telegram, 101)
-    assert "Plan" in final and "**" not in final and "First bold step, then code." in final
+    assert "Plan" in final
+    assert "**" not in final
+    assert "First bold step, then code." in final
     sent = telegram.calls_to("sendMessage", 101)[-1]
     utf16 = len(final[: final.index("bold")].encode("utf-16-le")) // 2  # offsets count UTF-16 units
     assert {"type": "bold", "offset": utf16, "length": 4} in sent.params["entities"]
     typing = telegram.calls_to("sendChatAction", 101)
     drafts = telegram.calls_to("sendMessageDraft", 101)
-    assert typing and typing[0].params["action"] == "typing" and typing[0].at < drafts[0].at
-    assert len(drafts) >= 2 and len({d.params["draft_id"] for d in drafts}) == 1
-    gaps = [b.at - a.at for a, b in zip(drafts, drafts[1:], strict=False)]
+    assert typing
+    assert typing[0].params["action"] == "typing"
+    assert typing[0].at < drafts[0].at
+    assert len(drafts) >= 2
+    assert len({d.params["draft_id"] for d in drafts}) == 1
+    gaps = [b.at - a.at for a, b in itertools.pairwise(drafts)]
     assert min(gaps) >= 0.3  # at most about 3 updates a second
     assert drafts[-1].at < sent.at
     assert [m["role"] for m in model.posts[-1].body["messages"]] == ["system", "user"]
-    assert model.posts[-1].body["max_tokens"] == 1000 and model.posts[-1].body["temperature"] == 0.4
+    assert model.posts[-1].body["max_tokens"] == 1000
+    assert model.posts[-1].body["temperature"] == 0.4
     # The next message carries the exchange before it.
     telegram.send_text(101, "and the second step?")
     final_texts(telegram, 101, 2)
@@ -256,9 +277,13 @@ def test_commands_answer_without_the_model(bot, telegram, model):
         telegram.send_text(102, command)
     texts = final_texts(telegram, 102, 6)
     start, help_, model_, stats, cancel = texts[1:6]
-    assert "test-model" in start and "/clear" in start and "/cancel" in help_
+    assert "test-model" in start
+    assert "/clear" in start
+    assert "/cancel" in help_
     assert model_.startswith("Model: test-model at 127.0.0.1")
-    assert "Messages kept: 2" in stats and "Requests: 1" in stats and "Tokens: 12 in · 6 out" in stats
+    assert "Messages kept: 2" in stats
+    assert "Requests: 1" in stats
+    assert "Tokens: 12 in · 6 out" in stats
     assert "Cost: cost unknown" in stats
     assert "Nothing to stop" in cancel
     assert len(model.posts) == posts
@@ -282,9 +307,11 @@ def test_strangers_get_their_id_and_never_reach_the_model(bot, telegram, model):
     posts = len(model.posts)
     telegram.send_text(STRANGER, "hello?", username="mallory")
     [reply] = final_texts(telegram, STRANGER)
-    assert str(STRANGER) in reply and "TELEGRAM_ALLOWED_USERS" in reply
+    assert str(STRANGER) in reply
+    assert "TELEGRAM_ALLOWED_USERS" in reply
     telegram.send_text(STRANGER, "/stats", username="mallory")
-    assert str(STRANGER) in final_texts(telegram, STRANGER, 2)[1]
+    time.sleep(1.0)
+    assert len(telegram.sent_texts(STRANGER)) == 1  # told once, not once per message
     assert len(model.posts) == posts
     telegram.send_text(555, "hi, I'm allowed by name", username="Grace")
     final_texts(telegram, 555)
@@ -296,7 +323,8 @@ def test_groups_answer_mentions_replies_and_commands_only(bot, telegram, model):
     telegram.send_text(GROUP, "just chatting among ourselves", user_id=120, first_name="Ada")
     telegram.send_text(GROUP, "/model@some_other_bot", user_id=120)
     time.sleep(1.0)
-    assert telegram.sent_texts(GROUP) == [] and len(model.posts) == posts
+    assert telegram.sent_texts(GROUP) == []
+    assert len(model.posts) == posts
     telegram.send_text(GROUP, f"@{BOT_USER['username']} what is 2+2?", user_id=121, first_name="Alan")
     final_texts(telegram, GROUP)
     assert model.posts[-1].body["messages"][-1]["content"] == "Alan: what is 2+2?"
@@ -323,8 +351,10 @@ def test_group_replies_stream_by_editing_at_most_every_3_seconds(bot, telegram, 
     telegram.wait_for(lambda: reply.strip() in telegram.sent_texts(GROUP), timeout=20)
     start = telegram.calls_to("sendMessage", GROUP)[-1]
     calls = [start, *[c for c in telegram.calls_to("editMessageText", GROUP) if c.at > start.at]]
-    streaming_gaps = [b.at - a.at for a, b in zip(calls[:-1], calls[1:-1], strict=False)]
-    assert len(calls) >= 3 and min(streaming_gaps) >= 2.9  # streaming edits every 3 s
+    streaming = calls[:-1]  # the last is the finished reply, sent as soon as it is whole
+    streaming_gaps = [b.at - a.at for a, b in itertools.pairwise(streaming)]
+    assert len(streaming) >= 2
+    assert min(streaming_gaps) >= 2.9
     group_calls = [c for c in telegram.calls if c.chat_id == GROUP and c.method in ("sendMessage", "editMessageText")]
     assert all(sum(1 for c in group_calls if a.at <= c.at < a.at + 60) <= 20 for a in group_calls)  # 20 a minute
 
@@ -346,16 +376,18 @@ def test_messages_in_one_chat_are_answered_in_order_and_chats_do_not_wait(bot, t
 def test_long_reply_is_split_at_paragraphs_and_code_blocks_stay_whole(bot, telegram, model):
     paragraphs = [f"Paragraph {n}. " + "Some sentence that goes on. " * 25 for n in range(12)]
     code = "```python\n" + "\n".join(f"print({n})" for n in range(120)) + "\n```"
-    reply = "\n\n".join(paragraphs[:5] + [code] + paragraphs[5:])
+    reply = "\n\n".join([*paragraphs[:5], code, *paragraphs[5:]])
     model.push(chat_reply(reply, size=400))
     telegram.send_text(107, "a long one")
-    telegram.wait_for(lambda: telegram.calls_to("sendMessage", 107), timeout=15)
-    time.sleep(1.0)
+    telegram.wait_for(  # the parts are paced: a short burst, then about one a second
+        lambda: all(f"Paragraph {n}." in " ".join(telegram.sent_texts(107)) for n in range(12)), timeout=20
+    )
     parts = telegram.calls_to("sendMessage", 107)
-    assert len(parts) >= 3 and all(c.status == 200 for c in parts)
+    assert len(parts) >= 3
+    assert all(c.status == 200 for c in parts)
     texts = [c.params["text"] for c in parts]
     assert all(len(t.encode("utf-16-le")) // 2 <= 4096 for t in texts)
-    assert all(t.startswith("Paragraph") or t.startswith("print(0)") for t in texts)  # cut at paragraphs
+    assert all(t.startswith(("Paragraph", "print(0)")) for t in texts)  # cut at paragraphs
     code_parts = [c for c in parts if any(e["type"] == "pre" for e in c.params.get("entities", []))]
     assert len(code_parts) == 1  # the code block fits in one message, so it is in one message
     [pre] = [e for e in code_parts[0].params["entities"] if e["type"] == "pre"]
@@ -389,8 +421,10 @@ def test_formatting_rejected_is_sent_again_as_plain_text(bot, telegram, model):
     telegram.send_text(110, "format it")
     assert final_texts(telegram, 110) == ["Some bold text."]
     first, second = telegram.calls_to("sendMessage", 110)[-2:]
-    assert first.status == 400 and first.params.get("entities")
-    assert second.status == 200 and not second.params.get("entities")
+    assert first.status == 400
+    assert first.params.get("entities")
+    assert second.status == 200
+    assert not second.params.get("entities")
 
 
 def test_final_send_is_retried_through_server_errors(bot, telegram, model):
@@ -410,29 +444,33 @@ def test_without_drafts_replies_stream_by_editing_and_not_modified_is_ignored(bo
     finally:
         telegram.no_drafts = False
     edits = telegram.calls_to("editMessageText", 112)
-    assert edits and edits[0].status == 400 and edits[-1].status == 200
+    assert edits
+    assert edits[0].status == 400
+    assert edits[-1].status == 200
     sends = telegram.calls_to("sendMessage", 112)
     assert len(sends) == 1  # one message, edited to the final text
-    gaps = [b.at - a.at for a, b in zip(edits, edits[1:], strict=False)]
+    gaps = [b.at - a.at for a, b in itertools.pairwise(edits)]
     assert all(gap >= 0.9 for gap in gaps[:-1])  # about one update a second (the final edit is not paced)
 
 
-def test_a_chat_that_blocked_the_bot_is_skipped(bot, telegram, model):
-    telegram.fail("sendMessage", 403, "Forbidden: bot was blocked by the user", chat_id=113, times=5)
+def test_a_chat_that_blocked_the_bot_is_skipped_until_it_writes_again(bot, telegram, model):
+    telegram.fail("sendMessage", 403, "Forbidden: bot was blocked by the user", chat_id=113, times=1)
     telegram.send_text(113, "hello")
     telegram.wait_for(lambda: telegram.calls_to("sendMessage", 113))
     telegram.send_text(114, "still working?")
-    assert final_texts(telegram, 114) == ["Hello from the test server."]
+    assert final_texts(telegram, 114) == ["Hello from the test server."]  # other chats go on
+    # The user unblocked the bot (pressed Restart): the new message is answered.
+    telegram.send_text(113, "/start")
+    assert "answering with test-model" in final_texts(telegram, 113)[0]
     telegram.send_text(113, "again")
-    time.sleep(1.0)
-    assert len(telegram.calls_to("sendMessage", 113)) == 1  # nothing more is sent to a chat that blocked it
+    assert final_texts(telegram, 113, 2)[1] == "Hello from the test server."
 
 
 # -- the model provider's failures -----------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    "behaviour, needle",
+    ("behaviour", "needle"),
     [
         (lambda: error_status(401, "Incorrect API key provided"), "rejected its API key"),
         (lambda: error_status(429, "slow down"), "rate-limiting"),
@@ -445,7 +483,8 @@ def test_provider_failures_end_in_one_friendly_message(bot, telegram, model, beh
     model.push(behaviour())
     telegram.send_text(chat, "hello?")
     [reply] = final_texts(telegram, chat)[-1:]
-    assert needle in reply and "Traceback" not in reply
+    assert needle in reply
+    assert "Traceback" not in reply
     telegram.send_text(chat, "and now?")  # the bot goes on, and the failed message left no trace
     final_texts(telegram, chat, len(telegram.sent_texts(chat)) + 1)
     assert [m["role"] for m in model.posts[-1].body["messages"]] == ["system", "user"]
@@ -457,7 +496,8 @@ def test_a_cut_stream_keeps_the_partial_reply_marked(bot, telegram, model):
     model.push(behaviour)
     telegram.send_text(115, "go")
     [reply] = final_texts(telegram, 115)
-    assert reply.startswith("Half of a rep") and "cut short" in reply
+    assert reply.startswith("Half of a rep")
+    assert "cut short" in reply
 
 
 def test_context_length_trims_harder_and_retries_once(bot, telegram, model):
@@ -480,13 +520,15 @@ def test_cancel_stops_the_reply_and_keeps_what_was_written(bot, telegram, model)
     )
     telegram.send_text(117, "/cancel")
     [reply] = final_texts(telegram, 117)
-    assert reply.startswith("word") and reply.endswith("⏹ Stopped.")
+    assert reply.startswith("word")
+    assert reply.endswith("⏹ Stopped.")
     telegram.wait_for(lambda: model.disconnects)
     telegram.send_text(117, "go on")
     final_texts(telegram, 117, 2)
     sent = model.posts[-1].body["messages"]
     assert [m["role"] for m in sent] == ["system", "user", "assistant", "user"]
-    assert sent[2]["content"].startswith("word word") and len(sent[2]["content"]) < len("word " * 300)
+    assert sent[2]["content"].startswith("word word")
+    assert len(sent[2]["content"]) < len("word " * 300)
 
 
 def test_per_user_rate_limit_is_polite_and_spends_nothing(bot, telegram, model):
@@ -503,9 +545,13 @@ def test_request_log_line_has_model_chat_latency_and_usage(bot, telegram, model)
     telegram.send_text(119, "log me")
     final_texts(telegram, 119)
     line = next(line for line in reversed(bot.lines) if "chat=119" in line and "model=" in line)
-    assert "model=test-model" in line and "tokens=21/3" in line and "error=-" in line
-    assert " latency=" in line and line.split(" latency=")[1].split()[0].endswith("s")
-    assert " ttft=" in line and "log me" not in line
+    assert "model=test-model" in line
+    assert "tokens=21/3" in line
+    assert "error=-" in line
+    assert " latency=" in line
+    assert line.split(" latency=")[1].split()[0].endswith("s")
+    assert " ttft=" in line
+    assert "log me" not in line
 
 
 def test_clear_removes_the_words_from_disk_and_files_are_owner_only(bot, telegram, model, home):
@@ -544,4 +590,5 @@ def test_a_group_that_became_a_supergroup_keeps_its_history(bot, telegram, model
     telegram.send_text(new, f"@{BOT_USER['username']} and again?", user_id=124, first_name="Ida")
     final_texts(telegram, new, 2)
     contents = [m["content"] for m in model.posts[-1].body["messages"]]
-    assert contents[1] == "Ida: remember the number 31" and contents[-1] == "Ida: and again?"
+    assert contents[1] == "Ida: remember the number 31"
+    assert contents[-1] == "Ida: and again?"
