@@ -272,6 +272,12 @@ class Turn:
             self.network_error(exc)
         except openai.APIError as exc:
             result.failure = describe_exception(exc, self.settings, self.model)
+        except Exception:
+            if self.cancel is None or not self.cancel.is_set():
+                raise
+            # Closing the response from another thread can surface as any of the HTTP library's own
+            # errors (httpx's StreamClosed is no HTTPError): the turn was stopped, and what arrived is kept.
+            result.interrupted = True
         finally:
             if cancel is not None:
                 cancel.finished = True
