@@ -277,7 +277,9 @@ def check_message(attachments: Sequence[Attachment], settings: Settings | None) 
 
 # -- tokens: the provider's published rule where known ------------------------------------
 
-IMAGE_TOKEN_BOUND = 8_000  # no published rule gives one image more: a cheap bound, before counting
+# The most `image_tokens` ever counts for one image (the tile rule's 1,445 for 2048x768; Claude's 1,600):
+# the cheap bound used before counting, so an attached image alone does not make a request be tokenised.
+IMAGE_TOKEN_BOUND = 1_600
 
 
 def openai_tile_tokens(width: int, height: int) -> int:

@@ -403,3 +403,27 @@ def test_undo_and_clear_delete_attachments_from_every_file(spawn, server, home, 
     assert files_holding(home, b"clear-marker-5519") == []
     child.send("/exit\r")
     child.expect(pexpect.EOF)
+
+
+def test_a_schema_2_database_gains_the_attachments_table_and_keeps_its_messages(tmp_path):
+    import sqlite3
+
+    from chatcore.store import MIGRATIONS, SCHEMA_VERSION, SessionStore
+
+    path = str(tmp_path / "old.db")
+    db = sqlite3.connect(path)
+    for script in MIGRATIONS[:2]:
+        db.executescript(script)
+    db.execute("PRAGMA user_version = 2")
+    db.execute("INSERT INTO sessions (name, created, updated) VALUES ('old', 1, 1)")
+    db.execute("INSERT INTO messages (session_id, role, content, created) VALUES (1, 'user', 'from before', 1)")
+    db.commit()
+    db.close()
+    store = SessionStore(path)
+    try:
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        conversation, _, _ = store.load(1)
+        assert [m.content for m in conversation.history] == ["from before"]
+        assert conversation.history[0].attachments == []
+    finally:
+        store.close()
