@@ -134,6 +134,13 @@ class Repl:
         """Send `text` (None: /retry, the last message again) and show the reply as it streams."""
         chat = self.chat
         resend = text if text is not None else chat.conversation.last_user_text()
+        history = chat.conversation.history
+        # what goes back in the queue if the turn fails: /retry's message loses its place in the history
+        resend_attachments = (
+            self.attached
+            if text is not None
+            else next((m.attachments for m in reversed(history) if m.role == "user"), [])
+        )
         view = self.view()
         self.cancel = cancel = Cancel()
         waiting = self.screen.waiting = Waiting(sys.stdout, shown=not os.environ.get("NO_COLOR")).start()
@@ -153,17 +160,20 @@ class Repl:
             return
         except (AttachmentError, TranscriptionError) as exc:
             waiting.stop()
+            self.attached = list(resend_attachments)
             self.restore(resend, f"{exc} (nothing was sent; /attach lists what is attached)")
             return
         except PromptTooLarge as exc:
             waiting.stop()
+            self.attached = list(resend_attachments)
             self.restore(resend, str(exc))
             return
         except Failure as failure:
             waiting.stop()
             view.abort()
             hint = ": use /clear, /undo or lower --max-messages" if failure.kind == "context_length" else ""
-            if self.attached and failure.kind != "no_vision":
+            self.attached = list(resend_attachments)
+            if self.attached:
                 hint += f" ({plural(len(self.attached), 'attachment')} still attached)"
             self.restore(resend, f"{failure}{hint}")
             return
@@ -171,6 +181,8 @@ class Repl:
             waiting.stop()
             self.screen.waiting = None
             self.cancel = None  # no turn in progress: Ctrl-C has nothing to stop
+        if result.outcome is Outcome.INTERRUPTED and not result.reply:
+            self.attached = list(resend_attachments)  # stopped before the reply began: offered again
         self.show_ending(result, resend)
 
     def show_ending(self, result: TurnResult, resend: str) -> None:
@@ -277,9 +289,10 @@ class Repl:
         for message in history[-2:]:
             mark = f" [{message.status}]" if message.status else ""
             notes.append(f"  {message.role}{mark}: {one_line(message.content, 200)}")
-        unanswered = self.chat.take_back_unanswered()  # the last run ended before its reply
+        unanswered = self.chat.take_back_unanswered_message()  # the last run ended before its reply
         if unanswered is not None:
-            self.pending_text = unanswered
+            self.pending_text = unanswered.content
+            self.attached = unanswered.attachments + self.attached  # queued again, never lost
             notes.append("  (that message got no reply: it is back in the prompt, Enter sends it)")
         return notes
 

@@ -350,12 +350,17 @@ class Chat:
     def take_back_unanswered(self) -> str | None:
         """A resumed conversation ending in a message that never got its reply (the last run ended
         first): the message is taken out and returned, for the front-end to offer again."""
+        message = self.take_back_unanswered_message()
+        return message.content if message is not None else None
+
+    def take_back_unanswered_message(self) -> Message | None:
+        """As take_back_unanswered, the whole message: its attachments too, to queue for the resend."""
         history = self.conversation.history
         if not history or history[-1].role != "user":
             return None
         message = history.pop()
         self.session.delete([message])
-        return message.content
+        return message
 
     def _add_user(self, text: str, attachments: list[Attachment] | None = None) -> None:
         message = Message("user", text, attachments=attachments or [])

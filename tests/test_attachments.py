@@ -427,3 +427,24 @@ def test_a_schema_2_database_gains_the_attachments_table_and_keeps_its_messages(
         assert conversation.history[0].attachments == []
     finally:
         store.close()
+
+
+def test_a_resumed_message_that_got_no_reply_comes_back_with_its_attachment(spawn, server, home, tmp_path):
+    from chatcore.conversation import Message
+    from chatcore.store import SessionStore
+
+    db = str(tmp_path / "s.db")
+    store = SessionStore(db)
+    session_id, _ = store.open("left", "test-model", "127.0.0.1", "sys")
+    store.add_message(session_id, Message("user", "what is this?", attachments=[load_attachment(png(8, 8), "p.png")]))
+    store.close()
+    child = spawn("--db", db, "--session", "left")
+    child.expect_exact("that message got no reply")
+    child.expect_exact("attached: p.png")
+    child.send("\r")
+    child.expect_exact("Hello from the test server.")
+    child.expect_exact(PROMPT)
+    assert text_of(server.posts[-1].body["messages"][-1]["content"]) == "what is this?"
+    assert len(image_parts(server.posts[-1].body)) == 1
+    child.send("/exit\r")
+    child.expect(pexpect.EOF)
