@@ -193,6 +193,8 @@ def load_attachment(source: str | bytes, name: str = "", settings: Settings | No
     else:
         data, name = source, name or "attachment"
     limits = Limits.of(settings)
+    if not data:
+        raise AttachmentError(f"{name} is empty: there is nothing to attach")
     kind, mime = sniff(data)
     if kind is None:
         raise AttachmentError(f"{name} is not a type that can be attached ({human_size(len(data))}): attach {ACCEPTED}")
@@ -210,7 +212,7 @@ def load_attachment(source: str | bytes, name: str = "", settings: Settings | No
         return Attachment(kind, name, mime, text=pdf_text(data, name), size=len(data))
     if kind is Kind.AUDIO:
         return Attachment(kind, name, mime, data=data, size=len(data))
-    return Attachment(kind, name, text_mime(name), text=data.decode("utf-8"), size=len(data))
+    return Attachment(kind, name, text_mime(name), text=data.decode("utf-8-sig"), size=len(data))
 
 
 def read_file(path: str, limits: Limits) -> bytes:

@@ -141,6 +141,7 @@ def test_bad_attachments_are_one_line_exit_2_and_nothing_is_sent(run, server, tm
     cases = [
         (["-a", str(tmp_path / "nope.png"), "q"], {}, "no such file"),
         (["-a", binary, "q"], {}, "is not a type that can be attached"),
+        (["-a", write(tmp_path, "empty.txt", b""), "q"], {}, "empty.txt is empty"),
         (["-a", big, "q"], {"CHATBOT_MAX_IMAGE_MB": "0.1"}, "CHATBOT_MAX_IMAGE_MB"),
         (["-a", big, "-a", big, "q"], {"CHATBOT_MAX_ATTACHMENTS_MB": "0.4"}, "CHATBOT_MAX_ATTACHMENTS_MB"),
         (["-a", write(tmp_path, "scan.pdf", b"%PDF-1.4\nnot really\n"), "q"], {}, "cannot read scan.pdf"),
@@ -347,6 +348,10 @@ def test_repl_refused_image_keeps_the_message_and_attachment_to_resend(spawn, se
     child.expect_exact(PROMPT)
     child.expect_exact("what is it?")  # back in the prompt
     assert len(server.posts) == 1
+    child.send("\r")  # again, to the same model: remembered, not sent
+    child.expect_exact("refused images earlier in this session")
+    child.expect_exact(PROMPT)
+    assert len(server.posts) == 1
     child.sendcontrol("u")
     child.send("/model other-model\r")
     child.expect_exact("model is now other-model")
@@ -448,3 +453,24 @@ def test_a_resumed_message_that_got_no_reply_comes_back_with_its_attachment(spaw
     assert len(image_parts(server.posts[-1].body)) == 1
     child.send("/exit\r")
     child.expect(pexpect.EOF)
+
+
+def test_interactive_first_prompt_carries_the_attachment(spawn, server, tmp_path):
+    child = spawn("--no-save", "-i", "-a", write(tmp_path, "p.png", png(8, 8)), "explain this")
+    child.expect_exact("Hello from the test server.")
+    child.expect_exact(PROMPT)
+    assert text_of(server.posts[0].body["messages"][-1]["content"]) == "explain this"
+    assert len(image_parts(server.posts[0].body)) == 1
+    child.send("/attach\r")
+    child.expect_exact("nothing attached")
+    child.send("/exit\r")
+    child.expect(pexpect.EOF)
+
+
+def test_interactive_with_a_bad_attachment_is_one_line_and_exit_2(spawn, server, tmp_path):
+    child = spawn("--no-save", "-i", "-a", str(tmp_path / "gone.png"), "explain this")
+    child.expect_exact("no such file")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 2 and "Traceback" not in (child.before or "")
+    assert server.posts == []
