@@ -250,7 +250,7 @@ class Chat:
         if not attached:
             return attached
         check_message(attached, self.settings)
-        if images_in(attached) and self.model in self.blind_models:
+        if images_in(attached) and self.model in self.blind_models and self._fallback_for_images() is None:
             raise self._no_vision(self.model, remembered=True)
         for index, attachment in enumerate(attached):
             if not attachment.transcribed:
@@ -403,6 +403,7 @@ class Chat:
         while True:
             request = self.prepare(attempt.cap)
             self._say_dropped(request)
+            self._around_blind_model(request, attempt)
             self.last_request = request
             try:
                 result = stream_turn(self.provider, request, attempt.model, on_event, stream, cancel)
@@ -416,6 +417,19 @@ class Chat:
                     raise self._explained(failure) from None
         self.record(result, request)
         return result
+
+    def _fallback_for_images(self) -> str | None:
+        fallback = self.settings.fallback_model
+        return fallback if fallback and fallback not in self.blind_models else None
+
+    def _around_blind_model(self, request: Request, attempt: Attempt) -> None:
+        """A request with images for a model that refused them this session goes to the fallback at once."""
+        fallback = self._fallback_for_images()
+        if attempt.model not in self.blind_models or fallback is None or attempt.tried_fallback:
+            return
+        if any(images_in(m.attachments) for m in request.kept if m.attachments):
+            attempt.model, attempt.tried_fallback = fallback, True
+            self.notify(f"{self.model} cannot see images (it refused them earlier): asking {fallback}")
 
     def _images_refused(self, failure: Failure, request: Request, attempt: Attempt) -> bool:
         """A model that cannot see images: True when the fallback model is to be tried; NoVision when

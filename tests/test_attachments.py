@@ -474,3 +474,20 @@ def test_interactive_with_a_bad_attachment_is_one_line_and_exit_2(spawn, server,
     child.close()
     assert child.exitstatus == 2 and "Traceback" not in (child.before or "")
     assert server.posts == []
+
+
+def test_with_a_fallback_a_model_known_to_be_blind_is_not_asked_again(spawn, server, tmp_path):
+    server.blind_models = {"test-model"}
+    path = write(tmp_path, "p.png", png(8, 8))
+    child = started(spawn, "--no-save", "--fallback-model", "other-model", "-a", path)
+    child.send("first\r")
+    child.expect_exact("trying the fallback model other-model")
+    child.expect_exact("Hello from the test server.")
+    child.expect_exact(PROMPT)
+    child.send("and a follow-up\r")  # the image is in the history: straight to the fallback
+    child.expect_exact("asking other-model")
+    child.expect_exact("Hello from the test server.")
+    child.expect_exact(PROMPT)
+    assert [p.body["model"] for p in server.posts] == ["test-model", "other-model", "other-model"]
+    child.send("/exit\r")
+    child.expect(pexpect.EOF)
