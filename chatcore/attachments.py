@@ -15,8 +15,8 @@ import math
 import os
 import re
 import struct
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -275,6 +275,29 @@ def check_message(attachments: Sequence[Attachment], settings: Settings | None) 
             f"the attachments add up to {human_size(total)}: more than the {human_size(limit)} one message may "
             f"carry (CHATBOT_MAX_ATTACHMENTS_MB)"
         )
+
+
+def fit_to_window(
+    attachments: Sequence[Attachment], room: int, count_text: Callable[[str], int]
+) -> tuple[list[Attachment], list[str]]:
+    """The attachments with their text cut (each by the same share) to `room` tokens, and a note for
+    each one cut. Images are untouched: they are counted in `room` by the caller."""
+    texts = [a for a in attachments if a.kind is not Kind.IMAGE]
+    used = sum(count_text(a.text) for a in texts)
+    if used <= room:
+        return list(attachments), []
+    share = max(0.0, room / used)
+    fitted: list[Attachment] = []
+    notes: list[str] = []
+    for attachment in attachments:
+        if attachment.kind is Kind.IMAGE:
+            fitted.append(attachment)
+            continue
+        keep = int(len(attachment.text) * share * 0.95)  # a margin for the estimate
+        note = f"trimmed to fit the context window: the first {keep:,} of {len(attachment.text):,} characters"
+        notes.append(f"{attachment.name}: {note}")
+        fitted.append(replace(attachment, text=attachment.text[:keep], note=note))
+    return fitted, notes
 
 
 # -- tokens: the provider's published rule where known ------------------------------------

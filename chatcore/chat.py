@@ -16,6 +16,7 @@ from .attachments import (
     Attachment,
     Kind,
     check_message,
+    fit_to_window,
     image_tokens,
     images_in,
     refuses_images,
@@ -266,36 +267,16 @@ class Chat:
 
     def _fit_text(self, attached: list[Attachment]) -> list[Attachment]:
         """Text, PDF and transcripts larger than the window allows are cut to fit, with a note saying so."""
-        texts = [a for a in attached if a.kind is not Kind.IMAGE]
-        size = sum(len(a.text.encode("utf-8", "surrogatepass")) for a in texts)
-        if not texts or size < 4 * 2048:
+        size = sum(len(a.text.encode("utf-8", "surrogatepass")) for a in attached if a.kind is not Kind.IMAGE)
+        if size < 4 * 2048:
             return attached  # far below any window: not worth counting
-        budget = token_budget(self.context_tokens(True), self.settings.max_tokens)
         counter = self.counter
-        room = budget - counter.count_text(self.conversation.system) - 200  # the typed text and overheads
+        room = token_budget(self.context_tokens(True), self.settings.max_tokens)
+        room -= counter.count_text(self.conversation.system) + 200  # the typed text and overheads
         room -= sum(image_tokens(image, self.model)[0] for image in images_in(attached))
-        used = sum(counter.count_text(a.text) for a in texts)
-        if used <= room:
-            return attached
-        share = max(0.0, room / used)
-        fitted: list[Attachment] = []
-        for attachment in attached:
-            if attachment.kind is Kind.IMAGE:
-                fitted.append(attachment)
-                continue
-            keep = int(len(attachment.text) * share * 0.95)  # a margin for the estimate
-            note = f"trimmed to fit the context window: the first {keep:,} of {len(attachment.text):,} characters"
-            self.notify(f"{attachment.name}: {note}")
-            fitted.append(
-                Attachment(
-                    attachment.kind,
-                    attachment.name,
-                    attachment.mime,
-                    text=attachment.text[:keep],
-                    size=attachment.size,
-                    note=note,
-                )
-            )
+        fitted, notes = fit_to_window(attached, room, counter.count_text)
+        for note in notes:
+            self.notify(note)
         return fitted
 
     def _no_vision(self, model: str, remembered: bool = False) -> NoVision:

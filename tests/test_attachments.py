@@ -58,6 +58,20 @@ def test_wire_content_for_both_apis():
     assert wire_content("sum it", [text], "chat") == "sum it\n\n[file t.csv]\n```\na,b\n1,2\n\n```"
 
 
+def test_fit_to_window_cuts_each_text_by_the_same_share_and_leaves_images(tmp_path):
+    from chatcore.attachments import fit_to_window
+
+    image = load_attachment(png(8, 8), "p.png")
+    big, small = load_attachment(b"a" * 4000, "big.txt"), load_attachment(b"b" * 1000, "small.txt")
+    fitted, notes = fit_to_window([image, big, small], 500, lambda text: len(text) // 4)  # 1,250 tokens in all
+    assert fitted[0] is image
+    assert len(fitted[1].text) == int(4000 * 0.4 * 0.95) and len(fitted[2].text) == int(1000 * 0.4 * 0.95)
+    assert notes[0].startswith("big.txt: trimmed to fit the context window") and len(notes) == 2
+    assert "trimmed to fit" in fitted[1].as_text_block()
+    unchanged, none = fit_to_window([big], 2000, lambda text: len(text) // 4)
+    assert unchanged == [big] and none == []
+
+
 def test_load_errors_are_one_clear_line(tmp_path):
     for source, words in (
         (str(tmp_path / "missing.png"), "no such file"),
