@@ -505,3 +505,25 @@ def test_with_a_fallback_a_model_known_to_be_blind_is_not_asked_again(spawn, ser
     assert [p.body["model"] for p in server.posts] == ["test-model", "other-model", "other-model"]
     child.send("/exit\r")
     child.expect(pexpect.EOF)
+
+
+def test_chat_clear_deletes_attachments_from_the_database(server, tmp_path, env, monkeypatch):
+    from chatcore.chat import Chat
+    from chatcore.settings import resolve_settings
+    from chatcore.store import SessionStore
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    db = tmp_path / "engine.db"
+    settings = resolve_settings({"base_url": server.base_url, "model": "test-model", "retries": "0"}, {}, {})
+    chat = Chat(settings, lambda text: None, store=SessionStore(str(db)))
+    chat.open_session("engine")
+    image = load_attachment(png(8, 8, marker=b"engine-marker-9043"), "p.png")
+    chat.send("look", lambda kind, text: None, attachments=[image])
+    holding = [
+        p for p in tmp_path.iterdir() if p.name.startswith("engine.db") and b"engine-marker-9043" in p.read_bytes()
+    ]
+    assert holding
+    chat.clear()
+    assert [p for p in tmp_path.iterdir() if p.is_file() and b"engine-marker-9043" in p.read_bytes()] == []
+    chat.close()
