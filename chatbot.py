@@ -476,7 +476,8 @@ def run_once(chat: Chat, prompt: str, args: Any, attachments: list[Attachment] |
     stats = chat.requests[-1]
     if args.json:
         payload = json_result(result, stats)
-        payload["image_tokens"] = chat.stats().image_tokens
+        chat_stats = chat.stats()
+        payload["image_tokens"], payload["image_tokens_rule"] = chat_stats.image_tokens, chat_stats.image_rule
         print(json.dumps(payload, ensure_ascii=False))
     elif settings.show_usage:
         err.write(usage_line(stats) + "\n")
@@ -517,6 +518,7 @@ def json_result(
         "ttft_ms": round(result.ttft * 1000, 1) if result and result.ttft is not None else None,
         "truncated": result.truncated if result else True,
         "image_tokens": 0,  # what the request's images count for, included in input_tokens
+        "image_tokens_rule": "",  # how: "OpenAI's tile rule", or a rule marked as an estimate
     }
     if error:
         payload["error"] = error

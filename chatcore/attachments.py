@@ -354,7 +354,7 @@ def wire_content(content: str, attachments: Sequence[Attachment], api: str) -> s
         return text
     if api == "responses":
         parts: list[dict[str, Any]] = [{"type": "input_text", "text": text}] if text else []
-        return parts + [{"type": "input_image", "image_url": a.data_url()} for a in images]
+        return parts + [{"type": "input_image", "image_url": a.data_url(), "detail": "auto"} for a in images]
     parts = [{"type": "text", "text": text}] if text else []
     return parts + [{"type": "image_url", "image_url": {"url": a.data_url()}} for a in images]
 

@@ -112,6 +112,10 @@ def test_one_shot_image_is_an_image_url_part_and_json_counts_its_tokens(run, ser
     assert url == "data:image/png;base64," + base64.b64encode(image).decode()
     payload = json.loads(result.out)
     assert payload["image_tokens"] == 765  # OpenAI's tile rule for gpt-4o
+    assert payload["image_tokens_rule"] == "OpenAI's tile rule"
+    server.reset()
+    other = json.loads(run("--json", "-a", path, "and here?").out)  # test-model: no published rule
+    assert other["image_tokens"] == 765 and other["image_tokens_rule"] == "estimate (OpenAI's tile rule)"
 
 
 def test_one_shot_image_with_the_responses_api_is_an_input_image(run, server, tmp_path):
@@ -121,6 +125,7 @@ def test_one_shot_image_with_the_responses_api_is_an_input_image(run, server, tm
     item = server.posts[0].body["input"][-1]
     assert item["content"][0] == {"type": "input_text", "text": "describe"}
     assert item["content"][1]["image_url"].startswith("data:image/jpeg;base64,")
+    assert item["content"][1]["type"] == "input_image" and item["content"][1]["detail"] == "auto"
 
 
 def test_text_file_and_pdf_go_as_text_under_their_names(run, server, tmp_path):
