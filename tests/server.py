@@ -390,6 +390,7 @@ class FakeServer:
         # Speech to text: POST /audio/transcriptions answers {"text": ...}; None: the endpoint does not exist
         self.transcript: str | None = "Hello from a voice note."
         self.transcriptions: list[dict[str, Any]] = []  # the model, file name and size of each request
+        self.transcription_status = 200  # another status: answered with an error of that status
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -556,6 +557,8 @@ class FakeServer:
         """Whisper's API: a multipart form with `model` and `file`; {"text": ...} back."""
         if self.transcript is None:
             return error_status(404, "not found")
+        if self.transcription_status != 200:
+            return error_status(self.transcription_status, "Incorrect API key provided", code="invalid_api_key")
         import email.parser
         import email.policy
 

@@ -532,3 +532,15 @@ def test_chat_clear_deletes_attachments_from_the_database(server, tmp_path, env,
     chat.clear()
     assert [p for p in tmp_path.iterdir() if p.is_file() and b"engine-marker-9043" in p.read_bytes()] == []
     chat.close()
+
+
+def test_a_rejected_transcription_key_names_the_setting_and_is_never_printed(run, server, tmp_path):
+    secret = "sk-transcribe-secret-0123456789"
+    server.transcription_status = 401
+    result = run("-a", write(tmp_path, "memo.wav", wav()), "q", extra_env={"CHATBOT_TRANSCRIBE_API_KEY": secret})
+    assert_clean(result)
+    assert result.returncode == 2 and "CHATBOT_TRANSCRIBE_API_KEY" in result.err
+    assert secret not in result.err and secret not in result.out
+    (asked,) = [r for r in server.requests if r.path.endswith("/audio/transcriptions")]
+    assert asked.headers["authorization"] == f"Bearer {secret}"  # its own key, not OPENAI_API_KEY
+    assert server.posts == []
