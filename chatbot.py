@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from chatcore import __version__
+from chatcore.attachments import Attachment, AttachmentError, Kind, TranscriptionError, load_attachment
 from chatcore.chat import Chat, Refused
 from chatcore.conversation import PromptTooLarge
 from chatcore.log import one_line, report_bug
@@ -61,6 +62,7 @@ class Repl:
         self.session_name: str | None = None
         self.prompt_session: Any = None
         self.cancel: Cancel | None = None  # the turn in progress: what Ctrl-C stops
+        self.attached: list[Attachment] = []  # /attach and -a: files queued for the next message
         self.say, self.note, self.error = screen.say, screen.note, screen.error
 
     def run(self, first_prompt: str | None = None) -> int:
@@ -80,6 +82,7 @@ class Repl:
             if not self.handle(line):
                 return self.close()
         while True:
+            self.prompt_session.bottom_toolbar = self.attached_line()  # None: no bottom line at all
             try:
                 text = self.prompt_session.prompt("❯ ", default=self.pending_text)
             except KeyboardInterrupt:
@@ -91,6 +94,9 @@ class Repl:
             kept, self.kept_message = self.kept_message, None
             if kept and not text.strip():
                 text = kept  # Enter on the empty prompt resends the message that failed
+            elif self.attached and not text.strip():
+                self.run_turn("")  # Enter on the empty prompt sends what is attached, with no text
+                continue
             try:
                 if not self.handle(text):
                     break
@@ -129,33 +135,55 @@ class Repl:
         """Send `text` (None: /retry, the last message again) and show the reply as it streams."""
         chat = self.chat
         resend = text if text is not None else chat.conversation.last_user_text()
+        history = chat.conversation.history
+        # what goes back in the queue if the turn fails: /retry's message loses its place in the history
+        resend_attachments = (
+            self.attached
+            if text is not None
+            else next((m.attachments for m in reversed(history) if m.role == "user"), [])
+        )
         view = self.view()
         self.cancel = cancel = Cancel()
         waiting = self.screen.waiting = Waiting(sys.stdout, shown=not os.environ.get("NO_COLOR")).start()
         on_event = waiting.until_first_event(view.on_event)
         stream = not self.args.no_stream
         try:
-            result = chat.retry(on_event, stream, cancel) if text is None else chat.send(text, on_event, stream, cancel)
+            if text is None:
+                result = chat.retry(on_event, stream, cancel)
+            else:
+                result = chat.send(text, on_event, stream, cancel, attachments=self.attached)
+                self.attached = []  # sent with the message (a failure below keeps them for the resend)
             waiting.stop()
             view.finish()
         except Refused as exc:
             waiting.stop()
             self.error(str(exc))
             return
+        except (AttachmentError, TranscriptionError) as exc:
+            waiting.stop()
+            self.attached = list(resend_attachments)
+            self.restore(resend, f"{exc} (nothing was sent; /attach lists what is attached)")
+            return
         except PromptTooLarge as exc:
             waiting.stop()
+            self.attached = list(resend_attachments)
             self.restore(resend, str(exc))
             return
         except Failure as failure:
             waiting.stop()
             view.abort()
             hint = ": use /clear, /undo or lower --max-messages" if failure.kind == "context_length" else ""
+            self.attached = list(resend_attachments)
+            if self.attached:
+                hint += f" ({plural(len(self.attached), 'attachment')} still attached)"
             self.restore(resend, f"{failure}{hint}")
             return
         finally:
             waiting.stop()
             self.screen.waiting = None
             self.cancel = None  # no turn in progress: Ctrl-C has nothing to stop
+        if result.outcome is Outcome.INTERRUPTED and not result.reply:
+            self.attached = list(resend_attachments)  # stopped before the reply began: offered again
         self.show_ending(result, resend)
 
     def show_ending(self, result: TurnResult, resend: str) -> None:
@@ -171,6 +199,22 @@ class Repl:
             self.note(usage_line(self.chat.requests[-1]))
         self.held_log.show(sys.stderr)
         self.say("")  # a blank line between the reply and the next prompt
+
+    def attached_line(self) -> str | None:
+        """The prompt's bottom line while files are queued: what goes with the next message."""
+        if not self.attached:
+            return None
+        names = ", ".join(f"{a.name} ({a.describe()})" for a in self.attached)
+        return f" attached: {names} · sent with your next message · /attach clear empties"
+
+    def attach(self, path: str) -> Attachment:
+        """Queue a file for the next message (AttachmentError, TranscriptionError: nothing queued)."""
+        attachment = load_attachment(path, settings=self.chat.settings)
+        if attachment.kind is Kind.AUDIO:
+            attachment = self.chat.transcribe(attachment)
+            self.note(f"transcript of {attachment.name}: {one_line(attachment.text, 400)}")
+        self.attached.append(attachment)
+        return attachment
 
     def view(self) -> MarkdownView | PlainView:
         if self.markdown:
@@ -246,9 +290,10 @@ class Repl:
         for message in history[-2:]:
             mark = f" [{message.status}]" if message.status else ""
             notes.append(f"  {message.role}{mark}: {one_line(message.content, 200)}")
-        unanswered = self.chat.take_back_unanswered()  # the last run ended before its reply
+        unanswered = self.chat.take_back_unanswered_message()  # the last run ended before its reply
         if unanswered is not None:
-            self.pending_text = unanswered
+            self.pending_text = unanswered.content
+            self.attached = unanswered.attachments + self.attached  # queued again, never lost
             notes.append("  (that message got no reply: it is back in the prompt, Enter sends it)")
         return notes
 
@@ -354,6 +399,11 @@ def start_chat(args: Any, environ: dict[str, str], typed_ahead: list[str]) -> in
     log_sink = held_log.lines.append if args.verbose else None
     chat = Chat(settings, screen.note, store=store, log_sink=log_sink)
     repl = Repl(chat, screen, args, typed_ahead, held_log)
+    if "-" in (args.attach or []):
+        raise UsageError(
+            "-a - attaches standard input, which is the chat's terminal here: pipe a file in one-shot mode"
+        )
+    repl.attached = load_attachments(chat, args.attach or [], None)  # sent with the first message
     if store is not None:
         name = store.latest() if args.continue_ else args.session
         if args.continue_ and name is None:
@@ -394,7 +444,7 @@ EXIT_FOR = {
 }
 
 
-def run_once(chat: Chat, prompt: str, args: Any) -> int:
+def run_once(chat: Chat, prompt: str, args: Any, attachments: list[Attachment] | None = None) -> int:
     """Answer one prompt on stdout; diagnostics on stderr; the exit status says how it went."""
     settings = chat.settings
     err = sys.stderr
@@ -405,25 +455,33 @@ def run_once(chat: Chat, prompt: str, args: Any) -> int:
     try:
         with ctrl_c_stops(lambda: cancel):
             try:
-                result = chat.send(prompt, on_event, stream=not args.no_stream, cancel=cancel)
+                result = chat.send(
+                    prompt, on_event, stream=not args.no_stream, cancel=cancel, attachments=attachments or []
+                )
             finally:
                 if waiting is not None:
                     waiting.stop()  # before anything else is written, the error line included
             view.finish()
     except PromptTooLarge as exc:
         return report_failure(args.json, str(exc), EXIT_USAGE, "prompt_too_large", chat.model)
+    except (AttachmentError, TranscriptionError) as exc:
+        return report_failure(args.json, f"{exc} (nothing was sent)", EXIT_USAGE, "attachment", chat.model)
     except Failure as failure:
         view.abort()
         hint = ": lower --max-messages, or start a new --session" if failure.kind == "context_length" else ""
-        # --api responses where there is none, or a message no trimming can make fit: the user's to change
-        status = EXIT_USAGE if failure.kind in ("no_endpoint", "message_too_long") else EXIT_FAILED
+        # --api responses where there is none, a message no trimming can make fit, a model that cannot
+        # see the image: the user's to change
+        status = EXIT_USAGE if failure.kind in ("no_endpoint", "message_too_long", "no_vision") else EXIT_FAILED
         return report_failure(args.json, f"{failure}{hint}", status, failure.kind, chat.model)
     outcome = result.outcome
     if outcome is not Outcome.COMPLETE:
         err.write(f"chatbot: {'interrupted' if outcome is Outcome.INTERRUPTED else result.note()}\n")
     stats = chat.requests[-1]
     if args.json:
-        print(json.dumps(json_result(result, stats), ensure_ascii=False))
+        payload = json_result(result, stats)
+        chat_stats = chat.stats()
+        payload["image_tokens"], payload["image_tokens_rule"] = chat_stats.image_tokens, chat_stats.image_rule
+        print(json.dumps(payload, ensure_ascii=False))
     elif settings.show_usage:
         err.write(usage_line(stats) + "\n")
     return EXIT_FOR[outcome]
@@ -462,6 +520,8 @@ def json_result(
         "latency_ms": round(result.latency * 1000, 1) if result else None,
         "ttft_ms": round(result.ttft * 1000, 1) if result and result.ttft is not None else None,
         "truncated": result.truncated if result else True,
+        "image_tokens": 0,  # what the request's images count for, included in input_tokens
+        "image_tokens_rule": "",  # how: "OpenAI's tile rule", or a rule marked as an estimate
     }
     if error:
         payload["error"] = error
@@ -493,7 +553,8 @@ class _NullWriter:
 
 
 def one_shot(args: Any, environ: dict[str, str]) -> int:
-    prompt = read_prompt(args, sys.stdin)
+    attached_stdin = read_attached_stdin(args, sys.stdin)
+    prompt = read_prompt(args, None if attached_stdin is not None else sys.stdin, bool(args.attach))
     engine_notices_to(lambda text: print(f"chatbot: {text}", file=sys.stderr))
     settings = load_settings(setting_flags(args), environ, args.env_file)
     for warning in settings.warnings:
@@ -510,14 +571,45 @@ def one_shot(args: Any, environ: dict[str, str]) -> int:
         wants_cost=bool(args.json or settings.show_usage or store is not None),
     )
     try:
+        attachments = load_attachments(chat, args.attach or [], attached_stdin)
         if store is not None:
             resume(chat, store, args)
-        return run_once(chat, prompt, args)
+        return run_once(chat, prompt, args, attachments)
     finally:
         held_log.show(sys.stderr)
         chat.leave()
         if store is not None:
             store.close()
+
+
+def read_attached_stdin(args: Any, stdin: Any) -> bytes | None:
+    """`-a -`: standard input is a file to attach (then it is not part of the prompt)."""
+    if "-" not in (args.attach or []):
+        return None
+    if args.attach.count("-") > 1:
+        raise UsageError("-a - can be given once: standard input is one file")
+    if stdin is None or stdin.isatty():
+        raise UsageError("-a - attaches standard input, which is a terminal here: pipe a file in")
+    return bytes(stdin.buffer.read())
+
+
+def load_attachments(chat: Chat, paths: list[str], attached_stdin: bytes | None) -> list[Attachment]:
+    """The -a files, checked before anything is sent (UsageError: one line, exit 2); voice transcribed,
+    its transcript shown on stderr."""
+    attachments = []
+    try:
+        for path in paths:
+            if path == "-":
+                attachment = load_attachment(attached_stdin or b"", "stdin", chat.settings)
+            else:
+                attachment = load_attachment(path, settings=chat.settings)
+            if attachment.kind is Kind.AUDIO:
+                attachment = chat.transcribe(attachment)
+                sys.stderr.write(f"chatbot: transcript of {attachment.name}: {one_line(attachment.text, 400)}\n")
+            attachments.append(attachment)
+    except (AttachmentError, TranscriptionError) as exc:
+        raise UsageError(f"{exc} (nothing was sent)") from None
+    return attachments
 
 
 def resume(chat: Chat, store: SessionStore, args: Any) -> None:
@@ -533,8 +625,9 @@ def resume(chat: Chat, store: SessionStore, args: Any) -> None:
         raise StoreError(f"{exc}: finish there first, or pick another --session") from None
 
 
-def read_prompt(args: Any, stdin: Any) -> str:
-    """The one-shot prompt: piped text first, then the argument, separated by a blank line."""
+def read_prompt(args: Any, stdin: Any, attached: bool = False) -> str:
+    """The one-shot prompt: piped text first, then the argument, separated by a blank line (with
+    attachments, the prompt may be empty: the files are the message)."""
     parts = []
     if stdin is not None and not stdin.isatty():
         data = stdin.buffer.read()
@@ -550,7 +643,7 @@ def read_prompt(args: Any, stdin: Any) -> str:
     if args.prompt:
         parts.append(" ".join(args.prompt))
     prompt = "\n\n".join(parts)
-    if not prompt.strip():
+    if not prompt.strip() and not attached:
         raise UsageError(
             "nothing to send: give a prompt as an argument or pipe one on stdin "
             "(run with a terminal and no prompt for a chat)"
@@ -672,6 +765,13 @@ def build_parser() -> Any:
     parser.add_argument("--env-file", metavar="PATH", help="read settings from this file instead of ./.env")
     parser.add_argument("--no-stream", action="store_true", help="wait for the whole reply instead of streaming")
     parser.add_argument("--json", action="store_true", help="print one JSON object with the reply and its usage")
+    parser.add_argument(
+        "-a",
+        "--attach",
+        action="append",
+        metavar="PATH",
+        help="attach a file to the message: image, PDF, text or audio (transcribed); repeatable; - for stdin",
+    )
     parser.add_argument("-i", "--interactive", action="store_true", help="send the prompt, then stay in the chat")
     parser.add_argument("--session", metavar="NAME", help="start or resume a saved conversation")
     parser.add_argument(

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from chatcore.attachments import AttachmentError, TranscriptionError
 from chatcore.chat import Refused
 from chatcore.store import StoreError, export_data, write_export
 from chatcore.usage import format_money, usage_line
@@ -28,6 +29,7 @@ class Command:
     usage: str  # argument synopsis: "" for none, "[NAME]" optional, "NAME" required
     help: str
     handler: Callable[[Repl, str], None]
+    paths: bool = False  # Tab completes its argument as a file path
 
 
 def cmd_help(repl: Repl, arg: str) -> None:
@@ -70,6 +72,8 @@ def cmd_stats(repl: Repl, arg: str) -> None:
         return
     if stats.window is not None:
         repl.say(f"context window: {stats.window.tokens:,} tokens ({stats.window.source})")
+    if stats.image_tokens:
+        repl.say(f"images last turn: {stats.image_tokens:,} tokens ({stats.image_rule}), counted in the input")
     repl.say(f"last turn: {usage_line(stats.last)}")
     usage, about = stats.usage, "~" if stats.estimated else ""
     estimated = {"": "", "all": " (estimated)", "some": " (some counts estimated)"}[stats.estimated]
@@ -77,6 +81,26 @@ def cmd_stats(repl: Repl, arg: str) -> None:
         f"session: {plural(stats.requests, 'request')} · {about}{usage.input_tokens:,} in · "
         f"{about}{usage.output_tokens:,} out · {stats.money}{estimated}"
     )
+
+
+def cmd_attach(repl: Repl, arg: str) -> None:
+    if not arg:
+        if not repl.attached:
+            repl.say("nothing attached: /attach PATH queues a file (image, PDF, text, audio) for your next message")
+        for attachment in repl.attached:
+            repl.say(f"  {attachment.name} ({attachment.describe()})")
+        return
+    if arg == "clear":
+        count = len(repl.attached)
+        repl.attached = []
+        repl.say(f"removed {plural(count, 'attachment')}" if count else "nothing was attached")
+        return
+    path = arg[1:-1] if len(arg) > 1 and arg[0] == arg[-1] and arg[0] in "'\"" else arg
+    try:
+        attachment = repl.attach(path)
+    except (AttachmentError, TranscriptionError) as exc:
+        raise Refused(str(exc)) from None
+    repl.say(f"attached {attachment.name} ({attachment.describe()}): it goes with your next message")
 
 
 def cmd_model(repl: Repl, arg: str) -> None:
@@ -194,6 +218,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("exit", ("quit", "q"), "", "leave the chat", cmd_exit),
     Command("clear", (), "", "forget the conversation (the system prompt stays)", cmd_clear),
     Command("stats", (), "", "messages, tokens, cost and timing of the last turn and the session", cmd_stats),
+    Command("attach", (), "[PATH|clear]", "attach a file to the next message; alone: list", cmd_attach, paths=True),
     Command("model", (), "[NAME]", "show or switch the model", cmd_model),
     Command("system", (), "[TEXT]", "show or replace the system prompt", cmd_system),
     Command("retry", (), "", "regenerate the last reply", cmd_retry),

@@ -20,16 +20,25 @@ from chatcore.turn import Cancel
 
 def make_prompt_session(commands: Sequence[Any], on_drawn: Callable[[], None]) -> Any:
     """The chat's prompt: persistent owner-only history, suggestions, Tab completion of the command
-    table, Esc Enter for a new line; `on_drawn` runs once, when the prompt is first on screen."""
+    table (and of paths for commands that take one), Esc Enter for a new line; `on_drawn` runs once,
+    when the prompt is first on screen. Its `bottom_toolbar` is set before each prompt (None: none)."""
     from prompt_toolkit import PromptSession
     from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
-    from prompt_toolkit.completion import Completer, Completion
+    from prompt_toolkit.completion import Completer, Completion, PathCompleter
+    from prompt_toolkit.document import Document
     from prompt_toolkit.history import FileHistory, InMemoryHistory
     from prompt_toolkit.key_binding import KeyBindings
 
+    paths = PathCompleter(expanduser=True)
+    path_commands = {f"/{name} " for c in commands if getattr(c, "paths", False) for name in (c.name, *c.aliases)}
+
     class SlashCompleter(Completer):
-        def get_completions(self, document: Any, complete_event: Any) -> Iterator[Any]:  # noqa: ARG002 - prompt_toolkit's signature
+        def get_completions(self, document: Any, complete_event: Any) -> Iterator[Any]:
             text = document.text_before_cursor
+            command = next((c for c in path_commands if text.lower().startswith(c)), None)
+            if command is not None:  # /attach PATH: Tab completes the path
+                yield from paths.get_completions(Document(text[len(command) :]), complete_event)
+                return
             if text.startswith("/") and " " not in text and not text.startswith("//"):
                 for command in commands:
                     for name in (command.name, *command.aliases):
@@ -59,6 +68,9 @@ def make_prompt_session(commands: Sequence[Any], on_drawn: Callable[[], None]) -
         enable_history_search=False,
         prompt_continuation="… ",
     )
+    # Without the cursor-position answer prompt_toolkit does not know the rows below the prompt, and
+    # then draws no bottom toolbar (the /attach line). One row is always there: the line the prompt is on.
+    session.app.output.get_rows_below_cursor_position = lambda: 1
     warmed: list[bool] = []
 
     def drawn(_: Any) -> None:

@@ -40,7 +40,7 @@ PY = sys.executable
 CHATBOT = str(ROOT / "chatbot.py")
 FLOOR = str(ROOT / "bench" / "floor.py")
 ROWS: list[tuple[str, str, str, str, str, str]] = []
-PARTS = ("startup", "stream", "pace", "markdown", "context", "telegram")
+PARTS = ("startup", "stream", "pace", "markdown", "context", "attach", "telegram")
 
 
 def row(name, ours, baseline, ratio, target, ok):
@@ -631,6 +631,65 @@ def bench_secure_delete(repeats):
     store.close()
 
 
+# -- attachments: a 1 MB image, one-shot, against the raw SDK sending the same request ----------
+
+IMAGE_FLOOR = """
+import base64, sys
+import openai
+base_url, path = sys.argv[1], sys.argv[2]
+client = openai.OpenAI(api_key="not-needed", base_url=base_url)
+with open(path, "rb") as image_file:
+    url = "data:image/png;base64," + base64.b64encode(image_file.read()).decode("ascii")
+stream = client.chat.completions.create(
+    model="test-model",
+    messages=[
+        {"role": "system", "content": "You are a helpful assistant. Answer clearly and concisely."},
+        {"role": "user", "content": [{"type": "text", "text": "describe"}, {"type": "image_url", "image_url": {"url": url}}]},
+    ],
+    max_tokens=1000,
+    temperature=0.4,
+    stream=True,
+    stream_options={"include_usage": True},
+)
+for chunk in stream:
+    if chunk.choices and chunk.choices[0].delta.content:
+        sys.stdout.write(chunk.choices[0].delta.content)
+        sys.stdout.flush()
+sys.stdout.write("\\n")
+"""
+
+
+def bench_attach(server, env, home, runs):
+    from test_attachments_files import noisy_png
+
+    path = home / "photo.png"
+    path.write_bytes(noisy_png(1024 * 1024))
+    size = path.stat().st_size
+    walls_a, walls_b, rss_a, rss_b = [], [], [], []
+    for _ in range(runs):
+        server.push(chat_reply("A picture of noise."))
+        wall, _, _, rss = run_measured([PY, CHATBOT, "-a", str(path), "describe"], env, b"")
+        walls_a.append(wall)
+        rss_a.append(rss)
+        server.push(chat_reply("A picture of noise."))
+        wall, _, _, rss = run_measured([PY, "-c", IMAGE_FLOOR, server.base_url, str(path)], env, b"")
+        walls_b.append(wall)
+        rss_b.append(rss)
+    sent = server.posts[-2].body["messages"][-1]["content"][1]["image_url"]["url"]
+    assert server.posts[-1].body["messages"][-1]["content"][1]["image_url"]["url"] == sent  # the same request
+    a, b = median(walls_a), median(walls_b)
+    row(
+        f"one-shot with a {size / 1048576:.1f} MB PNG attached (s)",
+        f"{a:.3f}",
+        f"{b:.3f} (raw SDK, same request)",
+        f"{a / b:.2f}",
+        "<= 1.15x",
+        a / b <= 1.15,
+    )
+    a, b = median(rss_a) / 1024, median(rss_b) / 1024
+    row("one-shot with the image: peak memory (MiB)", f"{a:.1f}", f"{b:.1f}", f"{a / b:.2f}", "<= 1.3x", a / b <= 1.3)
+
+
 def main():
     logging.getLogger("chatbot.files").disabled = True  # the bench's own copies are tightened silently
     parser = argparse.ArgumentParser(description=__doc__)
@@ -669,6 +728,8 @@ def main():
             bench_trimming(20 if args.quick else 200)
             bench_session_load(3 if args.quick else 7)
             bench_secure_delete(9 if args.quick else 41)
+        if "attach" in chosen:
+            bench_attach(server, env, home, runs)
         if "telegram" in chosen:
             import telegram_bench
 

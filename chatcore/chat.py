@@ -8,10 +8,20 @@ here. Front-ends show the conversation; they never edit it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .attachments import (
+    Attachment,
+    Kind,
+    check_message,
+    fit_to_window,
+    image_tokens,
+    images_in,
+    refuses_images,
+    transcribe,
+)
 from .conversation import (
     DEFAULT_CONTEXT_TOKENS,
     Conversation,
@@ -40,6 +50,10 @@ class Refused(Exception):
     """A change the conversation cannot take now ("nothing to undo"); the message says why."""
 
 
+class NoVision(Failure):
+    """The model (and the fallback, if any) cannot see images: the message is taken back, to resend."""
+
+
 @dataclass
 class ChatStats:
     """What /stats shows, in both front-ends: each formats it in its own words."""
@@ -55,6 +69,8 @@ class ChatStats:
     last_dropped: int  # history messages it left out
     window: Window | None  # the context window, if known (or asked, when the caller allows)
     model: str  # the model of this chat; `last.model` says which one answered last
+    image_tokens: int = 0  # what the newest request's images count for (included in its input tokens)
+    image_rule: str = ""  # how they were counted: "OpenAI's tile rule", or an estimate
 
 
 @dataclass
@@ -102,6 +118,7 @@ class Chat:
         self._window_asked = False
         self._use_model(self.model)
         self._partial: Message | None = None  # the reply as checkpointed so far, while it streams
+        self.blind_models: set[str] = set()  # models that refused images, for the rest of the session
 
     @property
     def saved(self) -> bool:
@@ -215,18 +232,68 @@ class Chat:
         on_event: OnEvent,
         stream: bool = True,
         cancel: Cancel | None = None,
+        attachments: Sequence[Attachment] = (),
         on_added: Callable[[Message], None] | None = None,
     ) -> TurnResult:
-        """Add the user's message and answer it. `on_added` hears of the message once it is saved,
-        before the request (the Telegram front-end ties it to the updates it answers).
+        """Add the user's message (with any attachments) and answer it. `on_added` hears of the
+        message once it is saved, before the request (the Telegram front-end ties it to the updates
+        it answers).
 
         Whatever ends the turn without a reply (a Failure, PromptTooLarge, Ctrl-C while the request
         is prepared, a bug) takes the message back out: the history never keeps a message that got
-        no answer, and the saved session says the same."""
-        message = self._add_user(text)
+        no answer, and the saved session says the same. Attachments are checked first
+        (AttachmentError, TranscriptionError, NoVision for a model known to refuse images): then
+        nothing is added and nothing is sent."""
+        attached = self.ready_attachments(attachments)
+        message = self._add_user(text, attached)
         if on_added is not None:
             on_added(message)
         return self._answer(on_event, stream, cancel)
+
+    def ready_attachments(self, attachments: Sequence[Attachment]) -> list[Attachment]:
+        """The attachments as they will be sent: checked against the limits and the model, voice
+        transcribed, text trimmed to what the window allows (with a note). Nothing is sent to the model."""
+        attached = list(attachments)
+        if not attached:
+            return attached
+        check_message(attached, self.settings)
+        if images_in(attached) and self.model in self.blind_models and self._fallback_for_images() is None:
+            raise self._no_vision(self.model, remembered=True)
+        for index, attachment in enumerate(attached):
+            if not attachment.transcribed:
+                attached[index] = self.transcribe(attachment)
+        return self._fit_text(attached)
+
+    def transcribe(self, attachment: Attachment) -> Attachment:
+        """A voice attachment with its transcript (TranscriptionError if it cannot be had); the audio is let go."""
+        if attachment.kind is not Kind.AUDIO or attachment.text:
+            return attachment
+        text = transcribe(self.settings, attachment.data, attachment.name)
+        return Attachment(Kind.AUDIO, attachment.name, attachment.mime, text=text, size=attachment.size)
+
+    def _fit_text(self, attached: list[Attachment]) -> list[Attachment]:
+        """Text, PDF and transcripts larger than the window allows are cut to fit, with a note saying so."""
+        size = sum(len(a.text.encode("utf-8", "surrogatepass")) for a in attached if a.kind is not Kind.IMAGE)
+        if size < 4 * 2048:
+            return attached  # far below any window: not worth counting
+        counter = self.counter
+        room = token_budget(self.context_tokens(True), self.settings.max_tokens)
+        room -= counter.count_text(self.conversation.system) + 200  # the typed text and overheads
+        room -= sum(image_tokens(image, self.model)[0] for image in images_in(attached))
+        fitted, notes = fit_to_window(attached, room, counter.count_text)
+        for note in notes:
+            self.notify(note)
+        return fitted
+
+    def _no_vision(self, model: str, remembered: bool = False) -> NoVision:
+        self.blind_models.add(model)
+        why = " (it refused images earlier in this session)" if remembered else ""
+        return NoVision(
+            f"the model {model} cannot see images{why}: pick one that can with /model NAME or --model "
+            f"(e.g. gpt-4o-mini; on a local server, a vision model loaded with its projector, such as llava "
+            f"or qwen2.5-vl); your message is kept",
+            "no_vision",
+        )
 
     def retry(self, on_event: OnEvent, stream: bool = True, cancel: Cancel | None = None) -> TurnResult:
         """Drop the last reply (if there is one) and answer the last message again."""
@@ -283,15 +350,20 @@ class Chat:
         """A resumed conversation ending in a message that never got its reply (the last run ended
         first): the message is taken out and returned, for the front-end to offer again. (One the
         model answered with nothing stays: the next message joins it.)"""
+        message = self.take_back_unanswered_message()
+        return message.content if message is not None else None
+
+    def take_back_unanswered_message(self) -> Message | None:
+        """As take_back_unanswered, the whole message: its attachments too, to queue for the resend."""
         history = self.conversation.history
         if not history or history[-1].role != "user" or history[-1].status is Status.UNANSWERED:
             return None
         message = history.pop()
         self.session.delete([message])
-        return message.content
+        return message
 
-    def _add_user(self, text: str) -> Message:
-        message = Message("user", text)
+    def _add_user(self, text: str, attachments: list[Attachment] | None = None) -> Message:
+        message = Message("user", text, attachments=attachments or [])
         history = self.conversation.history
         if history and history[-1].role == "user":
             # Never two user turns in a row: the model answered the last one with nothing, or a previous
@@ -301,6 +373,9 @@ class Chat:
             joined.content += "\n\n" + text
             joined.tokens, joined.status = None, Status.COMPLETE
             self.session.update(joined)
+            if attachments:
+                joined.attachments += attachments
+                self.session.attach(joined, attachments)
             return joined
         history.append(message)
         self.session.add(message)  # write-ahead: saved before the request
@@ -332,6 +407,7 @@ class Chat:
         while True:
             request = self.prepare(attempt.cap)
             self._say_dropped(request)
+            self._around_blind_model(request, attempt)
             self.last_request = request
             try:
                 result = stream_turn(self.provider, request, attempt.model, on_event, stream, cancel)
@@ -339,10 +415,41 @@ class Chat:
             except Failure as failure:
                 self.log(attempt.model, failure.status or "error", None, failure.latency, None, failure.kind)
                 failure = self._as_overflow(failure, request, attempt)
+                if self._images_refused(failure, request, attempt):
+                    continue
                 if not self._retry_helps(failure, request, attempt, stream):
                     raise self._explained(failure) from None
         self.record(result, request)
         return result
+
+    def _fallback_for_images(self) -> str | None:
+        fallback = self.settings.fallback_model
+        return fallback if fallback and fallback not in self.blind_models else None
+
+    def _around_blind_model(self, request: Request, attempt: Attempt) -> None:
+        """A request with images for a model that refused them this session goes to the fallback at once."""
+        fallback = self._fallback_for_images()
+        if attempt.model not in self.blind_models or fallback is None or attempt.tried_fallback:
+            return
+        if any(images_in(m.attachments) for m in request.kept if m.attachments):
+            attempt.model, attempt.tried_fallback = fallback, True
+            self.notify(f"{self.model} cannot see images (it refused them earlier): asking {fallback}")
+
+    def _images_refused(self, failure: Failure, request: Request, attempt: Attempt) -> bool:
+        """A model that cannot see images: True when the fallback model is to be tried; NoVision when
+        there is none left to try (remembered, so the next message with an image is not sent to it)."""
+        if not any(images_in(m.attachments) for m in request.kept if m.attachments):
+            return False
+        if not refuses_images(failure.status, str(failure)):
+            return False
+        self.blind_models.add(attempt.model)
+        fallback = self.settings.fallback_model
+        if fallback and not attempt.tried_fallback and attempt.model != fallback and fallback not in self.blind_models:
+            attempt.tried_fallback = True
+            self.notify(f"{attempt.model} cannot see images; trying the fallback model {fallback}")
+            attempt.model = fallback
+            return True
+        raise self._no_vision(attempt.model) from None
 
     def _say_dropped(self, request: Request) -> None:
         if request.dropped:
@@ -532,7 +639,7 @@ class Chat:
         usage, counter = result.usage, self.counter
         if usage is None or (usage.input_tokens == 0 and usage.output_tokens == 0):
             return Usage(
-                counter.count_messages(Message(m["role"], m["content"]) for m in request.messages()),
+                counter.count_messages([Message("system", request.system), *request.kept]),
                 # an estimate never exceeds the limit the reply was bounded by
                 min(counter.count_text(result.reply), self.settings.max_tokens) if result.reply else 0,
                 estimated=True,
@@ -558,6 +665,8 @@ class Chat:
         if usage.estimated:
             estimated = "all" if all(t.usage.estimated for t in requests) else "some"
         last = self.last_request
+        images = [(m, a) for m in (last.kept if last is not None else []) for a in images_in(m.attachments)]
+        counted = [image_tokens(a, requests[-1].model if requests else self.model) for _, a in images]
         return ChatStats(
             messages=len(history) + 1,
             exchanges=sum(1 for m in history if m.role == "user"),
@@ -570,6 +679,8 @@ class Chat:
             last_dropped=last.dropped if last is not None else 0,
             window=self.context_window(False) if ask_window and requests else self.window,
             model=self.model,
+            image_tokens=sum(tokens for tokens, _ in counted),
+            image_rule=counted[0][1] if counted else "",
         )
 
     def warm_up(self) -> None:
@@ -597,12 +708,16 @@ class Chat:
             "-" if usage is None else f"{usage.input_tokens}/{usage.output_tokens}" + ("~" if usage.estimated else "")
         )
         label = f" {self.label}" if self.label else ""
+        request = self.last_request
+        attached = [a for m in request.kept[-1:] for a in m.attachments] if request is not None else []
+        # by type and size only: never a name (it can say as much as the content) nor the content
+        attachments = f" attachments={','.join(a.describe().replace(' ', '_') for a in attached)}" if attached else ""
         window = self.window
         window_text = f" window={window.tokens}({window.source.replace(' ', '_')})" if window else ""
         fields = (
             f"model={model}{label} host={self.settings.host}{window_text} status={status} "
             f"ttft={'-' if ttft is None else f'{ttft:.3f}s'} latency={latency:.3f}s tokens={tokens} "
-            f"cost={'-' if cost is None else f'{cost:.6f}'} error={error or '-'}"
+            f"cost={'-' if cost is None else f'{cost:.6f}'} error={error or '-'}{attachments}"
         )
         write_log(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {fields}")
         if self.log_sink is not None:

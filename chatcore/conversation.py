@@ -6,7 +6,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
+from .attachments import Attachment, model_text, wire_content
 from .tokens import TokenCounter, estimate_tokens, upper_bound_tokens
 
 
@@ -37,9 +39,17 @@ class Message:
     tokens: tuple[str, int] | None = None  # (encoding key, count)
     created: float = field(default_factory=time.time)
     row_id: int | None = None  # its row in the sessions database, once saved
+    attachments: list[Attachment] = field(default_factory=list)  # images, files, voice: see attachments.py
 
-    def as_dict(self) -> dict[str, str]:
-        return {"role": self.role, "content": self.content}
+    @property
+    def text(self) -> str:
+        """What the model reads as text: the content, then any attached file's text."""
+        return model_text(self.content, self.attachments) if self.attachments else self.content
+
+    def as_dict(self, api: str = "chat") -> dict[str, Any]:
+        if not self.attachments:
+            return {"role": self.role, "content": self.content}
+        return {"role": self.role, "content": wire_content(self.content, self.attachments, api)}
 
 
 @dataclass
@@ -70,7 +80,7 @@ class Conversation:
             total += (
                 counter.count_message(message)
                 if counter is not None
-                else TokenCounter.TOKENS_PER_MESSAGE + estimate_tokens(message.content)
+                else TokenCounter.TOKENS_PER_MESSAGE + estimate_tokens(message.text)
             )
         self._running = (key, n, total, self.history[n - 1])
         return total
@@ -121,8 +131,8 @@ class Request:
     tokens: int | None = None  # counted size of the request, when it was counted
     estimated: bool = True
 
-    def messages(self) -> list[dict[str, str]]:
-        return [{"role": "system", "content": self.system}] + [m.as_dict() for m in self.kept]
+    def messages(self, api: str = "chat") -> list[dict[str, Any]]:
+        return [{"role": "system", "content": self.system}] + [m.as_dict(api) for m in self.kept]
 
 
 def newest_exchanges(history: list[Message]) -> Iterator[list[Message]]:
@@ -151,7 +161,7 @@ def build_request(conversation: Conversation, max_messages: int, budget: int, co
     """
     history = conversation.history
     system = system_with_summary(conversation.system, conversation.summary)
-    newest = history[-1].content if history else ""
+    newest = history[-1].text if history else ""
     if len(newest) > 2 * budget and estimate_tokens(newest) // 2 > budget:
         # Far too large to be worth tokenising (10 MB on stdin): say so at once.
         raise PromptTooLarge(estimate_tokens(newest), budget, True)

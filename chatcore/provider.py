@@ -27,6 +27,7 @@ FailureKind = Literal[
     "message_too_long",  # the newest message alone is larger than the model's window
     "roles",  # the server rejected the order of the messages
     "bad_request",
+    "no_vision",  # the model cannot see images
     # the network, before any reply
     "timeout",
     "connection",
@@ -211,7 +212,7 @@ class Provider:
             params: dict[str, Any] = {
                 "model": model,
                 "instructions": request.system,
-                "input": [{"role": m.role, "content": m.content} for m in request.kept],
+                "input": [m.as_dict("responses") for m in request.kept],
                 "max_output_tokens": settings.max_tokens,
                 "stream": stream,
                 "store": False,  # the conversation is ours; the provider need not keep it
@@ -219,7 +220,7 @@ class Provider:
         else:
             params = {
                 "model": model,
-                "messages": request.messages(),
+                "messages": request.messages("chat"),
                 "stream": stream,
                 "max_tokens": settings.max_tokens,
             }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .attachments import Attachment
 from .conversation import Message
 from .store import SessionStore
 from .usage import TurnStats
@@ -25,6 +26,11 @@ class SavedSession:
     def update(self, message: Message) -> None:
         if message.row_id is not None:
             self.store.update_message(message)
+
+    def attach(self, message: Message, attachments: list[Attachment]) -> None:
+        """More attachments for a saved message (two unanswered messages merged into one)."""
+        if message.row_id is not None:
+            self.store.add_attachments(message.row_id, attachments)
 
     def delete(self, messages: list[Message]) -> None:
         rows = [m.row_id for m in messages if m.row_id is not None]
@@ -62,6 +68,9 @@ class NotSaved(SavedSession):
         pass
 
     def update(self, message: Message) -> None:
+        pass
+
+    def attach(self, message: Message, attachments: list[Attachment]) -> None:
         pass
 
     def delete(self, messages: list[Message]) -> None:

@@ -306,6 +306,56 @@ SETTINGS: tuple[Setting, ...] = (
         "vLLM); empty turns probing off",
         empty_ok=True,
     ),
+    # Attachments (see the README's Attachments section): limits, and where voice is transcribed.
+    Setting(
+        "max_image_mb",
+        "CHATBOT_MAX_IMAGE_MB",
+        (),
+        20.0,
+        _number(float, 0.001),
+        "largest image that may be attached, in MB (sent as it is, never resized)",
+    ),
+    Setting(
+        "max_file_mb",
+        "CHATBOT_MAX_FILE_MB",
+        (),
+        25.0,
+        _number(float, 0.001),
+        "largest text, PDF or audio file that may be attached, in MB (text is also trimmed to the window)",
+    ),
+    Setting(
+        "max_attachments_mb",
+        "CHATBOT_MAX_ATTACHMENTS_MB",
+        (),
+        50.0,
+        _number(float, 0.001),
+        "most MB of attachments one message may carry",
+    ),
+    Setting(
+        "transcribe_model",
+        "CHATBOT_TRANSCRIBE_MODEL",
+        (),
+        "whisper-1",
+        _text,
+        "speech-to-text model for voice messages (the /audio/transcriptions endpoint)",
+    ),
+    Setting(
+        "transcribe_base_url",
+        "CHATBOT_TRANSCRIBE_BASE_URL",
+        (),
+        None,
+        _url,
+        "server for transcriptions (default: OPENAI_BASE_URL): OpenAI's, or a local whisper server",
+    ),
+    Setting(
+        "transcribe_api_key",
+        "CHATBOT_TRANSCRIBE_API_KEY",
+        (),
+        None,
+        _text,
+        "API key for the transcription server (default: OPENAI_API_KEY; never a flag)",
+        secret=True,
+    ),
     # The Telegram assistant's own settings: no flags (the token must never be one).
     Setting(
         "telegram_token",
@@ -421,6 +471,12 @@ class Settings:
     show_reasoning: bool
     raw: bool
     local_ports: tuple[int, ...]
+    max_image_mb: float
+    max_file_mb: float
+    max_attachments_mb: float
+    transcribe_model: str
+    transcribe_base_url: str | None
+    transcribe_api_key: str | None
     telegram_token: str | None
     telegram_api_url: str
     telegram_allowed: tuple[str, ...]

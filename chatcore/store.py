@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import json
@@ -12,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar
 
+from .attachments import Attachment, Kind, human_size
 from .conversation import Conversation, Message, Status
 from .files import open_private, private_dir, private_file, user_dir
 from .settings import DEFAULT_SYSTEM_PROMPT, Settings
@@ -41,6 +43,16 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE turns ADD COLUMN reasoning_tokens INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE turns ADD COLUMN finish_reason TEXT;
     ALTER TABLE turns ADD COLUMN sent_messages INTEGER;
+    """,
+    # Attachments live with their message: deleting the message (undo, clear, a deleted session)
+    # deletes them, and secure_delete zeroes their pages (images included) like the text's.
+    """
+    CREATE TABLE attachments (
+        id INTEGER PRIMARY KEY, message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+        kind TEXT NOT NULL, name TEXT NOT NULL, mime TEXT NOT NULL, data BLOB, text TEXT,
+        size INTEGER NOT NULL DEFAULT 0, width INTEGER NOT NULL DEFAULT 0, height INTEGER NOT NULL DEFAULT 0,
+        note TEXT NOT NULL DEFAULT '');
+    CREATE INDEX attachments_by_message ON attachments(message_id, id);
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -304,6 +316,7 @@ class SessionStore:
             history.append(
                 Message(role, content, Status.parse(flags), (token_key, tokens) if token_key else None, created, row_id)
             )
+        self._load_attachments(session_id, history)
         turns = [
             TurnStats(
                 model, Usage(i or 0, o or 0, c or 0, r or 0, None, bool(e)), cost, ttft, latency or 0.0, sent or 0
@@ -316,16 +329,52 @@ class SessionStore:
         ]
         return conversation, turns, row[3]
 
+    def _load_attachments(self, session_id: int, history: list[Message]) -> None:
+        by_row = {m.row_id: m for m in history}
+        for message_id, kind, name, mime, data, text, size, width, height, note in self.db.execute(
+            "SELECT a.message_id, a.kind, a.name, a.mime, a.data, a.text, a.size, a.width, a.height, a.note "
+            "FROM attachments a JOIN messages m ON m.id = a.message_id WHERE m.session_id = ? ORDER BY a.id",
+            (session_id,),
+        ):
+            message = by_row.get(message_id)
+            if message is not None:
+                message.attachments.append(
+                    Attachment(Kind(kind), name, mime, bytes(data or b""), text or "", size, width, height, note)
+                )
+
     @writes
     def add_message(self, session_id: int, message: Message) -> None:
         key, tokens = message.tokens if message.tokens else (None, None)
-        cursor = self.db.execute(
-            "INSERT INTO messages (session_id, role, content, tokens, token_key, created, flags) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (session_id, message.role, message.content, tokens, key, message.created, message.status),
+        in_transaction = self.db.in_transaction
+        if message.attachments and not in_transaction:
+            self.db.execute("BEGIN IMMEDIATE")  # the message and its attachments are saved together
+        try:
+            cursor = self.db.execute(
+                "INSERT INTO messages (session_id, role, content, tokens, token_key, created, flags) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (session_id, message.role, message.content, tokens, key, message.created, message.status),
+            )
+            message.row_id = cursor.lastrowid
+            if message.attachments and message.row_id is not None:
+                self.add_attachments(message.row_id, message.attachments)
+            self.db.execute("UPDATE sessions SET updated = ? WHERE id = ?", (time.time(), session_id))
+            if message.attachments and not in_transaction:
+                self.db.execute("COMMIT")
+        except BaseException:
+            if message.attachments and not in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
+
+    @writes
+    def add_attachments(self, message_id: int, attachments: list[Attachment]) -> None:
+        self.db.executemany(
+            "INSERT INTO attachments (message_id, kind, name, mime, data, text, size, width, height, note) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (message_id, a.kind, a.name, a.mime, a.data or None, a.text, a.size, a.width, a.height, a.note)
+                for a in attachments
+            ],
         )
-        message.row_id = cursor.lastrowid
-        self.db.execute("UPDATE sessions SET updated = ? WHERE id = ?", (time.time(), session_id))
 
     @writes
     def update_message(self, message: Message) -> None:
@@ -444,6 +493,7 @@ class SessionStore:
                     Status.parse(m.get("flags")),
                     (m["token_key"], m["tokens"]) if m.get("token_key") else None,
                     m.get("created") or time.time(),
+                    attachments=[imported_attachment(a) for a in m.get("attachments") or []],
                 ),
             )
         for t in data.get("turns", []):
@@ -495,6 +545,7 @@ def export_data(
                 "flags": m.status,
                 "tokens": m.tokens[1] if m.tokens else None,
                 "token_key": m.tokens[0] if m.tokens else None,
+                **({"attachments": [exported_attachment(a) for a in m.attachments]} if m.attachments else {}),
             }
             for m in conversation.history
         ],
@@ -516,6 +567,41 @@ def export_data(
     }
 
 
+def exported_attachment(attachment: Attachment) -> dict[str, Any]:
+    """An attachment inline in the JSON export: an image's bytes in base64, the others' text."""
+    exported: dict[str, Any] = {
+        "kind": attachment.kind,
+        "name": attachment.name,
+        "mime": attachment.mime,
+        "size": attachment.size,
+    }
+    if attachment.kind is Kind.IMAGE:
+        exported.update(width=attachment.width, height=attachment.height)
+        exported["data_base64"] = base64.b64encode(attachment.data).decode("ascii")
+    else:
+        exported["text"] = attachment.text
+    if attachment.note:
+        exported["note"] = attachment.note
+    return exported
+
+
+def imported_attachment(exported: dict[str, Any]) -> Attachment:
+    try:
+        return Attachment(
+            Kind(exported["kind"]),
+            str(exported["name"]),
+            str(exported["mime"]),
+            base64.b64decode(exported.get("data_base64") or ""),
+            str(exported.get("text") or ""),
+            int(exported.get("size") or 0),
+            int(exported.get("width") or 0),
+            int(exported.get("height") or 0),
+            str(exported.get("note") or ""),
+        )
+    except (KeyError, ValueError, TypeError) as exc:
+        raise StoreError(f"an attachment in the export cannot be read ({type(exc).__name__}: {exc})") from None
+
+
 def export_markdown(data: dict[str, Any]) -> str:
     lines = [
         f"# {data['name']}",
@@ -528,6 +614,8 @@ def export_markdown(data: dict[str, Any]) -> str:
     for message in data["messages"]:
         mark = f" *({message['flags']})*" if message["flags"] else ""
         lines += [f"## {message['role'].capitalize()}{mark}", "", message["content"], ""]
+        for attachment in message.get("attachments") or []:  # references only: the JSON export holds them
+            lines += [f"> Attached: {attachment['name']} ({attachment['mime']}, {human_size(attachment['size'])})", ""]
     return "\n".join(lines)
 
 

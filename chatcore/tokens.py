@@ -69,6 +69,7 @@ class TokenCounter:
     REPLY_PRIMING = 3
 
     def __init__(self, model: str, load_wait: float = ENCODING_LOAD_SECONDS):
+        self.model = model  # images are counted by the model's provider's rule
         self.encoding_name, self.exact_family = encoding_for_model(model)
         self.load_wait = load_wait
         self._encoding: Any = None
@@ -122,7 +123,11 @@ class TokenCounter:
         """Tokens one message adds to a request, counted once and cached on the message."""
         key = self.key
         if message.tokens is None or message.tokens[0] != key:
-            count = self.TOKENS_PER_MESSAGE + self.count_text(message.role) + self.count_text(message.content)
+            count = self.TOKENS_PER_MESSAGE + self.count_text(message.role) + self.count_text(message.text)
+            if message.attachments:
+                from .attachments import image_tokens, images_in
+
+                count += sum(image_tokens(image, self.model)[0] for image in images_in(message.attachments))
             message.tokens = (key, count)
         return message.tokens[1]
 
@@ -131,5 +136,11 @@ class TokenCounter:
 
 
 def upper_bound_tokens(message: Message) -> int:
-    """A cheap bound no tokenizer exceeds: a BPE token covers at least one byte."""
-    return TokenCounter.TOKENS_PER_MESSAGE + 2 + len(message.content.encode("utf-8", "surrogatepass"))
+    """A cheap bound no tokenizer exceeds: a BPE token covers at least one byte (and no image rule
+    gives an image more than IMAGE_TOKEN_BOUND)."""
+    bound = TokenCounter.TOKENS_PER_MESSAGE + 2 + len(message.text.encode("utf-8", "surrogatepass"))
+    if message.attachments:
+        from .attachments import IMAGE_TOKEN_BOUND, images_in
+
+        bound += IMAGE_TOKEN_BOUND * len(images_in(message.attachments))
+    return bound

@@ -322,6 +322,29 @@ def responses_openai(
     return Behaviour(pieces=out)
 
 
+# -- content parts ---------------------------------------------------------------
+
+
+def text_of(content: Any) -> str:
+    """A message's text: the string, or its text parts joined (Chat `text`, Responses `input_text`)."""
+    if isinstance(content, str):
+        return content
+    return "".join(p.get("text", "") for p in content or [] if p.get("type") in ("text", "input_text"))
+
+
+def image_parts(body: Any) -> list[str]:
+    """Every image a request carries, as the data: URL sent (both APIs)."""
+    found = []
+    for message in (body or {}).get("messages") or (body or {}).get("input") or []:
+        content = message.get("content") if isinstance(message, dict) else None
+        for part in content if isinstance(content, list) else []:
+            if part.get("type") == "image_url":
+                found.append(part["image_url"]["url"])
+            elif part.get("type") == "input_image":
+                found.append(part["image_url"])
+    return found
+
+
 # -- the server ------------------------------------------------------------------
 
 
@@ -361,6 +384,13 @@ class FakeServer:
         self.overflows = 0  # requests refused (or emptied) because the prompt did not fit
         self.window_cuts = 0  # replies llama-cpp-python stopped with "length" because the window was full
         self.tokenizer_ratio: float | None = None  # default replies report the prompt as the estimate times this
+        # Images: models that refuse them, and how: "openai" (400 naming image_url), "llama.cpp" (500, no mmproj)
+        self.blind_models: set[str] = set()
+        self.blind_style = "openai"
+        # Speech to text: POST /audio/transcriptions answers {"text": ...}; None: the endpoint does not exist
+        self.transcript: str | None = "Hello from a voice note."
+        self.transcriptions: list[dict[str, Any]] = []  # the model, file name and size of each request
+        self.transcription_status = 200  # another status: answered with an error of that status
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -389,6 +419,10 @@ class FakeServer:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
+                if self.path.rstrip("/").endswith("/audio/transcriptions"):
+                    server._record(self, {"multipart": len(raw)})
+                    self._send(server._transcribe(self.headers.get("Content-Type", ""), raw))
+                    return
                 try:
                     body = json.loads(raw or b"null")
                 except ValueError:
@@ -410,7 +444,10 @@ class FakeServer:
                     return
                 problem = server._role_problem(body)
                 overflow = server._overflow(body)
-                if problem:
+                blind = server._refuse_images(body)
+                if blind is not None:
+                    self._send(blind)
+                elif problem:
                     self._send(error_status(400, problem))
                 elif overflow is not None:
                     self._send(overflow)
@@ -516,6 +553,45 @@ class FakeServer:
         self.window_cuts += 1
         return chat_reply(text[: max(0, room) * 4], finish="length", prompt_tokens=prompt, completion_tokens=room)
 
+    def _transcribe(self, content_type: str, raw: bytes) -> Behaviour:
+        """Whisper's API: a multipart form with `model` and `file`; {"text": ...} back."""
+        if self.transcript is None:
+            return error_status(404, "not found")
+        if self.transcription_status != 200:
+            return error_status(self.transcription_status, "Incorrect API key provided", code="invalid_api_key")
+        import email.parser
+        import email.policy
+
+        message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+            f"Content-Type: {content_type}\r\n\r\n".encode() + raw
+        )
+        fields: dict[str, Any] = {}
+        for part in message.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            payload = part.get_payload(decode=True) or b""
+            if part.get_filename():
+                fields.update(filename=part.get_filename(), size=len(payload), head=payload[:4])
+            else:
+                fields[str(name)] = payload.decode()
+        self.transcriptions.append(fields)
+        if not fields.get("size"):
+            return error_status(400, "no file")
+        return Behaviour(
+            headers={"Content-Type": "application/json"}, pieces=[json.dumps({"text": self.transcript}).encode()]
+        )
+
+    def _refuse_images(self, body: Any) -> Behaviour | None:
+        """A model that cannot see images answers a request carrying one as real servers do."""
+        if not isinstance(body, dict) or body.get("model") not in self.blind_models or not image_parts(body):
+            return None
+        if self.blind_style == "llama.cpp":
+            return error_status(
+                500, "image input is not supported - hint: if this is unexpected, you may need to provide the mmproj"
+            )
+        return error_status(
+            400, "Invalid content type. image_url is only supported by certain models.", code="invalid_value"
+        )
+
     def _model_extra(self) -> dict:
         if self.local == "llama-cpp-python" and self.recognisable:
             return {"owned_by": "me"}
@@ -529,7 +605,7 @@ class FakeServer:
     def prompt_tokens(body: Any) -> int:
         """The prompt's size as the client estimates it offline (about 4 bytes a token, 3 per message)."""
         messages = (body or {}).get("messages") or []
-        return 3 + sum(3 + 1 + (len(str(m.get("content", "")).encode()) + 3) // 4 for m in messages)
+        return 3 + sum(3 + 1 + (len(text_of(m.get("content", "")).encode()) + 3) // 4 for m in messages)
 
     def _overflow(self, body: Any) -> Behaviour | None:
         """What the emulated server does with a prompt its window cannot hold, or None if it fits."""

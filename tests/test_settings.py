@@ -24,6 +24,8 @@ SAMPLES = {
     "db": "~/chats.db",
     "telegram_db": "~/telegram.db",
     "telegram_allowed": "123,@someone,-100200",
+    "transcribe_base_url": "https://api.openai.com/v1",
+    "transcribe_api_key": "sk-transcribe",
 }
 STATE = ["sources", "discovered", "warnings", "notes"]  # what loading adds; not settings
 
@@ -92,7 +94,7 @@ def test_rows_say_how_they_are_shown_instead_of_special_cases_by_name():
     assert rows["model"].shown_default == "openai/gpt-5-nano"
     for nothing_to_show in ("api_key", "no_save", "telegram_allowed", "context_tokens"):
         assert rows[nothing_to_show].shown_default is None
-    assert {s.name for s in SETTINGS if s.secret} == {"api_key", "telegram_token"}
+    assert {s.name for s in SETTINGS if s.secret} == {"api_key", "telegram_token", "transcribe_api_key"}
 
 
 def test_secrets_are_never_flags():
