@@ -161,30 +161,38 @@ class Repl:
             return
         except (AttachmentError, TranscriptionError) as exc:
             waiting.stop()
-            self.attached = list(resend_attachments)
-            self.restore(resend, f"{exc} (nothing was sent; /attach lists what is attached)")
+            self.give_back(
+                text, resend, resend_attachments, f"{exc} (nothing was sent; /attach lists what is attached)"
+            )
             return
         except PromptTooLarge as exc:
             waiting.stop()
-            self.attached = list(resend_attachments)
-            self.restore(resend, str(exc))
+            self.give_back(text, resend, resend_attachments, str(exc))
             return
         except Failure as failure:
             waiting.stop()
             view.abort()
             hint = ": use /clear, /undo or lower --max-messages" if failure.kind == "context_length" else ""
-            self.attached = list(resend_attachments)
-            if self.attached:
-                hint += f" ({plural(len(self.attached), 'attachment')} still attached)"
-            self.restore(resend, f"{failure}{hint}")
+            if resend_attachments and text is not None:
+                hint += f" ({plural(len(resend_attachments), 'attachment')} still attached)"
+            self.give_back(text, resend, resend_attachments, f"{failure}{hint}")
             return
         finally:
             waiting.stop()
             self.screen.waiting = None
             self.cancel = None  # no turn in progress: Ctrl-C has nothing to stop
-        if result.outcome is Outcome.INTERRUPTED and not result.reply:
+        if result.outcome is Outcome.INTERRUPTED and not result.reply and text is not None:
             self.attached = list(resend_attachments)  # stopped before the reply began: offered again
-        self.show_ending(result, resend)
+        self.show_ending(result, resend if text is not None else "")
+
+    def give_back(self, text: str | None, resend: str, attachments: list[Attachment], error: str) -> None:
+        """A message that was not sent comes back to the prompt with its attachments; a /retry that
+        failed left the conversation as it was (the old reply too), so there is only the error."""
+        if text is None:
+            self.error(error)
+            return
+        self.attached = list(attachments)
+        self.restore(resend, error)
 
     def show_ending(self, result: TurnResult, resend: str) -> None:
         """How the reply ended, when it is not simply whole; then usage and the log, if asked for."""
@@ -193,7 +201,7 @@ class Repl:
             self.error(result.note())
         elif outcome is not Outcome.COMPLETE:
             self.note(f"[{result.note()}]")
-        if outcome is Outcome.INTERRUPTED and not result.reply:
+        if outcome is Outcome.INTERRUPTED and not result.reply and resend:
             self.pending_text = resend
         if self.chat.settings.show_usage and self.chat.requests:
             self.note(usage_line(self.chat.requests[-1]))

@@ -118,6 +118,7 @@ class Chat:
         self._window_asked = False
         self._use_model(self.model)
         self._partial: Message | None = None  # the reply as checkpointed so far, while it streams
+        self._replacing: Message | None = None  # the reply a /retry replaces, until the new one has text
         self.blind_models: set[str] = set()  # models that refused images, for the rest of the session
 
     @property
@@ -296,13 +297,35 @@ class Chat:
         )
 
     def retry(self, on_event: OnEvent, stream: bool = True, cancel: Cancel | None = None) -> TurnResult:
-        """Drop the last reply (if there is one) and answer the last message again."""
+        """Answer the last message again, in place of its reply (if it has one).
+
+        The old reply goes only once the new one has text (saved, even if it is cut short later):
+        a retry that fails, is stopped before it begins, comes back empty or dies with the process
+        leaves the conversation as it was, the old reply included."""
         history = self.conversation.history
         if not history:
             raise Refused("nothing to retry yet")
-        if history[-1].role == "assistant":
-            self.session.delete([history.pop()])
-        return self._answer(on_event, stream, cancel)
+        self._replacing = history.pop() if history[-1].role == "assistant" else None
+        try:
+            result = self.respond(on_event, stream, cancel)
+        except BaseException:
+            self._settle_retry(replaced=False)
+            raise
+        self._settle_retry(replaced=bool(result.reply))
+        return result
+
+    def _settle_retry(self, replaced: bool) -> None:
+        old, self._replacing = self._replacing, None
+        if old is None:
+            return
+        if replaced:
+            self.session.delete([old])
+            return
+        history = self.conversation.history
+        if history and history[-1].status is Status.UNANSWERED:  # the empty retry does not count
+            history[-1].status = Status.COMPLETE
+            self.session.update(history[-1])
+        history.append(old)  # never deleted on disk
 
     def undo(self) -> list[Message]:
         """Remove the last exchange (the last user message and what followed it); returns it."""
@@ -388,10 +411,13 @@ class Chat:
 
     def _answer(self, on_event: OnEvent, stream: bool, cancel: Cancel | None) -> TurnResult:
         try:
-            return self.respond(on_event, stream, cancel)
+            result = self.respond(on_event, stream, cancel)
         except BaseException:
             self._drop_unanswered()
             raise
+        if not result.reply and result.outcome is not Outcome.EMPTY:
+            self._drop_unanswered()  # stopped before the first word: the message is offered again
+        return result
 
     # -- one turn, with the retries of our own ------------------------------------
 
@@ -587,6 +613,9 @@ class Chat:
                     if self._partial is None:
                         self._partial = Message("assistant", "".join(parts), Status.INCOMPLETE)
                         self.session.add(self._partial)
+                        if self._replacing is not None:  # /retry: the new reply has begun, on disk too
+                            self.session.delete([self._replacing])
+                            self._replacing = None
                     else:
                         self._partial.content = "".join(parts)
                         self.session.update(self._partial)
@@ -610,8 +639,6 @@ class Chat:
         elif result.outcome is Outcome.EMPTY and history and history[-1].role == "user":
             history[-1].status = Status.UNANSWERED  # kept: "try again" or the next message carries it
             self.session.update(history[-1])
-        else:  # nothing arrived (interrupted before the first token): the user turn is not left dangling
-            self._drop_unanswered()
         result.usage = usage = self._usage(result, request)
         self._window_full_yet(result, usage)
         cost, _ = turn_cost(usage, self.settings, result.model) if self.wants_cost else (None, "")

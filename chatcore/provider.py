@@ -172,6 +172,10 @@ def watch_retries() -> None:
     logger.propagate = False
 
 
+class RequestAbandoned(Exception):
+    """Raised in the thread sending a request whose turn was stopped while the SDK waited to retry."""
+
+
 class Provider:
     """The SDK client and request shape for one base URL. The SDK is imported on first use."""
 
@@ -198,7 +202,26 @@ class Provider:
         if settings.app_url and settings.app_name:
             headers = {"HTTP-Referer": settings.app_url, "X-Title": settings.app_name}
         watch_retries()
-        return OpenAI(
+
+        class Client(OpenAI):
+            def _sleep_for_retry(self, *, retries_taken: int, max_retries: int, options: Any, response: Any) -> None:
+                """The SDK's wait before a retry, given up the moment the turn that asked is stopped (the
+                SDK would sleep it out and send the request again, for a reader who had left)."""
+                stop = getattr(_retrying, "stop", None)
+                if stop is None:
+                    super()._sleep_for_retry(
+                        retries_taken=retries_taken, max_retries=max_retries, options=options, response=response
+                    )
+                    return
+                headers = response.headers if response is not None else None
+                delay = self._calculate_retry_timeout(max_retries - retries_taken, options, headers)
+                logging.getLogger("openai._base_client").info(  # what the retry notice listens for
+                    "Retrying request in %f seconds (retry %i of %s)", delay, retries_taken + 1, max_retries
+                )
+                if stop.wait(delay):
+                    raise RequestAbandoned
+
+        return Client(
             api_key=settings.api_key or "not-needed",  # local servers need no key; the SDK insists on one
             base_url=settings.base_url,
             max_retries=settings.retries,
@@ -240,7 +263,7 @@ class Provider:
         self.rejected.add(parameter)
         return True
 
-    def open(self, params: dict[str, Any]) -> Any:
+    def open(self, params: dict[str, Any], stop: threading.Event | None = None) -> Any:
         """Send the request; the raw streaming HTTP response (once its headers are in), to be closed by the caller.
 
         The SDK does the request, authentication, retries and error mapping; the body is ours to
@@ -249,7 +272,8 @@ class Provider:
         """
         import httpx2
 
-        _retrying.notify, _retrying.reason = self.notify, ""  # retry notices from this thread go to us
+        # retry notices from this thread go to us, and `stop` set ends the SDK's wait before a retry
+        _retrying.notify, _retrying.reason, _retrying.stop = self.notify, "", stop
         path = "/responses" if self.settings.api == "responses" else "/chat/completions"
         return self.client.post(path, cast_to=httpx2.Response, body=params, stream=bool(params.get("stream")))
 

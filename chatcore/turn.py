@@ -160,6 +160,7 @@ class Opening:
         self._provider, self._params = provider, params
         self._lock = threading.Lock()
         self.done = threading.Event()
+        self._stop = threading.Event()  # set when the turn gives up: the SDK's retry wait ends with it
         self.response: Any = None
         self.error: BaseException | None = None
         self._abandoned = False
@@ -168,7 +169,7 @@ class Opening:
     def _send(self) -> None:
         response, error = None, None
         try:
-            response = self._provider.open(self._params)
+            response = self._provider.open(self._params, self._stop)
         except BaseException as exc:  # handed to the waiting thread, which raises it
             error = exc
         with self._lock:
@@ -195,6 +196,7 @@ class Opening:
         return self.response
 
     def abandon(self) -> None:
+        self._stop.set()
         with self._lock:
             self._abandoned = True
             response, self.response = self.response, None

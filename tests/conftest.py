@@ -9,8 +9,10 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 from server import FakeServer
@@ -240,3 +242,20 @@ def started(spawn, *args, **kwargs):
 def send(child, text):
     """Type a line into the REPL and press Enter."""
     child.send(text + "\r")
+
+
+def cancel_once_asked(server: FakeServer, cancel: Any, after: float = 0.3) -> None:
+    """In the background: set `cancel` a moment after the server has received one more model request
+    (a /cancel or Ctrl-C that comes while the request is under way, never before it is sent)."""
+    import threading
+
+    asked = len(server.posts)
+
+    def wait_then_cancel() -> None:
+        deadline = time.monotonic() + 20
+        while len(server.posts) == asked and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(after)
+        cancel.set()
+
+    threading.Thread(target=wait_then_cancel, daemon=True).start()

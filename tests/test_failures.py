@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from conftest import CHATBOT, assert_clean, saved
+from conftest import CHATBOT, assert_clean, cancel_once_asked, saved
 from server import CUT, SLEEP, Behaviour, chat_reply, chunk, error_status, sse
 
 
@@ -494,7 +494,6 @@ def test_first_token_timeout_counts_while_the_headers_are_awaited(run, server):
 
 
 def test_a_cancel_from_another_thread_stops_a_request_still_waiting_for_headers(server, env, monkeypatch):
-    import threading
 
     from chatcore.chat import Chat
     from chatcore.settings import resolve_settings
@@ -506,7 +505,7 @@ def test_a_cancel_from_another_thread_stops_a_request_still_waiting_for_headers(
     settings = resolve_settings({}, {**env, "OPENAI_BASE_URL": server.base_url, "OPENAI_MODEL": "test-model"}, {})
     chat = Chat(settings, lambda _text: None)
     cancel = Cancel()
-    threading.Timer(0.3, cancel.set).start()  # /cancel in a chat, or shutdown, while nothing has come back
+    cancel_once_asked(server, cancel)  # /cancel in a chat, or shutdown, while nothing has come back
     started = time.monotonic()
     result = chat.send("hello", lambda _kind, _text: None, cancel=cancel)
     assert time.monotonic() - started < 5  # the headers were 8 s away: the turn did not wait for them
@@ -515,3 +514,27 @@ def test_a_cancel_from_another_thread_stops_a_request_still_waiting_for_headers(
     assert chat.conversation.history == []  # nothing arrived: no message is left without its reply
     assert len(chat.requests) == 1
     assert chat.requests[0].usage.output_tokens == 0
+
+
+def test_a_stopped_turn_ends_the_sdks_retry_wait_and_sends_nothing_more(server, env, monkeypatch):
+
+    from chatcore.chat import Chat
+    from chatcore.settings import resolve_settings
+    from chatcore.turn import Cancel
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    server.push(*[error_status(503, "busy", headers={"Retry-After": "3"}) for _ in range(3)])
+    given = {"retries": "2", "context_tokens": "8192"}  # the window is known: nothing to ask the server first
+    settings = resolve_settings(given, {**env, "OPENAI_BASE_URL": server.base_url, "OPENAI_MODEL": "test-model"}, {})
+    notes: list[str] = []
+    chat = Chat(settings, notes.append)
+    cancel = Cancel()
+    cancel_once_asked(server, cancel)  # Ctrl-C or /cancel while the SDK waits 3 s to retry
+    result = chat.send("hello", lambda _kind, _text: None, cancel=cancel)
+    assert result.interrupted
+    assert chat.conversation.history == []
+    time.sleep(4)  # past the retry the SDK had planned
+    assert len(server.posts) == 1, server.requests  # the request was not sent again for a turn nobody waits for
+    assert len(notes) == 1  # "retrying in 3.0s", and no notice after the turn ended
+    assert notes[0].startswith("retrying in 3.0s")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pexpect
 import pytest
-from conftest import CHATBOT, PROMPT, assert_clean, saved, send
+from conftest import CHATBOT, PROMPT, assert_clean, cancel_once_asked, saved, send
 from server import chat_reply
 
 from chatcore import store
@@ -407,3 +407,61 @@ def test_a_read_only_database_can_be_read_and_the_chat_goes_on_unsaved(run, spaw
     assert run("--db", db, "--export", "s", str(out)).returncode == 0
     assert "second question" not in out.read_text()
     assert "third" not in out.read_text()
+
+
+def test_a_retry_that_fails_or_is_stopped_keeps_the_reply_it_would_replace(server, env, db, monkeypatch):
+
+    from server import Behaviour, error_status, sse
+
+    from chatcore.chat import Chat
+    from chatcore.provider import Failure
+    from chatcore.settings import resolve_settings
+    from chatcore.store import SessionStore
+    from chatcore.turn import Cancel
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = resolve_settings(
+        {"retries": "0"}, {**env, "OPENAI_BASE_URL": server.base_url, "OPENAI_MODEL": "test-model"}, {}
+    )
+    database = SessionStore(db)
+    chat = Chat(settings, lambda _text: None, store=database)
+    chat.open_session("s")
+    chat.send("What is 2+2?", lambda _kind, _text: None)
+    first = [("user", "What is 2+2?", ""), ("assistant", "Hello from the test server.", "")]
+    assert saved(db) == first
+    server.push(error_status(500, "boom"))  # the provider fails the retry
+    with pytest.raises(Failure):
+        chat.retry(lambda _kind, _text: None)
+    assert [(m.role, m.content) for m in chat.conversation.history] == [r[:2] for r in first]
+    assert saved(db) == first
+    server.push(Behaviour(header_delay=6, pieces=[sse({"choices": [{"delta": {"content": "late"}}]})]))
+    cancel = Cancel()
+    cancel_once_asked(server, cancel)  # stopped before the new reply began
+    assert chat.retry(lambda _kind, _text: None, cancel=cancel).interrupted
+    assert saved(db) == first
+    server.push(chat_reply(""))  # an empty retry does not take the answer away either
+    chat.retry(lambda _kind, _text: None)
+    assert saved(db) == first
+    server.push(chat_reply("Four."))
+    chat.retry(lambda _kind, _text: None)  # a new reply: it takes the old one's place
+    assert saved(db) == [first[0], ("assistant", "Four.", "")]
+    chat.leave()
+    database.close()
+
+
+def test_sigkill_during_a_retry_that_waits_for_headers_keeps_the_old_reply(server, db, spawn):
+    from server import Behaviour, sse
+
+    child = spawn("--db", db, "--session", "rk")
+    send(child, "What is 2+2?")
+    child.expect_exact("Hello from the test server.")
+    child.expect_exact(PROMPT)
+    server.push(Behaviour(header_delay=20, pieces=[sse({"choices": [{"delta": {"content": "late"}}]})]))
+    send(child, "/retry")
+    deadline = time.monotonic() + 10
+    while len(server.posts) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(child.pid, signal.SIGKILL)
+    child.expect(pexpect.EOF)
+    assert saved(db, "rk") == [("user", "What is 2+2?", ""), ("assistant", "Hello from the test server.", "")]
