@@ -560,6 +560,8 @@ def finish_text(result: TurnResult) -> str:
     if result.finish_reason == "length":
         if result.window_full:
             return "cut off: this conversation fills the model's context window; send /clear to start afresh"
+        if result.below_limit:
+            return "cut off early by the model's server"
         return "cut off at the longest reply the assistant is set to write"
     return result.note()
 

@@ -6,6 +6,7 @@ Each handler takes the REPL and the argument. Changes to the conversation are th
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from chatcore.attachments import AttachmentError, TranscriptionError
 from chatcore.chat import Refused
-from chatcore.store import StoreError, export_data, write_export
+from chatcore.store import StoreError, export_data, pid_alive, write_export
 from chatcore.usage import format_money, usage_line
 from terminal_input import forget_typed
 from terminal_render import fit, plural, wrapped
@@ -52,7 +53,7 @@ def cmd_exit(repl: Repl, arg: str) -> None:
 
 
 def cmd_clear(repl: Repl, arg: str) -> None:
-    if repl.chat.saved:  # the old conversation stays saved; the chat goes on in a new session
+    if repl.chat.saved and repl.chat.conversation.history:  # the old one stays saved; a new session begins
         old = repl.session_name
         repl.start_session(None)
         repl.say(f"Conversation cleared. (The old one stays saved as {old!r}; this is {repl.session_name!r}.)")
@@ -189,8 +190,11 @@ def cmd_delete(repl: Repl, arg: str) -> None:
     store = repl.require_store()
     if arg == repl.session_name:
         raise Refused("that is the current session: switch to another first (/session NAME)")
-    if store.find(arg) is None:
+    row = store.find(arg)
+    if row is None:
         raise Refused(f"no session named {arg!r}: see /sessions")
+    if row.owner_pid and pid_alive(row.owner_pid) and row.owner_pid != os.getpid():
+        raise Refused(f"session {arg!r} is in use by another chatbot (pid {row.owner_pid}): finish there first")
     answer = repl.ask(f"Delete session {arg!r} for good? [y/N] ")
     if answer.strip().lower() not in ("y", "yes"):
         repl.say("kept")

@@ -56,11 +56,15 @@ def terminal_size(stream: object) -> os.terminal_size | None:
 # clear the screen or the scrollback, or write the clipboard (OSC 52). Every one but newline and
 # tab is shown as a visible symbol instead of being obeyed (ESC as ␛); output into a pipe or a
 # file is left byte for byte.
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# C0 and C1 controls, and the bidirectional overrides and isolates, which reorder what follows them
+# on screen ("Trojan Source"): shown as what they are, never obeyed.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 def _picture(match: re.Match[str]) -> str:
     code = ord(match.group())
+    if code >= 0x202A:
+        return f"⟨U+{code:04X}⟩"
     return chr(0x2400 + code) if code < 0x20 else "␡" if code == 0x7F else "\ufffd"
 
 

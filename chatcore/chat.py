@@ -213,6 +213,8 @@ class Chat:
         except Failure as exc:
             self.notify(f"could not summarise older turns: {exc}")
             return None
+        result.usage = self._usage(result, summary_request)
+        self._account(result)  # a request like any other: /stats and the cost count it
         if not result.reply.strip():
             return None
         conversation.summary, conversation.summary_covers = result.reply.strip(), covered
@@ -335,12 +337,14 @@ class Chat:
         removed = self.conversation.history[start:]
         del self.conversation.history[start:]
         self.session.delete(removed)
+        self.last_request = None  # what it sent is no longer the conversation's
         return removed
 
     def clear(self) -> None:
         """Forget the conversation, from memory and from the saved session (the system prompt stays)."""
         self.conversation.clear()
         self.session.clear()
+        self.last_request = None
 
     def switch_model(self, model: str) -> None:
         """Answer with another model from now on; refused when the server lists its models and this is not one."""
@@ -566,7 +570,7 @@ class Chat:
             if row is not None:
                 self._load(*store.load(row.id))
             else:
-                self.conversation, self.requests = Conversation(self.conversation.system), []
+                self._load(Conversation(self.conversation.system), [], "")
             self.session = NOT_SAVED
             return row is not None
         session_id, existed = store.open(name, self.model, self.settings.host, self.conversation.system)
@@ -574,7 +578,7 @@ class Chat:
             self.session.leave()
         self.session = SavedSession(store, session_id)
         if not existed:
-            self.conversation, self.requests = Conversation(self.conversation.system), []
+            self._load(Conversation(self.conversation.system), [], "")
             return False
         conversation, requests, model = store.load(session_id)
         if "system" in self.settings.sources and conversation.system != self.settings.system:
@@ -584,7 +588,7 @@ class Chat:
         return True
 
     def _load(self, conversation: Conversation, requests: list[TurnStats], model: str) -> None:
-        self.conversation, self.requests = conversation, requests
+        self.conversation, self.requests, self.last_request = conversation, requests, None
         if model and model != self.model and "model" not in self.settings.sources:
             self._use_model(model)
 
@@ -639,8 +643,13 @@ class Chat:
         elif result.outcome is Outcome.EMPTY and history and history[-1].role == "user":
             history[-1].status = Status.UNANSWERED  # kept: "try again" or the next message carries it
             self.session.update(history[-1])
-        result.usage = usage = self._usage(result, request)
-        self._window_full_yet(result, usage)
+        result.usage = self._usage(result, request)
+        self._window_full_yet(result, result.usage)
+        self._account(result)
+
+    def _account(self, result: TurnResult) -> None:
+        """One request's usage and cost: counted in /stats, saved with the session, logged."""
+        usage = result.usage or Usage(estimated=True)
         cost, _ = turn_cost(usage, self.settings, result.model) if self.wants_cost else (None, "")
         stats = TurnStats(result.model, usage, cost, result.ttft, result.latency, result.sent_messages)
         self.requests.append(stats)
@@ -655,9 +664,12 @@ class Chat:
         limit = self.settings.max_tokens * (0.5 if usage.estimated else 0.9)  # estimates are rougher
         if result.finish_reason != "length" or usage.output_tokens >= limit:
             return
-        result.window_full = True
         filled = usage.input_tokens + usage.output_tokens
-        if 1024 <= filled < self.context_tokens(False):  # a smaller figure is a counting slip, not a window
+        if filled < 1024:  # no model's window is this small: a limit of the server's own, not the window
+            result.below_limit = True
+            return
+        result.window_full = True
+        if filled < self.context_tokens(False):
             about = "about " if usage.estimated else ""
             self.learn_window(filled, f"a reply cut off at {about}{filled:,} tokens")
 

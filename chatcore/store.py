@@ -482,6 +482,7 @@ class SessionStore:
         name = name or data["name"]
         if self.find(name) is not None:
             raise StoreError(f"a session named {name!r} already exists")
+        check_alternation([m.get("role") for m in data.get("messages", [])])
         session_id, _ = self.open(name, data.get("model") or "", data.get("host") or "", data.get("system") or "")
         self.db.execute("BEGIN IMMEDIATE")
         for m in data.get("messages", []):
@@ -522,6 +523,18 @@ class SessionStore:
         self.db.execute("COMMIT")
         self.release(session_id)
         return name
+
+
+def check_alternation(roles: list[Any]) -> None:
+    """An imported history must be one the chat could have written: user and assistant turns taking
+    turns, starting with the user (it may end with a user message awaiting its reply)."""
+    for index, role in enumerate(roles):
+        expected = "user" if index % 2 == 0 else "assistant"
+        if role != expected:
+            raise StoreError(
+                f"not a valid conversation: message {index + 1} is {role!r} where {expected!r} was expected "
+                f"(user and assistant messages take turns, starting with the user)"
+            )
 
 
 def export_data(

@@ -28,13 +28,15 @@ FINISH_NOTES = {
 COMPLETE_REASONS = {"stop", "end_turn", "eos", "eos_token", "stop_sequence", "tool_calls", "function_call"}
 
 
-def finish_note(reason: str | None, window_full: bool = False) -> str:
+def finish_note(reason: str | None, window_full: bool = False, below_limit: bool = False) -> str:
     """What to tell the user about a reply that ended with a reason that does not mean it is whole."""
     if reason == "length" and window_full:
         return (
             "reply cut off because the model's context window is full (not by the output token limit): "
             "the next turn sends fewer older messages"
         )
+    if reason == "length" and below_limit:
+        return "reply cut off by the server well before --max-tokens (finish reason 'length'): a limit of its own"
     return FINISH_NOTES.get(reason or "") or f"the reply ended early (finish reason {reason!r}): it may be incomplete"
 
 
@@ -68,6 +70,7 @@ class TurnResult:
     model: str = ""
     sent_messages: int = 0
     window_full: bool = False  # a "length" finish well below the output limit: the context window ran out
+    below_limit: bool = False  # a "length" finish far below the output limit, with far too little to fill a window
 
     @property
     def outcome(self) -> Outcome:
@@ -99,7 +102,7 @@ class TurnResult:
         if outcome is Outcome.FAILED_MID_REPLY:
             return f"reply cut short: {self.failure}"
         if outcome is Outcome.ENDED_EARLY:
-            return finish_note(self.finish_reason, self.window_full)
+            return finish_note(self.finish_reason, self.window_full, self.below_limit)
         if outcome is Outcome.EMPTY:
             return empty_reply_note(self)
         return ""

@@ -103,13 +103,17 @@ def test_when_no_local_server_answers_the_ports_tried_are_listed(run):
 
 
 def test_a_length_finish_below_the_output_limit_is_blamed_on_the_window(run, server):
-    server.push(chat_reply("Cut", finish="length", completion_tokens=40))
+    server.push(chat_reply("Cut", finish="length", prompt_tokens=1500, completion_tokens=40))
     result = run("--json", "q")
     payload = json.loads(result.out)
     assert result.returncode == 1
     assert "context window is full" in payload["error"]["message"]
     server.push(chat_reply("Cut", finish="length", completion_tokens=1000))
     assert "--max-tokens" in run("q").err
+    server.push(chat_reply("abc", finish="length", prompt_tokens=12, completion_tokens=1))  # 13 tokens: no window
+    small = run("q").err
+    assert "well before --max-tokens" in small
+    assert "context window" not in small
 
 
 def test_estimates_are_calibrated_by_the_server_and_never_exceed_the_output_limit(run, server, tmp_path):

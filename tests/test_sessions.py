@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import signal
@@ -465,3 +466,52 @@ def test_sigkill_during_a_retry_that_waits_for_headers_keeps_the_old_reply(serve
     os.kill(child.pid, signal.SIGKILL)
     child.expect(pexpect.EOF)
     assert saved(db, "rk") == [("user", "What is 2+2?", ""), ("assistant", "Hello from the test server.", "")]
+
+
+def test_summaries_of_dropped_turns_are_requests_counted_like_any_other(run, server, db):
+    long_turn = "tell me about this at length, please. " * 30  # about 290 tokens a message
+    flags = ["--db", db, "--session", "sum", "--summarize", "--context-tokens", "1500", "--max-tokens", "200"]
+    for turn in range(6):
+        server.push(chat_reply(f"Answer {turn}. " + "More words in the answer. " * 40))
+        assert run(*flags, f"{turn}: {long_turn}").returncode == 0
+    summaries = [p for p in server.posts if "Summarise this conversation" in json.dumps(p.body)]
+    assert summaries  # trimming dropped turns, and they were summarised
+    with closing(sqlite3.connect(db)) as connection:
+        counted = connection.execute("SELECT COUNT(*) FROM turns").fetchone()[0]
+    assert counted == len(server.posts)  # every request the model answered is in /stats and the cost
+
+
+def test_an_import_whose_messages_do_not_take_turns_is_refused(run, db, tmp_path):
+    run("--db", db, "--session", "trip", "one")
+    exported = tmp_path / "trip.json"
+    run("--db", db, "--export", "trip", str(exported))
+    data = json.loads(exported.read_text())
+    user, assistant = data["messages"]
+    data["name"], data["messages"] = "broken", [user, user, assistant, assistant, user]
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(data))
+    result = run("--db", db, "--import", str(broken))
+    assert_clean(result)
+    assert result.returncode == 2
+    assert "not a valid conversation: message 2 is 'user'" in result.err
+    assert "broken" not in run("--db", db, "--list-sessions").out  # nothing half imported
+
+
+def test_clear_on_an_empty_chat_does_not_claim_a_session_was_kept(spawn, db):
+    child = spawn("--db", db, "--session", "c")
+    send(child, "hello")
+    child.expect_exact("Hello from the test server.")
+    send(child, "/clear")
+    child.expect_exact("(The old one stays saved as 'c'")
+    child.expect_exact(PROMPT)
+    send(child, "/stats")
+    child.expect_exact("no replies yet")
+    child.logfile_read = io.StringIO()
+    send(child, "/clear")
+    child.expect_exact("Conversation cleared.")
+    child.expect_exact(PROMPT)
+    send(child, "/stats")
+    child.expect_exact("no replies yet")
+    shown = child.logfile_read.getvalue()
+    assert "stays saved" not in shown
+    assert "sent last turn" not in shown  # what the cleared conversation sent is not this one's

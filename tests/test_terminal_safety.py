@@ -59,3 +59,11 @@ def test_piped_output_stays_byte_for_byte(run, server):
     server.push(chat_reply(HOSTILE, size=3))
     result = run("q")
     assert result.out == HOSTILE + "\n"
+
+
+def test_bidirectional_overrides_are_shown_never_obeyed():
+    from terminal_render import visible_controls
+
+    assert visible_controls("abc\u202edef\u202c") == "abc⟨U+202E⟩def⟨U+202C⟩"
+    assert visible_controls("x\u2066y\u2069") == "x⟨U+2066⟩y⟨U+2069⟩"
+    assert visible_controls("שלום and مرحبا") == "שלום and مرحبا"  # right-to-left text itself is untouched
