@@ -44,6 +44,7 @@ from terminal_input import ctrl_c_stops, keys_not_lines, make_prompt_session
 from terminal_render import MarkdownView, PlainView, Waiting, plural
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+CTRL_C_GRACE = 1.0  # seconds after a turn in which Ctrl-C at the prompt leaves the line as it is
 
 # ---------------------------------------------------------------------------
 # The REPL: prompt -> command or turn -> render -> repeat
@@ -62,6 +63,7 @@ class Repl:
         self.session_name: str | None = None
         self.prompt_session: Any = None
         self.cancel: Cancel | None = None  # the turn in progress: what Ctrl-C stops
+        self.turn_ended_at = 0.0  # Ctrl-C presses just after a turn are taken as meant for it
         self.attached: list[Attachment] = []  # /attach and -a: files queued for the next message
         self.say, self.note, self.error = screen.say, screen.note, screen.error
 
@@ -86,8 +88,9 @@ class Repl:
             try:
                 text = self.prompt_session.prompt("❯ ", default=self.pending_text)
             except KeyboardInterrupt:
-                self.pending_text = ""
-                continue
+                if time.monotonic() - self.turn_ended_at > CTRL_C_GRACE:
+                    self.pending_text = ""  # Ctrl-C at the prompt clears the line...
+                continue  # ...but not a press that was meant for the reply that just ended
             except EOFError:
                 break
             self.pending_text = ""
@@ -181,6 +184,7 @@ class Repl:
             waiting.stop()
             self.screen.waiting = None
             self.cancel = None  # no turn in progress: Ctrl-C has nothing to stop
+            self.turn_ended_at = time.monotonic()
         if result.outcome is Outcome.INTERRUPTED and not result.reply and text is not None:
             self.attached = list(resend_attachments)  # stopped before the reply began: offered again
         self.show_ending(result, resend if text is not None else "")

@@ -456,3 +456,23 @@ def test_a_failed_long_paste_keeps_its_error_in_view(spawn, server):
     assert server.posts[-1].body["messages"][-1]["content"] == paste
     send(child, "/exit")
     child.expect(pexpect.EOF)
+
+
+@pytest.mark.parametrize("gap", [0.05, 0.1, 0.3])
+def test_quick_ctrl_c_presses_before_the_reply_began_keep_the_message_in_the_prompt(spawn, server, gap):
+    from server import Behaviour, sse
+
+    server.push(Behaviour(header_delay=8, pieces=[sse({"choices": [{"delta": {"content": "late"}}]})]))
+    child = started(spawn, "--no-save")
+    send(child, "keep me please")
+    deadline = time.monotonic() + 10
+    while not server.posts and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for _ in range(3):  # the first stops the request; the others land on the prompt once it is back
+        child.sendcontrol("c")
+        time.sleep(gap)
+    child.expect_exact("[interrupted before the reply began]")
+    time.sleep(0.5)
+    send(child, "")  # Enter sends what the prompt holds: the message, put back and not wiped
+    child.expect_exact("Hello from the test server.")
+    assert server.posts[-1].body["messages"][-1]["content"] == "keep me please"
