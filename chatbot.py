@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 from chatcore import __version__
@@ -35,13 +33,22 @@ from chatcore.chat import Chat, Refused
 from chatcore.conversation import PromptTooLarge
 from chatcore.log import one_line, report_bug
 from chatcore.provider import Failure
-from chatcore.settings import BOOL_SETTINGS, SETTINGS, ConfigError, Settings, load_settings, resolve_settings
-from chatcore.store import SessionStore, StoreError, default_db_path, write_export
+from chatcore.settings import ConfigError, Settings, load_settings
+from chatcore.store import SessionStore, StoreError, default_db_path
 from chatcore.turn import Cancel, Outcome, TurnResult
 from chatcore.usage import TurnStats, usage_line
-from terminal_commands import COMMANDS, export_problem, parse_command, run_command, session_lines
+from terminal_cli import (
+    UsageError,
+    build_parser,
+    load_attachments,
+    read_attached_stdin,
+    read_prompt,
+    session_tool,
+    setting_flags,
+)
+from terminal_commands import COMMANDS, parse_command, run_command
 from terminal_input import ctrl_c_stops, keys_not_lines, make_prompt_session
-from terminal_render import MarkdownView, PlainView, Waiting, plural
+from terminal_render import HeldLog, MarkdownView, PlainView, Screen, Waiting, engine_notices_to, plural
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 CTRL_C_GRACE = 1.0  # seconds after a turn in which Ctrl-C at the prompt leaves the line as it is
@@ -317,74 +324,6 @@ class Repl:
         return EXIT_OK
 
 
-class Screen:
-    """The chat's lines around the replies: plain, dim notes, warnings and errors (never markup)."""
-
-    def __init__(self) -> None:
-        from rich.console import Console
-
-        self.console = Console(highlight=False)
-        self.waiting: Waiting | None = None  # the "waiting for the model…" line, until the first token
-        self.store_problem: str | None = None  # why sessions cannot be saved, once known
-        self._held: list[tuple[Callable[[str], None], str]] | None = []  # shown under the banner
-
-    def say(self, text: str) -> None:
-        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
-
-    def note(self, text: str) -> None:
-        if self.waiting is not None:
-            self.waiting.clear()  # a retry notice while waiting: on a line of its own
-        self.console.print(text, style="dim", markup=False, highlight=False, soft_wrap=True)
-
-    def warn(self, text: str) -> None:
-        self.console.print(f"warning: {text}", style="yellow", markup=False, highlight=False, soft_wrap=True)
-
-    def error(self, text: str) -> None:
-        self.console.print(f"error: {text}", style="red", markup=False, highlight=False, soft_wrap=True)
-
-    def early(self, show: Callable[[str], None], text: str) -> None:
-        """Show now, or under the banner if the chat has not started yet."""
-        if self._held is None:
-            show(text)
-        else:
-            self._held.append((show, text))
-
-    def started(self) -> None:
-        held, self._held = self._held or [], None
-        for show, text in held:
-            show(text)
-
-
-class HeldLog:
-    """-v request log lines, written out once the reply has ended: a log line never joins the reply."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def show(self, out: Any) -> None:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-        for line in self.lines:
-            out.write(f"{stamp} {line}\n")
-        self.lines.clear()
-        out.flush()
-
-
-class LinesTo(logging.Handler):
-    """The engine's notices (a file's mode tightened) as lines of this front-end's."""
-
-    def __init__(self, show: Callable[[str], None]):
-        super().__init__(logging.INFO)
-        self.show = show
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.show(record.getMessage())
-
-
-def engine_notices_to(show: Callable[[str], None]) -> None:
-    logger = logging.getLogger("chatbot")
-    logger.handlers, logger.propagate = [LinesTo(show)], False
-
-
 def run_chat(args: Any, environ: dict[str, str]) -> int:
     """The interactive chat. Keys typed before the prompt is drawn wait as keys, and leaving is
     immediate: once everything is saved, the process ends without the interpreter's slow teardown."""
@@ -594,36 +533,6 @@ def one_shot(args: Any, environ: dict[str, str]) -> int:
             store.close()
 
 
-def read_attached_stdin(args: Any, stdin: Any) -> bytes | None:
-    """`-a -`: standard input is a file to attach (then it is not part of the prompt)."""
-    if "-" not in (args.attach or []):
-        return None
-    if args.attach.count("-") > 1:
-        raise UsageError("-a - can be given once: standard input is one file")
-    if stdin is None or stdin.isatty():
-        raise UsageError("-a - attaches standard input, which is a terminal here: pipe a file in")
-    return bytes(stdin.buffer.read())
-
-
-def load_attachments(chat: Chat, paths: list[str], attached_stdin: bytes | None) -> list[Attachment]:
-    """The -a files, checked before anything is sent (UsageError: one line, exit 2); voice transcribed,
-    its transcript shown on stderr."""
-    attachments = []
-    try:
-        for path in paths:
-            if path == "-":
-                attachment = load_attachment(attached_stdin or b"", "stdin", chat.settings)
-            else:
-                attachment = load_attachment(path, settings=chat.settings)
-            if attachment.kind is Kind.AUDIO:
-                attachment = chat.transcribe(attachment)
-                sys.stderr.write(f"chatbot: transcript of {attachment.name}: {one_line(attachment.text, 400)}\n")
-            attachments.append(attachment)
-    except (AttachmentError, TranscriptionError) as exc:
-        raise UsageError(f"{exc} (nothing was sent)") from None
-    return attachments
-
-
 def resume(chat: Chat, store: SessionStore, args: Any) -> None:
     """The session --session or -c asks for, resumed or started."""
     if store.readonly:
@@ -637,39 +546,9 @@ def resume(chat: Chat, store: SessionStore, args: Any) -> None:
         raise StoreError(f"{exc}: finish there first, or pick another --session") from None
 
 
-def read_prompt(args: Any, stdin: Any, attached: bool = False) -> str:
-    """The one-shot prompt: piped text first, then the argument, separated by a blank line (with
-    attachments, the prompt may be empty: the files are the message)."""
-    parts = []
-    if stdin is not None and not stdin.isatty():
-        data = stdin.buffer.read()
-        try:
-            piped = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise UsageError(
-                f"stdin is not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}): "
-                f"convert it first, e.g. with iconv"
-            ) from None
-        if piped.strip():
-            parts.append(piped.rstrip("\n"))
-    if args.prompt:
-        parts.append(" ".join(args.prompt))
-    prompt = "\n\n".join(parts)
-    if not prompt.strip() and not attached:
-        raise UsageError(
-            "nothing to send: give a prompt as an argument or pipe one on stdin "
-            "(run with a terminal and no prompt for a chat)"
-        )
-    return prompt
-
-
 # ---------------------------------------------------------------------------
 # main(): which mode, and every failure as one line with its exit status
 # ---------------------------------------------------------------------------
-
-
-class UsageError(Exception):
-    """Bad command-line use or input: exit status 2."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -712,96 +591,6 @@ def choose_mode(argv: list[str]) -> int:
     if not wants_one_shot or args.interactive:
         return run_chat(args, environ)
     return one_shot(args, environ)
-
-
-def setting_flags(args: Any) -> dict[str, Any]:
-    return {s.name: getattr(args, s.name, None) for s in SETTINGS if s.flags}
-
-
-def session_tool(args: Any, environ: dict[str, str]) -> int:
-    """--list-sessions, --export and --import: no provider needed."""
-    settings = resolve_settings({"db": getattr(args, "db", None)}, environ, {})
-    store = SessionStore(default_db_path(settings))
-    try:
-        if args.list_sessions:
-            rows = store.listing()
-            print("\n".join(session_lines(rows)) if rows else "no saved sessions")
-        elif args.export:
-            name, path = args.export
-            try:
-                write_export(store.export(name), path)
-            except (OSError, ValueError) as exc:
-                raise UsageError(export_problem(path, exc)) from None
-        else:
-            try:
-                with open(args.import_file, encoding="utf-8") as import_file:
-                    data = json.load(import_file)
-            except (OSError, ValueError) as exc:
-                raise UsageError(f"cannot read {args.import_file}: {getattr(exc, 'strerror', None) or exc}") from None
-            print(f"imported session {store.import_session(data)!r}")
-    finally:
-        store.close()
-    return EXIT_OK
-
-
-def build_parser() -> Any:
-    import argparse
-
-    class Parser(argparse.ArgumentParser):
-        def error(self, message: str) -> Any:  # one line, not argparse's usage block
-            raise UsageError(f"{message} (see chatbot --help)")
-
-    parser = Parser(
-        prog="chatbot",
-        description="A terminal streaming chatbot for any OpenAI-compatible provider. With no prompt and a "
-        "terminal, starts a chat; with a prompt argument or piped input, answers once and exits.",
-        epilog="Configuration precedence: flag > environment > .env > default. The API key is read only from "
-        "OPENAI_API_KEY (environment or .env). Exit status: 0 ok, 1 provider/network failure or reply cut "
-        "short, 2 usage or configuration error, 130 interrupted.",
-    )
-    parser.add_argument("prompt", nargs="*", help="prompt to send (piped stdin comes first, then this)")
-    for setting in SETTINGS:
-        if not setting.flags:
-            continue
-        help_text = f"{setting.help} [{setting.env}]" if setting.env else setting.help
-        if setting.name in BOOL_SETTINGS:
-            parser.add_argument(*setting.flags, dest=setting.name, action="store_const", const="1", help=help_text)
-        else:
-            default = f"; default {setting.shown_default}" if setting.shown_default else ""
-            parser.add_argument(
-                *setting.flags,
-                dest=setting.name,
-                metavar=setting.metavar,
-                help=help_text.replace("]", default + "]", 1) if default else help_text,
-            )
-    parser.add_argument("--env-file", metavar="PATH", help="read settings from this file instead of ./.env")
-    parser.add_argument("--no-stream", action="store_true", help="wait for the whole reply instead of streaming")
-    parser.add_argument("--json", action="store_true", help="print one JSON object with the reply and its usage")
-    parser.add_argument(
-        "-a",
-        "--attach",
-        action="append",
-        metavar="PATH",
-        help="attach a file to the message: image, PDF, text or audio (transcribed); repeatable; - for stdin",
-    )
-    parser.add_argument("-i", "--interactive", action="store_true", help="send the prompt, then stay in the chat")
-    parser.add_argument("--session", metavar="NAME", help="start or resume a saved conversation")
-    parser.add_argument(
-        "-c", "--continue", dest="continue_", action="store_true", help="resume the most recent conversation"
-    )
-    parser.add_argument("--list-sessions", action="store_true", help="list saved conversations and exit")
-    parser.add_argument(
-        "--export",
-        nargs=2,
-        metavar=("NAME", "FILE"),
-        help="export a saved conversation to FILE (.md or .json) and exit",
-    )
-    parser.add_argument(
-        "--import", dest="import_file", metavar="FILE", help="import a conversation exported as JSON and exit"
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log each request to stderr too")
-    parser.add_argument("--version", action="version", version=f"chatbot {__version__}")
-    return parser
 
 
 def cli() -> None:

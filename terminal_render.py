@@ -9,6 +9,7 @@ place below the scrollback: cursor arithmetic only).
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
 import shutil
@@ -624,3 +625,76 @@ def wrapped(text: str, indent: int) -> str:
 
     width = max(40, shutil.get_terminal_size().columns - 1)
     return "\n".join(textwrap.wrap(text, width, subsequent_indent=" " * indent, break_on_hyphens=False))
+
+
+# ---------------------------------------------------------------------------
+# The lines around the replies: notes, warnings, errors, the held request log
+# ---------------------------------------------------------------------------
+
+
+class Screen:
+    """The chat's lines around the replies: plain, dim notes, warnings and errors (never markup)."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console(highlight=False)
+        self.waiting: Waiting | None = None  # the "waiting for the model…" line, until the first token
+        self.store_problem: str | None = None  # why sessions cannot be saved, once known
+        self._held: list[tuple[Callable[[str], None], str]] | None = []  # shown under the banner
+
+    def say(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def note(self, text: str) -> None:
+        if self.waiting is not None:
+            self.waiting.clear()  # a retry notice while waiting: on a line of its own
+        self.console.print(text, style="dim", markup=False, highlight=False, soft_wrap=True)
+
+    def warn(self, text: str) -> None:
+        self.console.print(f"warning: {text}", style="yellow", markup=False, highlight=False, soft_wrap=True)
+
+    def error(self, text: str) -> None:
+        self.console.print(f"error: {text}", style="red", markup=False, highlight=False, soft_wrap=True)
+
+    def early(self, show: Callable[[str], None], text: str) -> None:
+        """Show now, or under the banner if the chat has not started yet."""
+        if self._held is None:
+            show(text)
+        else:
+            self._held.append((show, text))
+
+    def started(self) -> None:
+        held, self._held = self._held or [], None
+        for show, text in held:
+            show(text)
+
+
+class HeldLog:
+    """-v request log lines, written out once the reply has ended: a log line never joins the reply."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def show(self, out: Output) -> None:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        for line in self.lines:
+            out.write(f"{stamp} {line}\n")
+        self.lines.clear()
+        out.flush()
+
+
+class LinesTo(logging.Handler):
+    """The engine's notices (a file's mode tightened) as lines of this front-end's."""
+
+    def __init__(self, show: Callable[[str], None]):
+        super().__init__(logging.INFO)
+        self.show = show
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.show(record.getMessage())
+
+
+def engine_notices_to(show: Callable[[str], None]) -> None:
+    logger = logging.getLogger("chatbot")
+    logger.handlers, logger.propagate = [LinesTo(show)], False

@@ -71,7 +71,15 @@ ENGINE = [
 ]
 TERMINAL_LIBRARIES = {"rich", "prompt_toolkit"}
 TELEGRAM_LIBRARIES = {"telegram", "telegramify_markdown"}
-FRONT_ENDS = {"chatbot", "telegram_bot", "terminal_render", "terminal_input", "terminal_commands", "telegram_render"}
+FRONT_ENDS = {
+    "chatbot",
+    "telegram_bot",
+    "terminal_render",
+    "terminal_input",
+    "terminal_commands",
+    "terminal_cli",
+    "telegram_render",
+}
 
 
 def imported_modules(path):
@@ -95,7 +103,13 @@ def test_imports_run_one_way():
     terminal = set().union(
         *(
             imported_modules(os.path.join(ROOT, name))
-            for name in ("chatbot.py", "terminal_render.py", "terminal_input.py", "terminal_commands.py")
+            for name in (
+                "chatbot.py",
+                "terminal_render.py",
+                "terminal_input.py",
+                "terminal_commands.py",
+                "terminal_cli.py",
+            )
         )
     )
     assert "chatcore" in terminal
@@ -104,7 +118,9 @@ def test_imports_run_one_way():
         os.path.join(ROOT, "telegram_render.py")
     )
     assert "chatcore" in telegram
-    assert not telegram & (TERMINAL_LIBRARIES | {"chatbot", "terminal_render", "terminal_input", "terminal_commands"})
+    assert not telegram & (
+        TERMINAL_LIBRARIES | {"chatbot", "terminal_render", "terminal_input", "terminal_commands", "terminal_cli"}
+    )
 
 
 def test_importing_the_engine_does_nothing(tmp_path):

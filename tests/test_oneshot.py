@@ -248,6 +248,7 @@ def test_wheel_holds_the_engine_both_front_ends_and_their_console_scripts(tmp_pa
         "terminal_render.py",
         "terminal_input.py",
         "terminal_commands.py",
+        "terminal_cli.py",
         "telegram_render.py",
     ):
         assert module in names
