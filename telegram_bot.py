@@ -1268,7 +1268,8 @@ def record(inbox: Inbox, updates: Any) -> set[int]:
 
 def build_application(settings: Settings, assistant: Assistant) -> Application[Any, Any, Any, Any, Any, Any]:
     """The whole bot at a glance: the gate, one handler per command (from the table), messages,
-    edits, membership changes; start-up answers what an earlier run left unanswered."""
+    edits, membership changes; start-up answers what an earlier run left unanswered.
+    (Longer than most functions here on purpose: the wiring reads best in one place.)"""
     from telegram import BotCommand, Update
     from telegram.ext import (
         Application,

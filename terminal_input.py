@@ -21,7 +21,8 @@ from chatcore.turn import Cancel
 def make_prompt_session(commands: Sequence[Any], on_drawn: Callable[[], None]) -> Any:
     """The chat's prompt: persistent owner-only history, suggestions, Tab completion of the command
     table (and of paths for commands that take one), Esc Enter for a new line; `on_drawn` runs once,
-    when the prompt is first on screen. Its `bottom_toolbar` is set before each prompt (None: none)."""
+    when the prompt is first on screen. Its `bottom_toolbar` is set before each prompt (None: none).
+    (One function on purpose: prompt_toolkit's set-up reads best in one place, and nothing else needs it.)"""
     from prompt_toolkit import PromptSession
     from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
     from prompt_toolkit.completion import Completer, Completion, PathCompleter
