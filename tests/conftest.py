@@ -23,6 +23,24 @@ CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.t
 PROMPT = "❯"  # the REPL's prompt: the chatbot is ready for the next line
 
 
+@pytest.fixture(scope="module")
+def telegram():
+    """The fake Bot API, shared by a module's tests (each test talks in chats of its own)."""
+    from telegram_server import FakeTelegram
+
+    fake = FakeTelegram()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture(scope="module")
+def model():
+    """The fake model server the Telegram assistant of a module's tests talks to."""
+    fake = FakeServer()
+    yield fake
+    fake.close()
+
+
 @pytest.fixture
 def server():
     fake = FakeServer()

@@ -82,20 +82,6 @@ def started(telegram: FakeTelegram, bot: BotProcess) -> BotProcess:
 
 
 @pytest.fixture(scope="module")
-def telegram():
-    fake = FakeTelegram()
-    yield fake
-    fake.close()
-
-
-@pytest.fixture(scope="module")
-def model():
-    fake = FakeServer()
-    yield fake
-    fake.close()
-
-
-@pytest.fixture(scope="module")
 def home(tmp_path_factory):
     return tmp_path_factory.mktemp("telegram-home")
 

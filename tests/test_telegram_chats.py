@@ -10,26 +10,12 @@ from __future__ import annotations
 import time
 
 import pytest
-from server import FakeServer, chat_reply
+from server import chat_reply
 from telegram_server import BOT_USER, FakeTelegram
 from test_telegram import ALLOWED, STRANGER, BotProcess, bot_env, final_texts, model_posts_for, started
 
 DEFAULT_REPLY = "Hello from the test server."
 ANONYMOUS_GROUPS = (-1000319, -1000320)
-
-
-@pytest.fixture(scope="module")
-def telegram():
-    fake = FakeTelegram()
-    yield fake
-    fake.close()
-
-
-@pytest.fixture(scope="module")
-def model():
-    fake = FakeServer()
-    yield fake
-    fake.close()
 
 
 @pytest.fixture(scope="module")
