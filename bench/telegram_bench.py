@@ -24,7 +24,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from pace import process_cpu_ns  # noqa: E402
 from server import FakeServer, chat_reply  # noqa: E402
 from telegram_server import TOKEN, FakeTelegram  # noqa: E402
 
@@ -63,6 +65,29 @@ def start_bot(home: Path, telegram: FakeTelegram, model: FakeServer, **extra: st
     return process
 
 
+def floor_cpu_per_chunk(model: FakeServer) -> float:
+    """What a plain httpx stream costs a chunk at a model's pace (50 chunks/s): its CPU while streaming."""
+    pieces, delay = 250, 0.02
+    model.push(chat_reply(REPLY * 4, pieces=pieces, delay=delay))
+    posts = len(model.posts)
+    floor = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "httpx_floor.py"), model.base_url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+    )
+    assert floor.stdin is not None
+    floor.stdin.write(b"go\n")
+    floor.stdin.close()
+    while len(model.posts) == posts:
+        time.sleep(0.005)
+    time.sleep(1.0)
+    cpu0, t0 = process_cpu_ns(floor.pid), time.monotonic()
+    time.sleep(2.5)
+    cpu1, t1 = process_cpu_ns(floor.pid), time.monotonic()
+    floor.wait(30)
+    return (cpu1 - cpu0) / 1e3 / ((t1 - t0) / delay)
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -93,6 +118,7 @@ def bench_concurrency(row, runs: int) -> None:
     try:
         next_chat = iter(range(10_000, 1_000_000))
         singles, fifties = [], []
+        cpu_per_chunk: list[float] = []  # the bot process's CPU (every thread) over a 50-chat round
         limited: list[int] = []
         for run in range(runs):  # alternate: one chat alone, then fifty at once
             singles.append(one_round(telegram, [next(next_chat)])[0])
@@ -103,8 +129,19 @@ def bench_concurrency(row, runs: int) -> None:
                     telegram.fail(
                         "sendMessageDraft", 429, "Too Many Requests: retry after 1", chat_id=chat, retry_after=1
                     )
+            cpu_before = process_cpu_ns(bot.pid)
             fifties.append(one_round(telegram, chats)[0])
+            cpu_per_chunk.append((process_cpu_ns(bot.pid) - cpu_before) / 1e3 / (len(chats) * PIECES))
         single, fifty = statistics.median(singles), statistics.median(fifties)
+        ours, floor = statistics.median(cpu_per_chunk), floor_cpu_per_chunk(model)
+        row(
+            "bot: CPU per chunk with 50 chats streaming, whole turn (µs)",
+            f"{ours:.0f}",
+            f"{floor:.0f} (httpx iter_lines floor, one stream)",
+            f"{ours / floor:.2f}",
+            "<= 0.5x",
+            ours / floor <= 0.5,
+        )
         row(
             "bot: 50 chats at once, all final replies vs one reply (s)",
             f"{fifty:.2f}",
