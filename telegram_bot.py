@@ -1073,6 +1073,7 @@ def compose(message: Message, text: str, assistant: Assistant) -> str:
 # -- files: photos, documents, voice -------------------------------------------------
 
 GETFILE_LIMIT = 20 * 1024 * 1024  # the Bot API's getFile limit: a larger file cannot be fetched by a bot
+DOWNLOAD_TIMEOUT = 60.0  # seconds: up to 20 MB on a slow link (the library's default read timeout is 5 s)
 ALBUM_WAIT = 1.0  # seconds without a new photo before an album is complete
 ACCEPTS = "photos, text and code files, PDFs, and voice or audio messages"
 TOO_BIG = "That file is larger than the 20 MB Telegram lets bots download. Please send a smaller one."
@@ -1122,12 +1123,12 @@ async def download(bot: Any, media: Media, settings: Settings) -> Attachment:
     if media.file_id is None or (media.size or 0) > GETFILE_LIMIT:
         raise FileTooBig
     try:
-        file = await bot.get_file(media.file_id)
+        file = await bot.get_file(media.file_id, read_timeout=DOWNLOAD_TIMEOUT)
     except BadRequest as exc:
         if "too big" in exc.message.lower():
             raise FileTooBig from None
         raise
-    data = bytes(await file.download_as_bytearray())
+    data = bytes(await file.download_as_bytearray(read_timeout=DOWNLOAD_TIMEOUT))
     return await asyncio.to_thread(load_attachment, data, media.name, settings)
 
 

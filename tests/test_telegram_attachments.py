@@ -16,7 +16,7 @@ import pytest
 from server import FakeServer, chat_reply
 from telegram_server import BOT_USER, TOKEN, FakeTelegram, entities_of
 from test_attachments_files import pdf, png, wav
-from test_telegram import BotProcess, bot_env, final_texts, started
+from test_telegram import STRANGER, BotProcess, bot_env, final_texts, started
 
 DEFAULT_REPLY = "Hello from the test server."
 AT = f"@{BOT_USER['username']}"
@@ -227,6 +227,30 @@ def test_in_groups_only_photos_and_voice_for_the_bot_are_fetched(bot, telegram, 
     texts = final_texts(telegram, group, 3)
     assert texts[1].startswith("🎤 I heard:")
     assert posts_with(model, "Ada: Hello from a voice note.")
+
+
+def test_an_album_in_a_group_is_answered_once_when_its_caption_mentions_the_bot(bot, telegram, model):
+    group = -1000702
+    images = [png(30 + n, 30, marker=b"group-album%d" % n) for n in range(2)]
+    caption = f"{AT} which one is sharper?"
+    for n, image in enumerate(images):
+        fields = {"caption": caption, "caption_entities": entities_of(caption)} if n == 0 else {}
+        telegram.send_text(group, None, user_id=110, photo=photo_sizes(telegram, image), media_group_id="g-1", **fields)
+    assert final_texts(telegram, group) == [DEFAULT_REPLY]
+    time.sleep(ALBUM_SETTLE)
+    [post] = posts_with(model, "which one is sharper?")
+    assert images_of(post) == images
+    assert telegram.sent_texts(group) == [DEFAULT_REPLY]
+
+
+def test_a_strangers_photo_is_never_downloaded(bot, telegram, model):
+    downloads, posts, asked = len(telegram.downloads), len(model.posts), len(telegram.calls_to("getFile"))
+    telegram.send_text(STRANGER, None, photo=photo_sizes(telegram, png(23, 23)), caption="look")
+    [text] = final_texts(telegram, STRANGER)
+    assert str(STRANGER) in text
+    assert len(telegram.downloads) == downloads
+    assert len(telegram.calls_to("getFile")) == asked
+    assert len(model.posts) == posts
 
 
 def test_the_rate_limit_comes_before_any_download(bot, telegram, model):
