@@ -15,6 +15,10 @@ Nothing is lost: python-telegram-bot confirms updates to Telegram (the next getU
 long before they are answered, so every message is written to the inbox before that confirmation
 is sent, settled once answered, and handed back in order on the next start if it was not.
 
+Files (photos, albums, documents, voice) are the engine's attachments: after the gate and the rate
+limit, they are fetched with getFile in the message's own turn (so in order), voice is transcribed
+and shown back, and a photo update replays after a crash like a text one (downloaded again).
+
 The engine is synchronous and fast (it parses the raw stream itself), so each turn runs in a
 worker thread of a pool sized for dozens of chats, while the event loop paces what Telegram sees.
 """
