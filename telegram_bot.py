@@ -1183,6 +1183,7 @@ def preparing(
 
         from telegram.error import TelegramError
 
+        cancel = state.cancel = Cancel()  # /cancel while a file downloads: no turn follows
         try:
             attachments = await typing_until(bot, state, asyncio.ensure_future(fetch()))
         except FileTooBig:
@@ -1198,6 +1199,11 @@ def preparing(
         except TelegramError as exc:
             log.warning("chat=%s a file could not be downloaded (%s)", state.key[0], type(exc).__name__)
             await say(bot, state, "I couldn't download that file from Telegram. Please send it again.", reply_to)
+            return None
+        finally:
+            state.cancel = None
+        if cancel.is_set():
+            await say(bot, state, "⏹ Stopped before the reply began.", reply_to)
             return None
         heard = [a for a in attachments if a.kind is Kind.AUDIO]
         if not heard:

@@ -131,6 +131,19 @@ def test_a_model_that_cannot_see_images_gets_one_friendly_line_and_the_chat_goes
     assert [m["role"] for m in post.body["messages"]] == ["system", "user"]  # the refused turn was not kept
 
 
+def test_cancel_while_a_photo_downloads_stops_before_the_model_is_asked(bot, telegram, model):
+    telegram.slow("getFile", 3.0)
+    try:
+        telegram.send_text(114, None, photo=photo_sizes(telegram, png(24, 24)), caption="never asked")
+        telegram.wait_for(lambda: telegram.calls_to("sendChatAction", 114))
+        telegram.send_text(114, "/cancel")
+        [text] = final_texts(telegram, 114, timeout=20)
+    finally:
+        telegram.slow("getFile", 0)
+    assert text == "⏹ Stopped before the reply began."
+    assert not posts_with(model, "never asked")
+
+
 # -- documents ------------------------------------------------------------------------------
 
 
