@@ -15,6 +15,10 @@ Nothing is lost: python-telegram-bot confirms updates to Telegram (the next getU
 long before they are answered, so every message is written to the inbox before that confirmation
 is sent, settled once answered, and handed back in order on the next start if it was not.
 
+Files (photos, albums, documents, voice) are the engine's attachments: after the gate and the rate
+limit, they are fetched with getFile in the message's own turn (so in order), voice is transcribed
+and shown back, and a photo update replays after a crash like a text one (downloaded again).
+
 The engine is synchronous and fast (it parses the raw stream itself), so each turn runs in a
 worker thread of a pool sized for dozens of chats, while the event loop paces what Telegram sees.
 """
@@ -38,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from chatcore import __version__, files
+from chatcore.attachments import Attachment, AttachmentError, Kind, TranscriptionError, load_attachment
 from chatcore.chat import Chat
 from chatcore.conversation import PromptTooLarge
 from chatcore.inbox import DatabaseInUse, Inbox, lock_database
@@ -533,6 +538,10 @@ class ChatState:
         return self.lock.locked() or self.answers.locked() or self.cancel is not None or self.paste is not None
 
 
+# A message's files made ready in its turn: (the text the model reads, the attachments), or None
+# when the user was already told why not.
+Prepare = Callable[[ChatState], Awaitable[tuple[str, list[Attachment]] | None]]
+
 FRIENDLY = {
     "auth": "The assistant's model provider rejected its API key. The owner needs to check OPENAI_API_KEY.",
     "payment": "The assistant's model provider account is out of credit. The owner needs to top it up.",
@@ -543,6 +552,10 @@ FRIENDLY = {
     "deadline": "The model took too long to answer. Please try again.",
     "connection": "The model provider cannot be reached right now. Please try again shortly.",
     "server": "The model provider is having trouble right now. Please try again shortly.",
+    "no_vision": (
+        "The model answering here cannot see images, so your photo was not read (nothing was kept). "
+        "Send your question as text, or ask the owner for a vision model (OPENAI_MODEL)."
+    ),
 }
 CUT_SHORT = {  # after a partial reply: what stopped it, never "the model could not answer"
     "timeout": "the model stopped sending for too long.",
@@ -582,13 +595,20 @@ def closing_note(result: TurnResult) -> str:
 
 
 def take_turn(
-    chat: Chat, text: str, buffer: ReplyBuffer, cancel: Cancel, on_added: Callable[[int | None], None]
+    chat: Chat,
+    text: str,
+    buffer: ReplyBuffer,
+    cancel: Cancel,
+    on_added: Callable[[int | None], None],
+    attachments: list[Attachment],
 ) -> TurnResult:
     """In a worker thread: one turn of the engine's. A message an earlier run left without a reply is
     answered through the inbox's replay, so one still dangling here is dropped, never merged into this
     one; a message the model answered with nothing stays, and this one joins it (the engine's rule)."""
     chat.take_back_unanswered()
-    return chat.send(text, buffer.on_event, True, cancel, on_added=lambda message: on_added(message.row_id))
+    return chat.send(
+        text, buffer.on_event, True, cancel, attachments=attachments, on_added=lambda message: on_added(message.row_id)
+    )
 
 
 class Sender(NamedTuple):
@@ -634,6 +654,7 @@ class Assistant:
         self.resumed: dict[int, int] = {}  # update id -> the message an earlier run streamed its reply into
         self.begun: collections.OrderedDict[int, None] = collections.OrderedDict()  # updates handled in this run
         self.strangers_told: collections.OrderedDict[tuple[int, int | None], float] = collections.OrderedDict()
+        self.albums: dict[tuple[int, str], Album] = {}  # (chat id, media_group_id) -> an album still arriving
 
     def line(self, chat_id: int) -> Line:
         """The chat's line to Telegram, for every chat the bot writes to (strangers' included)."""
@@ -731,10 +752,13 @@ class Assistant:
         reply_to: int | None,
         update_ids: list[int],
         replaces: int | None = None,
+        prepare: Prepare | None = None,
     ) -> None:
         """One turn, in order with the conversation's other messages: stream the reply, then send it
         whole; then the messages it answers are settled. `replaces`: the history row of a message the
-        user edited, whose exchange this turn redoes (only if it is still the last one)."""
+        user edited, whose exchange this turn redoes (only if it is still the last one). `prepare`:
+        the files of a message, downloaded (and voice transcribed) in its turn, so a photo is answered
+        in order with the texts around it; None from it means it already answered (a file refused)."""
         state = self.state(key)
         async with state.lock:
             if self.stopping:
@@ -747,7 +771,11 @@ class Assistant:
                     rows = [self.unfinished.pop(i) for i in update_ids if i in self.unfinished]
                     self.take_back(state, [replaces] if replaces is not None else rows)
                     resume = next((self.resumed.pop(i) for i in update_ids if i in self.resumed), None)
-                    await self.turn(bot, state, text, private, reply_to, update_ids, resume)
+                    attachments: list[Attachment] = []
+                    prepared = await prepare(state) if prepare is not None else (text, attachments)
+                    if prepared is not None:
+                        text, attachments = prepared
+                        await self.turn(bot, state, text, private, reply_to, update_ids, resume, attachments)
         await self.settle(update_ids)
 
     def is_last_exchange(self, state: ChatState, row: int) -> bool:
@@ -764,6 +792,7 @@ class Assistant:
         reply_to: int | None,
         update_ids: list[int],
         resume: int | None = None,
+        attachments: list[Attachment] | None = None,
     ) -> None:
         """The model call in a worker thread, followed in the chat; a turn always finishes (or is
         cancelled and awaited) before the conversation's next one starts."""
@@ -774,7 +803,14 @@ class Assistant:
         )
         loop = asyncio.get_running_loop()
         turn = loop.run_in_executor(
-            self.workers, take_turn, state.chat, text, buffer, cancel, lambda row: self.inbox.started(update_ids, row)
+            self.workers,
+            take_turn,
+            state.chat,
+            text,
+            buffer,
+            cancel,
+            lambda row: self.inbox.started(update_ids, row),
+            attachments or [],
         )
         try:
             try:
@@ -784,6 +820,9 @@ class Assistant:
                     cancel.set()
                     await asyncio.wait({turn})
             result = turn.result()
+        except (AttachmentError, TranscriptionError) as exc:  # checked before anything is sent
+            await view.finish(f"I couldn't use that file: {exc}")
+            return
         except PromptTooLarge as exc:
             await view.finish(
                 f"Your message is too long for this model: {exc.tokens:,} tokens, with room "
@@ -1035,26 +1074,220 @@ def compose(message: Message, text: str, assistant: Assistant) -> str:
     return text
 
 
+# -- files: photos, documents, voice -------------------------------------------------
+
+GETFILE_LIMIT = 20 * 1024 * 1024  # the Bot API's getFile limit: a larger file cannot be fetched by a bot
+DOWNLOAD_TIMEOUT = 60.0  # seconds: up to 20 MB on a slow link (the library's default read timeout is 5 s)
+ALBUM_WAIT = 1.0  # seconds without a new photo before an album is complete
+ACCEPTS = "photos, text and code files, PDFs, and voice or audio messages"
+TOO_BIG = "That file is larger than the 20 MB Telegram lets bots download. Please send a smaller one."
+
+
+class FileTooBig(Exception):
+    """Over the Bot API's getFile limit: Telegram will not hand it to a bot."""
+
+
+@dataclass
+class Media:
+    """One file a message carries: its Telegram file id, the size Telegram reports, a name for it."""
+
+    file_id: str | None  # None: every size of a photo is over the limit
+    size: int | None
+    name: str
+    voice: bool = False  # voice notes, audio and video notes: transcribed and shown back
+
+
+def media_of(message: Message) -> list[Media]:
+    """The file of a message: a photo (the largest size within the limit), a document, a voice note,
+    an audio file or a video note. Stickers, videos and the like carry none the model can read."""
+    if message.photo:
+        fitting = [p for p in message.photo if (p.file_size or 0) <= GETFILE_LIMIT]
+        if not fitting:
+            return [Media(None, message.photo[-1].file_size, "photo.jpg")]
+        best = max(fitting, key=lambda p: (p.width * p.height, p.file_size or 0))
+        return [Media(best.file_id, best.file_size, f"photo-{message.message_id}.jpg")]
+    document = message.document
+    if document is not None:
+        return [Media(document.file_id, document.file_size, document.file_name or "file")]
+    if message.voice is not None:
+        return [Media(message.voice.file_id, message.voice.file_size, "voice.ogg", voice=True)]
+    if message.audio is not None:
+        name = message.audio.file_name or "audio"
+        return [Media(message.audio.file_id, message.audio.file_size, name, voice=True)]
+    if message.video_note is not None:
+        return [Media(message.video_note.file_id, message.video_note.file_size, "video-note.mp4", voice=True)]
+    return []
+
+
+async def download(bot: Any, media: Media, settings: Settings) -> Attachment:
+    """getFile, then the bytes, then the engine's checks (type from the bytes, limits). The download
+    URL holds the bot token: it is never logged (the library's HTTP loggers are quiet, see setup_logging)."""
+    from telegram.error import BadRequest
+
+    if media.file_id is None or (media.size or 0) > GETFILE_LIMIT:
+        raise FileTooBig
+    try:
+        file = await bot.get_file(media.file_id, read_timeout=DOWNLOAD_TIMEOUT)
+    except BadRequest as exc:
+        if "too big" in exc.message.lower():
+            raise FileTooBig from None
+        raise
+    data = bytes(await file.download_as_bytearray(read_timeout=DOWNLOAD_TIMEOUT))
+    return await asyncio.to_thread(load_attachment, data, media.name, settings)
+
+
+def refusal(exc: AttachmentError, name: str) -> str:
+    """A file the engine refused, in the chat's words: the type line names what is accepted here."""
+    text = str(exc)
+    if "not a type that can be attached" in text:
+        return f"I can't read {name}: I understand {ACCEPTS}."
+    return f"I can't use {name}: {text}."
+
+
+async def typing_until(bot: Any, state: ChatState, task: asyncio.Future[T]) -> T:
+    """ "typing…" in the chat while a download or a transcription runs."""
+    from telegram.constants import ChatAction
+
+    while not task.done():
+        await state.line.send(
+            lambda chat: bot.send_chat_action(chat, ChatAction.TYPING, **in_thread(state.key[1])),
+            essential=False,
+            counts=False,
+        )
+        await asyncio.wait({task}, timeout=TYPING_EVERY)
+    return task.result()
+
+
+async def say(bot: Any, state: ChatState, text: str, reply_to: int | None) -> None:
+    """A one-line answer inside a turn (a file refused, a transcript shown back)."""
+    from telegram import ReplyParameters
+
+    reply = ReplyParameters(reply_to, allow_sending_without_reply=True) if reply_to else None
+    await state.line.send(
+        lambda chat: bot.send_message(chat, text, reply_parameters=reply, **in_thread(state.key[1])),
+        essential=True,
+    )
+
+
+def preparing(
+    bot: Any, message: Message, media: list[Media], caption: str, assistant: Assistant, reply_to: int | None
+) -> Prepare:
+    """The files of one turn, fetched in the turn (in order with the chat's other messages), with
+    "typing…" while they download and voice is transcribed. A voice note's transcript is shown back,
+    quoted, and answered as the user's message (with any caption after it)."""
+
+    async def prepare(state: ChatState) -> tuple[str, list[Attachment]] | None:
+        async def fetch() -> list[Attachment]:
+            loaded = [await download(bot, item, assistant.settings) for item in media]
+            return [await asyncio.to_thread(state.chat.transcribe, a) if a.kind is Kind.AUDIO else a for a in loaded]
+
+        from telegram.error import TelegramError
+
+        cancel = state.cancel = Cancel()  # /cancel while a file downloads: no turn follows
+        try:
+            attachments = await typing_until(bot, state, asyncio.ensure_future(fetch()))
+        except FileTooBig:
+            await say(bot, state, TOO_BIG, reply_to)
+            return None
+        except AttachmentError as exc:
+            await say(bot, state, refusal(exc, media[0].name if len(media) == 1 else "one of those files"), reply_to)
+            return None
+        except TranscriptionError as exc:
+            log.info("chat=%s transcription failed: %s", state.key[0], exc)
+            await say(bot, state, f"I couldn't transcribe that voice message: {exc}.", reply_to)
+            return None
+        except TelegramError as exc:
+            log.warning("chat=%s a file could not be downloaded (%s)", state.key[0], type(exc).__name__)
+            await say(bot, state, "I couldn't download that file from Telegram. Please send it again.", reply_to)
+            return None
+        finally:
+            state.cancel = None
+        if cancel.is_set():
+            await say(bot, state, "⏹ Stopped before the reply began.", reply_to)
+            return None
+        heard = [a for a in attachments if a.kind is Kind.AUDIO]
+        if not heard:
+            return compose(
+                message, caption, assistant
+            ) if caption or message.chat.type != "private" else "", attachments
+        transcript = "\n".join(a.text.strip() for a in heard).strip()
+        if not transcript:
+            await say(bot, state, "I couldn't hear any words in that voice message.", reply_to)
+            return None
+        await say(bot, state, "🎤 I heard:\n" + "\n".join(f"> {line}" for line in transcript.splitlines()), reply_to)
+        said = f"{transcript}\n{caption}" if caption else transcript
+        others = [a for a in attachments if a.kind is not Kind.AUDIO]
+        return compose(message, said, assistant), others
+
+    return prepare
+
+
+@dataclass
+class Album:
+    """Photos sent together (one media_group_id) arrive as one update each: one turn for them all."""
+
+    messages: list[Message]
+    update_ids: list[int]
+    more: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def add(self, message: Message, update_id: int) -> None:
+        self.messages.append(message)
+        self.update_ids.append(update_id)
+        self.more.set()
+
+    async def gather(self) -> None:
+        """Until no photo of the album has come for ALBUM_WAIT seconds."""
+        while True:
+            self.more.clear()
+            try:
+                await asyncio.wait_for(self.more.wait(), ALBUM_WAIT)
+            except TimeoutError:
+                return
+
+
 async def on_message(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """A message (or a caption) for the assistant: one turn, in order with the conversation's others;
-    the parts of a long paste the client split are gathered into one."""
+    """A message (text, or files with their caption) for the assistant: one turn, in order with the
+    conversation's others; the parts of a long paste the client split, and the photos of an album,
+    are gathered into one. The rate limit is counted before any file is downloaded."""
     assistant = assistant_of(context)
     message = update.message
     if message is None:
         return
     key, sender = key_of(message), sender_of(message)
     raw = message.text or message.caption or ""
+    media = media_of(message)
     state = assistant.chats.get(key)
-    if raw and state is not None and state.paste is not None and state.paste.sender == sender.id:
+    if raw and not media and state is not None and state.paste is not None and state.paste.sender == sender.id:
         state.paste.add(raw, update.update_id)  # a later part of a paste: its first part's turn answers it
         assistant.held.add(update.update_id)
         return
-    if not addressed_to_bot(message, assistant):
+    album: Album | None = None
+    if media and message.media_group_id:
+        group = (message.chat.id, message.media_group_id)
+        if group in assistant.albums:  # a later photo of an album: its first photo's turn answers it
+            assistant.albums[group].add(message, update.update_id)
+            assistant.held.add(update.update_id)
+            return
+        album = assistant.albums[group] = Album([message], [update.update_id])
+        try:
+            await album.gather()
+        finally:
+            del assistant.albums[group]
+        later = album.update_ids[1:]
+        addressed = any(addressed_to_bot(m, assistant) for m in album.messages)
+        if not addressed:
+            await assistant.settle(later)
+            return
+        first = next((m for m in album.messages if m.caption), message)
+        message, raw = first, first.caption or ""
+        media = [item for m in album.messages for item in media_of(m)]
+    elif not addressed_to_bot(message, assistant):
         return
+    update_ids = album.update_ids if album is not None else [update.update_id]
     private = message.chat.type == "private"
-    if not raw:
+    if not raw and not media:
         if private:
-            await reply_text(update, context, "I can only read text messages (and the captions of photos and files).")
+            await reply_text(update, context, f"I can read text messages, and {ACCEPTS}.")
         return
     wait = assistant.rate.wait(sender.id)
     if wait:
@@ -1065,15 +1298,21 @@ async def on_message(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
                 f"You're sending messages faster than I can answer (at most "
                 f"{assistant.rate.per_minute} a minute). Please wait {wait:.0f} s.",
             )
+        if album is not None:
+            await assistant.settle(album.update_ids[1:])
         return
-    text, update_ids = compose(message, raw, assistant), [update.update_id]
+    reply_to = None if private and key[1] is None else message.message_id
+    if media:
+        prepare = preparing(context.bot, message, media, raw, assistant, reply_to or message.message_id)
+        await assistant.answer(context.bot, key, raw, private, reply_to, update_ids, prepare=prepare)
+        return
+    text = compose(message, raw, assistant)
     if utf16_len(raw) >= PASTE_PART:
         state = assistant.state(key)
         paste = state.paste = Paste(sender.id, [text], update_ids)
         await paste.gather()
         state.paste = None
         text = "\n".join(paste.texts)
-    reply_to = None if private and key[1] is None else message.message_id
     await assistant.answer(context.bot, key, text, private, reply_to, update_ids)
 
 
@@ -1084,6 +1323,8 @@ async def on_edit(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     message = update.edited_message
     raw = (message.text or message.caption or "") if message is not None else ""
     if message is None or not raw or raw.startswith("/") or not addressed_to_bot(message, assistant):
+        return
+    if media_of(message):  # an edited caption: the files would have to come again; the old answer stands
         return
     key = key_of(message)
     row = assistant.inbox.user_row_of(conversation_name(key), message.message_id)

@@ -13,6 +13,11 @@ Beyond text messages a test can push any raw update (`push`), edit a user's mess
 delete one of the bot's messages as an admin would (`delete`), write in forum topics
 (`send_text(..., thread_id=N)`), change the bot's membership (`member`), mute a group for the bot
 (`mute`), and read `message_thread_id` on every call (`Call.thread_id`).
+
+Files: `add_file(data)` stores bytes and returns the file object a message carries (`file_id`,
+`file_unique_id`, `file_size`; a `file_size` over 20 MB may be claimed without the bytes);
+`getFile` answers its `file_path` (400 "file is too big" over 20 MB, as Telegram does), and
+`GET /file/bot<token>/<file_path>` serves the bytes; `downloads` lists the paths fetched.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 TOKEN = "123456789:TEST-token-abcdefghijklmnopqrstuvwxyz"
+GETFILE_LIMIT = 20 * 1024 * 1024  # the Bot API's getFile limit
 STRING_PARAMS = {"text", "parse_mode", "action", "caption", "url", "description", "short_description"}
 BOT_USER = {
     "id": 987654321,
@@ -99,6 +105,9 @@ class FakeTelegram:
         self.flood_tokens: dict[int, tuple[float, float]] = {}  # chat id -> (tokens, when counted)
         self.muted: set[int] = set()  # groups where the bot may not write
         self.user_messages: dict[int, dict[str, Any]] = {}  # message_id -> a user's message as sent
+        self.files: dict[str, tuple[bytes, int]] = {}  # file_id -> (bytes, the size Telegram reports)
+        self.file_ids = itertools.count(1)
+        self.downloads: list[str] = []  # file paths fetched from /file/bot<token>/
         self.condition = threading.Condition()
         server = self
 
@@ -113,6 +122,8 @@ class FakeTelegram:
                 raw = self.rfile.read(length) if length else b""
                 params = parse_params(raw, self.headers.get("Content-Type") or "")
                 parts = self.path.strip("/").split("/")
+                if parts[0] == "file":
+                    return self._file(parts[1:])
                 if len(parts) != 2 or not parts[0].startswith("bot"):
                     return self._answer(404, {"ok": False, "error_code": 404, "description": "Not Found"})
                 if parts[0][3:] != server.token:
@@ -122,6 +133,26 @@ class FakeTelegram:
                 return None
 
             do_GET = do_POST
+
+            def _file(self, parts: list[str]) -> None:
+                parts = [urllib.parse.unquote(part) for part in parts]
+                if not parts or parts[0] != f"bot{server.token}":
+                    return self._answer(401, {"ok": False, "error_code": 401, "description": "Unauthorized"})
+                path = "/".join(parts[1:])
+                with server.condition:
+                    server.downloads.append(path)
+                    stored = server.files.get(path.rsplit("/", 1)[-1])
+                if stored is None:
+                    return self._answer(404, {"ok": False, "error_code": 404, "description": "Not Found"})
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/octet-stream")
+                    self.send_header("Content-Length", str(len(stored[0])))
+                    self.end_headers()
+                    self.wfile.write(stored[0])
+                except OSError:
+                    self.close_connection = True
+                return None
 
             def _answer(self, status: int, body: dict[str, Any]) -> None:
                 data = json.dumps(body).encode()
@@ -205,6 +236,15 @@ class FakeTelegram:
         with self.condition:
             self.user_messages[message_id] = message
         return self.push({"message": message})
+
+    def add_file(self, data: bytes, file_size: int | None = None, **fields: Any) -> dict[str, Any]:
+        """Bytes a user sends; returns the file object (PhotoSize, Document, Voice...) carrying them."""
+        number = next(self.file_ids)
+        file_id = f"file{number}"
+        size = len(data) if file_size is None else file_size
+        with self.condition:
+            self.files[file_id] = (data, size)
+        return {"file_id": file_id, "file_unique_id": f"u{number}", "file_size": size, **fields}
 
     def message_of(self, update: dict[str, Any]) -> dict[str, Any]:
         return update.get("message") or update["edited_message"]
@@ -359,7 +399,9 @@ class FakeTelegram:
         handler = getattr(self, f"_{method}", None)
         if handler is None:
             return 200, {"ok": True, "result": True}
-        return handler(params)
+        status, body = handler(params)
+        call.status = status
+        return status, body
 
     def _flood_check(self, method: str, chat_id: int | None, call: Call) -> tuple[int, dict[str, Any]] | None:
         """Muted groups, then Telegram's per-chat limit (when `flood` is on): sends and edits only."""
@@ -402,6 +444,21 @@ class FakeTelegram:
 
     def _getMe(self, _params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         return 200, {"ok": True, "result": BOT_USER}
+
+    def _getFile(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        file_id = str(params.get("file_id"))
+        stored = self.files.get(file_id)
+        if stored is None:
+            return 400, {"ok": False, "error_code": 400, "description": "Bad Request: invalid file_id"}
+        if stored[1] > GETFILE_LIMIT:
+            return 400, {"ok": False, "error_code": 400, "description": "Bad Request: file is too big"}
+        result = {
+            "file_id": file_id,
+            "file_unique_id": file_id,
+            "file_size": stored[1],
+            "file_path": f"media/{file_id}",
+        }
+        return 200, {"ok": True, "result": result}
 
     def _message(self, chat_id: int, message_id: int, text: str) -> dict[str, Any]:
         return {

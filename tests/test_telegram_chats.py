@@ -12,6 +12,7 @@ import time
 import pytest
 from server import chat_reply
 from telegram_server import BOT_USER, FakeTelegram
+from test_attachments_files import png
 from test_telegram import ALLOWED, STRANGER, BotProcess, bot_env, final_texts, model_posts_for, started
 
 DEFAULT_REPLY = "Hello from the test server."
@@ -325,10 +326,11 @@ def test_mentions_are_exact_and_captions_are_read(bot, telegram, model):
         entities=[{"type": "text_mention", "offset": 0, "length": 9, "user": bot_user}],
     )
     final_texts(telegram, chat)
-    photo = [{"file_id": "p1", "file_unique_id": "u1", "width": 90, "height": 90}]
+    photo = [telegram.add_file(png(90, 90), width=90, height=90)]  # the photo itself: see test_telegram_attachments
     telegram.send_text(118, None, photo=photo, caption="what is in this photo's caption?")
     final_texts(telegram, 118)
-    assert model.posts[-1].body["messages"][-1]["content"] == "what is in this photo's caption?"
+    content = model.posts[-1].body["messages"][-1]["content"]
+    assert content[0] == {"type": "text", "text": "what is in this photo's caption?"}
 
 
 def test_anonymous_admins_of_different_groups_have_their_own_rate_limits(bot, telegram, model):
