@@ -482,6 +482,8 @@ class ReplyView:
             if entities and ("entit" in text or "parse" in text):
                 log.info("chat=%s formatting rejected (%s): sent as plain text", chat_id, exc.message)
                 return await self._post(chat_id, Part(part.text), edit_id, reply_to)
+            if edit_id is not None and "not modified" in text:
+                return True  # the streamed message already shows the whole reply: it is delivered
             if edit_id is not None:  # the streamed message is gone, or cannot be edited: the reply is still owed
                 log.info("chat=%s the streamed message cannot take the reply (%s): sent anew", chat_id, exc.message)
                 self.message_id = None

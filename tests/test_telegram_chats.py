@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from server import chat_reply
+from server import SLEEP, chat_reply
 from telegram_server import BOT_USER, FakeTelegram
 from test_attachments_files import png
 from test_telegram import ALLOWED, STRANGER, BotProcess, bot_env, final_texts, model_posts_for, started
@@ -62,6 +62,19 @@ def test_a_streamed_message_deleted_by_an_admin_ends_as_a_new_message(bot, teleg
     assert telegram.sent_texts(chat) == [reply.strip()]  # the whole reply, once, as a new message
     assert first.status == 200
     assert not any("Sorry" in t for t in telegram.sent_texts(chat))
+
+
+def test_a_reply_the_streamed_message_already_shows_whole_is_sent_once(bot, telegram, model):
+    chat = -1000305
+    reply = "All of it streamed before the model said it was done."
+    whole = chat_reply(reply, size=12, delay=0.05)
+    finish = next(i for i, p in enumerate(whole.pieces) if isinstance(p, bytes) and b'"finish_reason": "stop"' in p)
+    whole.pieces.insert(finish, (SLEEP, 4.0))  # the text is all there, shown by an edit, before the finish
+    model.push(whole)
+    telegram.send_text(chat, f"{AT} say it all", user_id=131)
+    telegram.wait_for(lambda: reply in telegram.sent_texts(chat), timeout=25)
+    time.sleep(1.0)
+    assert telegram.sent_texts(chat) == [reply]  # "message is not modified" is delivered, not a reason to resend
 
 
 def test_a_refused_draft_is_skipped_and_the_reply_still_arrives(bot, telegram, model):
