@@ -325,11 +325,53 @@ def bench_flood(row) -> None:
         model.close()
 
 
+def bench_album(row, runs: int) -> None:
+    """A 10-photo album (ten updates sharing a media_group_id): from the last photo to the first draft,
+    against a text message's time to its first draft."""
+    from test_attachments_files import png
+
+    telegram, model = FakeTelegram(poll_cap=0.5), FakeServer()
+    model.default_chat = lambda: chat_reply(REPLY, pieces=PIECES, delay=DELAY)
+    bot = start_bot(Path(tempfile.mkdtemp()), telegram, model)
+
+    def first_draft_after(chat: int, sent: float) -> float:
+        telegram.wait_for(lambda: telegram.calls_to("sendMessageDraft", chat), timeout=30, interval=0.01)
+        return telegram.calls_to("sendMessageDraft", chat)[0].at - sent
+
+    try:
+        album, text = [], []
+        for run in range(runs):
+            chat = 500_000 + 2 * run
+            for n in range(10):
+                image = png(400 + n, 300, marker=b"album-bench-%d" % n)
+                size = telegram.add_file(image, width=400 + n, height=300)
+                fields = {"caption": "what do these show?"} if n == 0 else {}
+                telegram.send_text(chat, None, photo=[size], media_group_id=f"bench-{run}", **fields)
+            album.append(first_draft_after(chat, time.monotonic()))
+            telegram.send_text(chat + 1, "what does this show?")
+            text.append(first_draft_after(chat + 1, time.monotonic()))
+        a, t = statistics.median(album), statistics.median(text)
+        row(
+            "bot: 10-photo album, last photo to first draft (s)",
+            f"{a:.2f}",
+            f"{t:.2f} (a text message)",
+            f"+{a - t:.2f} s",
+            "< 2.5 s more than text (1 s album wait)",
+            a - t < 2.5,
+        )
+    finally:
+        bot.send_signal(signal.SIGTERM)
+        bot.wait(15)
+        telegram.close()
+        model.close()
+
+
 def main(row, runs: int) -> None:
     bench_concurrency(row, runs)
     bench_memory(row)
     bench_restart(row)
     bench_flood(row)
+    bench_album(row, runs)
 
 
 if __name__ == "__main__":  # python bench/telegram_bench.py: this part alone
@@ -337,8 +379,8 @@ if __name__ == "__main__":  # python bench/telegram_bench.py: this part alone
     def show(*cells: object) -> None:
         print(" | ".join(str(c) for c in cells), flush=True)
 
-    if len(sys.argv) > 1:  # one part by name: restart, flood, memory, concurrency
+    if len(sys.argv) > 1:  # one part by name: restart, flood, memory, concurrency, album
         part = globals()[f"bench_{sys.argv[1]}"]
-        part(show, 3) if sys.argv[1] == "concurrency" else part(show)
+        part(show, 3) if sys.argv[1] in ("concurrency", "album") else part(show)
     else:
         main(show, 3)
