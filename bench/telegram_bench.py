@@ -9,6 +9,8 @@
   took; SIGTERM with replies streaming and messages queued: how long until the process exits.
 - Flood control with Telegram's per-chat limit enforced by the fake: 20 strangers writing at once
   and a user flooding the bot: 429s answered and calls inside retry_after windows (both 0).
+- The bot's CPU per model chunk with 50 chats streaming, against a plain httpx stream's.
+- A 10-photo album: from the last photo to the first draft, against a text message.
 """
 
 from __future__ import annotations
