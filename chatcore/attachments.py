@@ -11,6 +11,7 @@ pypdf, imported only when a PDF arrives.
 from __future__ import annotations
 
 import base64
+import logging
 import math
 import os
 import re
@@ -253,6 +254,9 @@ def pdf_text(data: bytes, name: str) -> str:
         from pypdf.errors import PyPdfError
     except ImportError:
         raise AttachmentError(f"cannot read {name}: PDFs need the pypdf package (pip install pypdf)") from None
+    # pypdf logs what it recovers from ("EOF marker not found") as warnings, which would reach the
+    # user's stderr as lines of their own: what matters is said in the one line below, or not at all.
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
     try:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted:

@@ -558,7 +558,7 @@ def test_chat_clear_deletes_attachments_from_the_database(server, tmp_path, env,
 
 
 def test_a_rejected_transcription_key_names_the_setting_and_is_never_printed(run, server, tmp_path):
-    secret = "sk-transcribe-secret-0123456789"
+    secret = "fake-transcribe-secret-0123456789"  # obviously not a real key
     server.transcription_status = 401
     result = run("-a", write(tmp_path, "memo.wav", wav()), "q", extra_env={"CHATBOT_TRANSCRIBE_API_KEY": secret})
     assert_clean(result)

@@ -23,20 +23,6 @@ AT = f"@{BOT_USER['username']}"
 
 
 @pytest.fixture(scope="module")
-def telegram():
-    fake = FakeTelegram()
-    yield fake
-    fake.close()
-
-
-@pytest.fixture(scope="module")
-def model():
-    fake = FakeServer()
-    yield fake
-    fake.close()
-
-
-@pytest.fixture(scope="module")
 def bot(telegram, model, tmp_path_factory):
     home = tmp_path_factory.mktemp("telegram-attachments-home")
     process = started(telegram, BotProcess(bot_env(home, telegram, model, TELEGRAM_RATE_LIMIT="5")))
