@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import pace  # noqa: E402
 from pace import process_cpu_ns  # noqa: E402
 from server import FakeServer, chat_reply  # noqa: E402
 from telegram_server import TOKEN, FakeTelegram  # noqa: E402
@@ -68,26 +69,18 @@ def start_bot(home: Path, telegram: FakeTelegram, model: FakeServer, **extra: st
 
 
 def floor_cpu_per_chunk(model: FakeServer) -> float:
-    """What a plain httpx stream costs a chunk at a model's pace (50 chunks/s): its CPU while streaming."""
-    pieces, delay = 250, 0.02
-    model.push(chat_reply(REPLY * 4, pieces=pieces, delay=delay))
-    posts = len(model.posts)
-    floor = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "httpx_floor.py"), model.base_url],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-    )
-    assert floor.stdin is not None
-    floor.stdin.write(b"go\n")
-    floor.stdin.close()
-    while len(model.posts) == posts:
-        time.sleep(0.005)
-    time.sleep(1.0)
-    cpu0, t0 = process_cpu_ns(floor.pid), time.monotonic()
-    time.sleep(2.5)
-    cpu1, t1 = process_cpu_ns(floor.pid), time.monotonic()
-    floor.wait(30)
-    return (cpu1 - cpu0) / 1e3 / ((t1 - t0) / delay)
+    """What a plain httpx stream costs a chunk at a model's pace: bench/pace.py's measurement of it."""
+    floor = [sys.executable, str(ROOT / "bench" / "httpx_floor.py"), model.base_url]
+    share, _ = pace.measure(model, lambda: pace.start_piped(floor, dict(os.environ)))
+    return share * 1e6 / pace.CHUNKS_PER_SECOND
+
+
+def stop(bot: subprocess.Popen, telegram: FakeTelegram, model: FakeServer) -> None:
+    """The end of every part: the bot stopped as a user would (SIGTERM), the fakes closed."""
+    bot.send_signal(signal.SIGTERM)
+    bot.wait(30)
+    telegram.close()
+    model.close()
 
 
 def rss_kib(pid: int) -> int:
@@ -178,10 +171,7 @@ def bench_concurrency(row, runs: int) -> None:
             not telegram.violations and all(final_at(telegram, c) for c in limited),
         )
     finally:
-        bot.send_signal(signal.SIGTERM)
-        bot.wait(30)
-        telegram.close()
-        model.close()
+        stop(bot, telegram, model)
 
 
 def seed_histories(path: Path, chats: int, messages: int) -> None:
@@ -225,10 +215,7 @@ def bench_memory(row) -> None:
         )
         assert not model.posts  # /stats never reached the model
     finally:
-        bot.send_signal(signal.SIGTERM)
-        bot.wait(30)
-        telegram.close()
-        model.close()
+        stop(bot, telegram, model)
 
 
 def bench_restart(row) -> None:
@@ -285,10 +272,7 @@ def bench_restart(row) -> None:
         queued = sum(len(telegram.sent_texts(c)) == 3 for c in chats)  # the first, the stopped one, the queued
         row("bot: ...then restart: the queued messages answered", f"{queued}/20", "-", "-", "20/20", queued == 20)
     finally:
-        bot.send_signal(signal.SIGTERM)
-        bot.wait(30)
-        telegram.close()
-        model.close()
+        stop(bot, telegram, model)
 
 
 def bench_flood(row) -> None:
@@ -321,10 +305,7 @@ def bench_flood(row) -> None:
             too_many == 0 and inside == 0 and notes == 20,
         )
     finally:
-        bot.send_signal(signal.SIGTERM)
-        bot.wait(30)
-        telegram.close()
-        model.close()
+        stop(bot, telegram, model)
 
 
 def bench_album(row, runs: int) -> None:
@@ -362,10 +343,7 @@ def bench_album(row, runs: int) -> None:
             a - t < 2.5,
         )
     finally:
-        bot.send_signal(signal.SIGTERM)
-        bot.wait(15)
-        telegram.close()
-        model.close()
+        stop(bot, telegram, model)
 
 
 def main(row, runs: int) -> None:

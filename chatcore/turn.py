@@ -309,10 +309,11 @@ class Turn:
         return Opening(self.provider, params).wait(self.cancel, give_up_at, why)
 
     def consume(self, response: Any) -> None:
-        result, parts, on_event = self.result, self.parts, self.on_event
+        result, parts, on_event, cancel = self.result, self.parts, self.on_event, self.cancel
         settings = self.settings
         for event in events_from_response(response, settings.api):
-            self.stopped_yet()
+            if cancel is not None and cancel.is_set():  # inline: this runs for every chunk
+                raise Cancelled
             # event[0] each time rather than a local: mypy narrows the tuple's type only this way
             if event[0] is TEXT:
                 if result.ttft is None:

@@ -42,6 +42,17 @@ def model():
 
 
 @pytest.fixture
+def fakes():
+    """A fake Bot API and a fake model server of this test's own (for tests that restart or kill the bot)."""
+    from telegram_server import FakeTelegram
+
+    telegram, model = FakeTelegram(), FakeServer()
+    yield telegram, model
+    telegram.close()
+    model.close()
+
+
+@pytest.fixture
 def server():
     fake = FakeServer()
     yield fake

@@ -117,23 +117,19 @@ def model_posts_for(model: FakeServer, needle: str) -> list:
 # -- start-up, configuration, shutdown --------------------------------------------------
 
 
-def test_start_sequence_then_polling(tmp_path):
-    telegram, model = FakeTelegram(), FakeServer()
-    try:
-        process = started(telegram, BotProcess(bot_env(tmp_path / "h", telegram, model)))
-        methods = [c.method for c in telegram.calls]
-        first_poll = methods.index("getUpdates")
-        assert methods[0] == "getMe"
-        assert {"deleteWebhook", "setMyCommands"} <= set(methods[:first_poll])
-        commands = telegram.calls_to("setMyCommands")[0].params["commands"]
-        import telegram_bot
+def test_start_sequence_then_polling(tmp_path, fakes):
+    telegram, model = fakes
+    process = started(telegram, BotProcess(bot_env(tmp_path / "h", telegram, model)))
+    methods = [c.method for c in telegram.calls]
+    first_poll = methods.index("getUpdates")
+    assert methods[0] == "getMe"
+    assert {"deleteWebhook", "setMyCommands"} <= set(methods[:first_poll])
+    commands = telegram.calls_to("setMyCommands")[0].params["commands"]
+    import telegram_bot
 
-        assert [c["command"] for c in commands] == [command.name for command in telegram_bot.COMMANDS]
-        assert process.stop(signal.SIGINT) == 0
-        assert "Traceback" not in process.stderr
-    finally:
-        telegram.close()
-        model.close()
+    assert [c["command"] for c in commands] == [command.name for command in telegram_bot.COMMANDS]
+    assert process.stop(signal.SIGINT) == 0
+    assert "Traceback" not in process.stderr
 
 
 @pytest.mark.parametrize(
@@ -146,30 +142,24 @@ def test_start_sequence_then_polling(tmp_path):
         ("TELEGRAM_ALLOWED_USERS", "101,bob", "TELEGRAM_ALLOWED_USERS='101,bob' is not valid"),
     ],
 )
-def test_configuration_errors_are_one_line_and_exit_2(tmp_path, setting, value, needle):
-    telegram, model = FakeTelegram(), FakeServer()
-    try:
-        env = bot_env(tmp_path / "h", telegram, model)
-        if setting in ("OPENAI_API_KEY", "both"):
-            env["OPENAI_BASE_URL"] = "https://api.example.invalid/v1"
-        if setting == "both":
-            setting = "TELEGRAM_BOT_TOKEN"
-        if value is None:
-            env.pop(setting, None)
-        else:
-            env[setting] = value
-        result = subprocess.run(
-            [sys.executable, BOT], env=env, capture_output=True, text=True, timeout=30, cwd=env["HOME"]
-        )
-        assert result.returncode == 2
-        assert result.stderr.count("\n") == 1, result.stderr
-        assert needle in result.stderr, result.stderr
-        assert "Traceback" not in result.stderr
-        assert TOKEN not in result.stderr
-        assert not telegram.calls  # nothing was sent anywhere
-    finally:
-        telegram.close()
-        model.close()
+def test_configuration_errors_are_one_line_and_exit_2(tmp_path, setting, value, needle, fakes):
+    telegram, model = fakes
+    env = bot_env(tmp_path / "h", telegram, model)
+    if setting in ("OPENAI_API_KEY", "both"):
+        env["OPENAI_BASE_URL"] = "https://api.example.invalid/v1"
+    if setting == "both":
+        setting = "TELEGRAM_BOT_TOKEN"
+    if value is None:
+        env.pop(setting, None)
+    else:
+        env[setting] = value
+    result = subprocess.run([sys.executable, BOT], env=env, capture_output=True, text=True, timeout=30, cwd=env["HOME"])
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert needle in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert TOKEN not in result.stderr
+    assert not telegram.calls  # nothing was sent anywhere
 
 
 def test_token_telegram_rejects_exits_2_without_showing_it(tmp_path):
@@ -190,36 +180,32 @@ def test_token_telegram_rejects_exits_2_without_showing_it(tmp_path):
         model.close()
 
 
-def test_sigterm_mid_reply_keeps_the_partial_text_and_exits_0_and_history_survives_restart(tmp_path):
-    telegram, model = FakeTelegram(), FakeServer()
+def test_sigterm_mid_reply_keeps_the_partial_text_and_exits_0_and_history_survives_restart(tmp_path, fakes):
+    telegram, model = fakes
     home = tmp_path / "h"
-    try:
-        env = bot_env(home, telegram, model)
-        process = started(telegram, BotProcess(env))
-        model.push(chat_reply("word " * 200, size=5, delay=0.05))
-        telegram.send_text(101, "tell me a long story")
-        telegram.wait_for(
-            lambda: any("word word word" in c.params["text"] for c in telegram.calls_to("sendMessageDraft", 101))
-        )
-        assert process.stop(signal.SIGTERM) == 0, process.stderr
-        [shown] = telegram.sent_texts(101)  # the partial reply was still sent, marked
-        assert shown.startswith("word word")
-        assert shown.endswith("⏹ Stopped.")
-        db = sqlite3.connect(str(next((home / "data").rglob("telegram.db"))))
-        rows = db.execute("SELECT role, flags, content FROM messages ORDER BY id").fetchall()
-        assert [(r[0], r[1]) for r in rows] == [("user", ""), ("assistant", "interrupted")]
-        assert rows[1][2].startswith("word word")
-        assert len(rows[1][2]) < len("word " * 200)
-        db.close()
-        # Restarted, the chat goes on from its saved history.
-        process = started(telegram, BotProcess(env))
-        telegram.send_text(101, "and then?")
-        final_texts(telegram, 101, 2)
-        assert [m["role"] for m in model.posts[-1].body["messages"]] == ["system", "user", "assistant", "user"]
-        assert process.stop() == 0
-    finally:
-        telegram.close()
-        model.close()
+    env = bot_env(home, telegram, model)
+    process = started(telegram, BotProcess(env))
+    model.push(chat_reply("word " * 200, size=5, delay=0.05))
+    telegram.send_text(101, "tell me a long story")
+    telegram.wait_for(
+        lambda: any("word word word" in c.params["text"] for c in telegram.calls_to("sendMessageDraft", 101))
+    )
+    assert process.stop(signal.SIGTERM) == 0, process.stderr
+    [shown] = telegram.sent_texts(101)  # the partial reply was still sent, marked
+    assert shown.startswith("word word")
+    assert shown.endswith("⏹ Stopped.")
+    db = sqlite3.connect(str(next((home / "data").rglob("telegram.db"))))
+    rows = db.execute("SELECT role, flags, content FROM messages ORDER BY id").fetchall()
+    assert [(r[0], r[1]) for r in rows] == [("user", ""), ("assistant", "interrupted")]
+    assert rows[1][2].startswith("word word")
+    assert len(rows[1][2]) < len("word " * 200)
+    db.close()
+    # Restarted, the chat goes on from its saved history.
+    process = started(telegram, BotProcess(env))
+    telegram.send_text(101, "and then?")
+    final_texts(telegram, 101, 2)
+    assert [m["role"] for m in model.posts[-1].body["messages"]] == ["system", "user", "assistant", "user"]
+    assert process.stop() == 0
 
 
 # -- conversations ------------------------------------------------------------------------
