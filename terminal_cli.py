@@ -23,6 +23,15 @@ class UsageError(Exception):
     """Bad command-line use or input: exit status 2."""
 
 
+def session_name(value: str) -> str:
+    """--session NAME: a name to find the conversation by again; an empty one would silently mean none."""
+    if not value.strip():
+        import argparse
+
+        raise argparse.ArgumentTypeError("a conversation needs a name, e.g. --session trip (or -c for the latest)")
+    return value
+
+
 def build_parser() -> Any:
     import argparse
 
@@ -64,7 +73,7 @@ def build_parser() -> Any:
         help="attach a file to the message: image, PDF, text or audio (transcribed); repeatable; - for stdin",
     )
     parser.add_argument("-i", "--interactive", action="store_true", help="send the prompt, then stay in the chat")
-    parser.add_argument("--session", metavar="NAME", help="start or resume a saved conversation")
+    parser.add_argument("--session", metavar="NAME", type=session_name, help="start or resume a saved conversation")
     parser.add_argument(
         "-c", "--continue", dest="continue_", action="store_true", help="resume the most recent conversation"
     )

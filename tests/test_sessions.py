@@ -515,3 +515,13 @@ def test_clear_on_an_empty_chat_does_not_claim_a_session_was_kept(spawn, db):
     shown = child.logfile_read.getvalue()
     assert "stays saved" not in shown
     assert "sent last turn" not in shown  # what the cleared conversation sent is not this one's
+
+
+@pytest.mark.parametrize("name", ["", "  "])
+def test_an_empty_session_name_is_refused_not_taken_as_none(run, db, name):
+    result = run("--db", db, "--session", name, "hello")
+    assert result.returncode == 2
+    assert result.err.count("\n") == 1
+    assert "--session: a conversation needs a name" in result.err
+    assert_clean(result)
+    assert result.out == ""
