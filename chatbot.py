@@ -306,6 +306,8 @@ class Repl:
         extra = f", {marked} marked interrupted or cut short" if marked else ""
         exchanges = sum(1 for m in history if m.role == "user")
         notes = [f"resumed session {name!r}: {plural(exchanges, 'turn')} ({plural(len(history), 'message')}){extra}"]
+        if self.chat.model != self.chat.settings.model:
+            notes.append(f"  {session_model_note(self.chat)}")
         for message in history[-2:]:
             mark = f" [{message.status}]" if message.status else ""
             notes.append(f"  {message.role}{mark}: {one_line(message.content, 200)}")
@@ -542,8 +544,20 @@ def resume(chat: Chat, store: SessionStore, args: Any) -> None:
         raise StoreError("no saved conversation to continue")
     try:
         chat.open_session(name)
+        if settings_chose_model(chat) and chat.model != chat.settings.model:
+            sys.stderr.write(f"chatbot: {session_model_note(chat)}\n")
     except StoreError as exc:
         raise StoreError(f"{exc}: finish there first, or pick another --session") from None
+
+
+def session_model_note(chat: Chat) -> str:
+    """A resumed session keeps its own model: said, since the banner named the configured one."""
+    return f"model: {chat.model}, the session's own (not {chat.settings.model}; --model overrides)"
+
+
+def settings_chose_model(chat: Chat) -> bool:
+    """Zero-config picked (and announced) a model: a session that switches away from it says so."""
+    return any(chat.settings.model in note for note in chat.settings.notes)
 
 
 # ---------------------------------------------------------------------------

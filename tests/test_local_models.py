@@ -211,3 +211,15 @@ def test_asking_a_slow_local_server_its_window_is_bounded_by_the_timeout(run, se
     assert max(p.at for p in probes) - min(p.at for p in probes) < 0.5  # asked at once, not in turn
     assert server.posts[0].at - min(p.at for p in probes) < 1.9  # gave up within the timeout, then asked the model
     assert "window=-" not in result.err
+
+
+def test_a_resumed_session_says_it_keeps_its_own_model_over_the_one_zero_config_announced(run, server, db):
+    server.models = ["llama3.2", "qwen2.5"]
+    env = {"OPENAI_API_KEY": "ollama", "CHATBOT_LOCAL_PORTS": str(server.port)}
+    first = run("--db", db, "--session", "s", "--model", "qwen2.5", "hi", extra_env=env, base=False)
+    assert first.returncode == 0, first.err
+    resumed = run("--db", db, "--session", "s", "again", extra_env=env, base=False)
+    assert resumed.returncode == 0, resumed.err
+    assert server.posts[-1].body["model"] == "qwen2.5"
+    assert "and its model llama3.2" in resumed.err  # what zero-config found ...
+    assert "model: qwen2.5, the session's own (not llama3.2; --model overrides)" in resumed.err  # ... and what is used

@@ -525,3 +525,13 @@ def test_an_empty_session_name_is_refused_not_taken_as_none(run, db, name):
     assert "--session: a conversation needs a name" in result.err
     assert_clean(result)
     assert result.out == ""
+
+
+def test_the_repl_says_a_resumed_session_keeps_its_own_model(run, spawn, db):
+    assert run("--db", db, "--session", "m", "--model", "session-model", "hi").returncode == 0
+    child = spawn("--db", db, "--session", "m")
+    child.expect_exact("resumed session 'm': 1 turn (2 messages)")
+    child.expect_exact("model: session-model, the session's own (not test-model; --model overrides)")
+    child.expect_exact(PROMPT)
+    child.sendcontrol("d")
+    child.expect(pexpect.EOF)
