@@ -527,11 +527,16 @@ def test_an_empty_session_name_is_refused_not_taken_as_none(run, db, name):
     assert result.out == ""
 
 
-def test_the_repl_says_a_resumed_session_keeps_its_own_model(run, spawn, db):
-    assert run("--db", db, "--session", "m", "--model", "session-model", "hi").returncode == 0
-    child = spawn("--db", db, "--session", "m")
+def test_the_repl_says_a_resumed_session_keeps_its_own_model(run, spawn, server, db):
+    server.models = ["served-model"]
+    no_model = {"OPENAI_MODEL": ""}  # the server's model is the default, as with a local server
+    assert run("--db", db, "--session", "m", "--model", "session-model", "hi", extra_env=no_model).returncode == 0
+    child = spawn("--db", db, "--session", "m", extra_env=no_model)
     child.expect_exact("resumed session 'm': 1 turn (2 messages)")
-    child.expect_exact("model: session-model, the session's own (not test-model; --model overrides)")
+    child.expect_exact("model: session-model, the session's own (not served-model; --model overrides)")
     child.expect_exact(PROMPT)
+    send(child, "again")
+    child.expect_exact(PROMPT)
+    assert server.posts[-1].body["model"] == "session-model"
     child.sendcontrol("d")
     child.expect(pexpect.EOF)
