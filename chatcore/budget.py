@@ -43,7 +43,9 @@ class Cap:
     setting: str  # the variable that set it, for the start-up line
 
     def amount(self, value: float) -> str:
-        return format_money(value) if self.unit == "usd" else f"{int(value):,} tokens"
+        if self.unit == "tokens":
+            return f"{int(value):,} tokens"
+        return format_money(value) if value else "$0"
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ class Standing:
             return ""
         cap = over.cap
         kind = "spending" if cap.unit == "usd" else "token"
-        estimate = ", partly estimated" if over.estimated else ""
+        estimate = " (estimated)" if over.estimated else ""
         return (
             f"Sorry, you've reached your {cap.period} {kind} limit: {over.used(over.spent)} used of "
             f"{cap.amount(cap.limit)}{estimate}. It resets {when(over.resets, self.now)}; until then "
@@ -115,7 +117,7 @@ class Standing:
         lines = []
         for spent in self.spent:
             period = "today" if spent.cap.period is Period.DAY else "this month"
-            estimate = " (~ partly estimated)" if spent.estimated else ""
+            estimate = " (~ estimated)" if spent.estimated else ""
             lines.append(
                 f"Left {period}: {spent.used(spent.left)} of {spent.cap.amount(spent.cap.limit)}{estimate}"
                 f" · resets {when(spent.resets, self.now, short=True)}"
