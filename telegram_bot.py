@@ -792,13 +792,15 @@ class Assistant:
                     log.info("chat=%s an older message was edited: ignored", key[0])
                 else:
                     rows = [self.unfinished.pop(i) for i in update_ids if i in self.unfinished]
-                    self.take_back(state, [replaces] if replaces is not None else rows)
+                    over = await self.over_budget(bot, state, payer, reply_to)
+                    if not (over and replaces is not None):  # an edit past the cap keeps the exchange it would redo
+                        self.take_back(state, [replaces] if replaces is not None else rows)
                     resume = next((self.resumed.pop(i) for i in update_ids if i in self.resumed), None)
-                    attachments: list[Attachment] = []
-                    if await self.over_budget(bot, state, payer, reply_to):
+                    prepared: tuple[str, list[Attachment]] | None = (text, [])
+                    if over:
                         prepared = None
-                    else:
-                        prepared = await prepare(state) if prepare is not None else (text, attachments)
+                    elif prepare is not None:
+                        prepared = await prepare(state)
                     if prepared is not None:
                         text, attachments = prepared
                         await self.turn(bot, state, text, private, reply_to, update_ids, resume, attachments, payer)

@@ -22,7 +22,7 @@ PRICED = {
     "OUTPUT_PRICE_PER_MILLION": "10000",
     "TELEGRAM_BUDGET_DAILY": "0.5",
     "TELEGRAM_BUDGET_MONTHLY": "2",
-    "TELEGRAM_ADMINS": str(OWNER),
+    "TELEGRAM_ADMINS": f"{OWNER},@Boss",
 }
 
 
@@ -99,6 +99,21 @@ def test_past_the_cap_a_photo_is_not_even_downloaded(bot, telegram, model):
     assert len(model.posts) == asked
 
 
+def test_an_edit_past_the_cap_keeps_the_exchange_it_would_have_redone(bot, telegram, model, home):
+    model.push(half_a_dollar("the answer"))
+    update = telegram.send_text(128, "the question")
+    final_texts(telegram, 128)
+    asked = len(model.posts)
+    telegram.edit(update, "the question, edited")
+    [_, note] = final_texts(telegram, 128, 2)
+    assert "daily spending limit" in note
+    assert len(model.posts) == asked
+    history = rows(
+        home, "SELECT m.content FROM messages m JOIN sessions s ON s.id = m.session_id WHERE s.name = ?", "telegram-128"
+    )
+    assert history == [("the question",), ("the answer",)]
+
+
 def test_the_cap_is_per_user_across_all_chats(bot, telegram, model):
     model.push(half_a_dollar("in the group"))
     telegram.send_text(GROUP, f"@{BOT_USER['username']} spend it here", user_id=122, first_name="Bea")
@@ -120,6 +135,10 @@ def test_the_owners_are_exempt_and_stats_says_so(bot, telegram, model):
     telegram.send_text(OWNER, "/stats")
     stats = final_texts(telegram, OWNER, 4)[3]
     assert "Spending cap: none for you (the bot's owners, TELEGRAM_ADMINS, are exempt)" in stats
+    for text in ("one", "two"):  # an owner named by @username (matched as TELEGRAM_ALLOWED_USERS is)
+        model.push(half_a_dollar(f"answer {text}"))
+        telegram.send_text(129, text, username="boss")
+    assert final_texts(telegram, 129, 2) == ["answer one", "answer two"]
 
 
 def test_a_reported_cost_counts_exactly_and_an_estimate_is_labelled(bot, telegram, model):
