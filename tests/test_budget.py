@@ -254,3 +254,24 @@ def test_over_the_cap_not_even_the_summary_is_asked(server, store):
     with pytest.raises(OverBudget):
         chat.send("two", quiet, payer=ADA)  # "one" would drop out of the window and be summarised
     assert len(server.posts) == 1
+
+
+def test_chats_of_one_user_answering_at_once_overshoot_by_at_most_the_calls_in_flight(server, store):
+    import threading
+
+    settings = settings_for(server.base_url, telegram_budget_daily="0.5", **CENT_A_TOKEN)
+    budget = Budget(settings, store, Clock("2026-05-05 10:00"))
+    chats = [Chat(settings, lambda _text: None, store=store, budget=budget) for _ in range(2)]
+    for _ in chats:
+        server.push(chat_reply("slow and costly", prompt_tokens=40, completion_tokens=10, size=2, delay=0.2))
+    both = [threading.Thread(target=chat.send, args=("go", quiet), kwargs={"payer": ADA}) for chat in chats]
+    for thread in both:  # both checked before either was counted: both go
+        thread.start()
+    for thread in both:
+        thread.join(20)
+    assert len(server.posts) == 2
+    assert budget.standing(ADA).spent[0].spent == pytest.approx(1.0)  # over by the one call in flight
+    for chat in chats:  # and no call after that
+        with pytest.raises(OverBudget):
+            chat.send("more", quiet, payer=ADA)
+    assert len(server.posts) == 2
