@@ -1081,7 +1081,7 @@ async def on_stats(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     if stats.last is not None and stats.last.model and stats.last.model != stats.model:
         lines.append(f"Last reply by: {stats.last.model} (the fallback)")
     payer = payer_of(update.effective_message, assistant.settings)
-    lines += (await asyncio.to_thread(assistant.budget.standing, payer)).lines()  # yours, across all chats
+    lines += assistant.budget.standing(payer).lines()  # yours, across all chats (here: answers keep their order)
     await reply_text(update, context, "\n".join(lines))
 
 
