@@ -275,3 +275,20 @@ def test_chats_of_one_user_answering_at_once_overshoot_by_at_most_the_calls_in_f
         with pytest.raises(OverBudget):
             chat.send("more", quiet, payer=ADA)
     assert len(server.posts) == 2
+
+
+def test_a_cloud_model_missing_from_the_price_table_is_said_once_at_start():
+    unknown = resolve_settings(
+        {"base_url": "https://api.example.invalid/v1", "model": "no-such-model-4711", "telegram_budget_daily": "1"},
+        {},
+        {},
+    )
+    caps, notes = caps_in_force(unknown)
+    assert [(c.unit, c.limit) for c in caps] == [("usd", 1.0)]  # the provider may still report each cost
+    assert notes[1].startswith("no-such-model-4711 is not in the price table: only requests whose cost")
+    known = resolve_settings(
+        {"base_url": "https://api.openai.com/v1", "model": "gpt-4o-mini", "telegram_budget_daily": "1"}, {}, {}
+    )
+    assert caps_in_force(known)[1] == [
+        "spending caps per user: $1.0000 daily (UTC days and months; TELEGRAM_ADMINS exempt)"
+    ]
