@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from chatcore import __version__, files
 from chatcore.attachments import Attachment, AttachmentError, Kind, TranscriptionError, load_attachment
+from chatcore.budget import Budget, OverBudget, Payer
 from chatcore.chat import Chat
 from chatcore.conversation import PromptTooLarge
 from chatcore.inbox import DatabaseInUse, Inbox, lock_database
@@ -603,13 +604,20 @@ def take_turn(
     cancel: Cancel,
     on_added: Callable[[int | None], None],
     attachments: list[Attachment],
+    payer: Payer | None = None,
 ) -> TurnResult:
     """In a worker thread: one turn of the engine's. A message an earlier run left without a reply is
     answered through the inbox's replay, so one still dangling here is dropped, never merged into this
     one; a message the model answered with nothing stays, and this one joins it (the engine's rule)."""
     chat.take_back_unanswered()
     return chat.send(
-        text, buffer.on_event, True, cancel, attachments=attachments, on_added=lambda message: on_added(message.row_id)
+        text,
+        buffer.on_event,
+        True,
+        cancel,
+        attachments=attachments,
+        on_added=lambda message: on_added(message.row_id),
+        payer=payer,
     )
 
 
@@ -628,6 +636,14 @@ def sender_of(message: Message) -> Sender:
     return Sender(user.id, user.first_name) if user else Sender(message.chat.id, "Someone")
 
 
+def payer_of(message: Message, settings: Settings) -> Payer:
+    """Whom a message's model calls are counted for (the sender, across all chats); the bot's owners
+    (TELEGRAM_ADMINS) are exempt from the caps."""
+    sender, user = sender_of(message), message.from_user
+    owner = is_allowed(settings.telegram_admins, user.id if user else None, user.username if user else None, sender.id)
+    return Payer(str(sender.id), exempt=owner)
+
+
 MAX_LOADED = 500  # conversations kept in memory; idle ones beyond this are dropped and reloaded from SQLite
 
 
@@ -640,6 +656,7 @@ class Assistant:
         self.store = store
         self.inbox = inbox
         self.provider = Provider(settings, lambda text: log.info("%s", text))
+        self.budget = Budget(settings, store)  # per-user spending caps, in the same database
         self.chats: collections.OrderedDict[Key, ChatState] = collections.OrderedDict()
         self.lines: collections.OrderedDict[int, Line] = collections.OrderedDict()
         self.pace = Pace()
@@ -681,6 +698,7 @@ class Assistant:
                 store=self.store,
                 label=f"chat={conversation_name(key)}",
                 log_sink=lambda line: log.info("%s", line),
+                budget=self.budget,
             )
             try:
                 chat.open_session(session_name(key))
@@ -755,12 +773,15 @@ class Assistant:
         update_ids: list[int],
         replaces: int | None = None,
         prepare: Prepare | None = None,
+        payer: Payer | None = None,
     ) -> None:
         """One turn, in order with the conversation's other messages: stream the reply, then send it
         whole; then the messages it answers are settled. `replaces`: the history row of a message the
         user edited, whose exchange this turn redoes (only if it is still the last one). `prepare`:
         the files of a message, downloaded (and voice transcribed) in its turn, so a photo is answered
-        in order with the texts around it; None from it means it already answered (a file refused)."""
+        in order with the texts around it; None from it means it already answered (a file refused).
+        `payer`: whom the turn is counted for; past their spending cap the message is answered with a
+        note, and no file is fetched and no model called."""
         state = self.state(key)
         async with state.lock:
             if self.stopping:
@@ -771,14 +792,30 @@ class Assistant:
                     log.info("chat=%s an older message was edited: ignored", key[0])
                 else:
                     rows = [self.unfinished.pop(i) for i in update_ids if i in self.unfinished]
-                    self.take_back(state, [replaces] if replaces is not None else rows)
+                    over = await self.over_budget(bot, state, payer, reply_to)
+                    if not (over and replaces is not None):  # an edit past the cap keeps the exchange it would redo
+                        self.take_back(state, [replaces] if replaces is not None else rows)
                     resume = next((self.resumed.pop(i) for i in update_ids if i in self.resumed), None)
-                    attachments: list[Attachment] = []
-                    prepared = await prepare(state) if prepare is not None else (text, attachments)
+                    prepared: tuple[str, list[Attachment]] | None = (text, [])
+                    if over:
+                        prepared = None
+                    elif prepare is not None:
+                        prepared = await prepare(state)
                     if prepared is not None:
                         text, attachments = prepared
-                        await self.turn(bot, state, text, private, reply_to, update_ids, resume, attachments)
+                        await self.turn(bot, state, text, private, reply_to, update_ids, resume, attachments, payer)
         await self.settle(update_ids)
+
+    async def over_budget(self, bot: Any, state: ChatState, payer: Payer | None, reply_to: int | None) -> bool:
+        """True when the payer reached a spending cap: they were told which, and when it resets."""
+        if payer is None:
+            return False
+        standing = await asyncio.to_thread(self.budget.standing, payer)
+        if standing.reached is None:
+            return False
+        log.info("chat=%s user=%s spending cap reached: not sent to the model", state.key[0], payer.user)
+        await say(bot, state, standing.note(), reply_to)
+        return True
 
     def is_last_exchange(self, state: ChatState, row: int) -> bool:
         history = state.chat.conversation.history
@@ -795,6 +832,7 @@ class Assistant:
         update_ids: list[int],
         resume: int | None = None,
         attachments: list[Attachment] | None = None,
+        payer: Payer | None = None,
     ) -> None:
         """The model call in a worker thread, followed in the chat; a turn always finishes (or is
         cancelled and awaited) before the conversation's next one starts."""
@@ -813,6 +851,7 @@ class Assistant:
             cancel,
             lambda row: self.inbox.started(update_ids, row),
             attachments or [],
+            payer,
         )
         try:
             try:
@@ -824,6 +863,9 @@ class Assistant:
             result = turn.result()
         except (AttachmentError, TranscriptionError) as exc:  # checked before anything is sent
             await view.finish(f"I couldn't use that file: {exc}")
+            return
+        except OverBudget as exc:  # reached meanwhile (another chat of the payer's): no call was made
+            await view.finish(exc.standing.note())
             return
         except PromptTooLarge as exc:
             await view.finish(
@@ -1020,8 +1062,9 @@ async def on_stats(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Messages, requests, tokens and cost of this conversation, and the model that answered."""
     if update.effective_message is None:
         return
+    assistant = assistant_of(context)
     # as learned by the requests so far: asking the server here would block the event loop
-    stats = assistant_of(context).state(key_of(update.effective_message)).chat.stats(ask_window=False)
+    stats = assistant.state(key_of(update.effective_message)).chat.stats(ask_window=False)
     lines = [f"Messages kept: {stats.messages - 1}", f"Requests: {stats.requests}"]
     if stats.last is not None:
         usage, about = stats.usage, "~" if stats.estimated else ""
@@ -1037,6 +1080,8 @@ async def on_stats(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     lines.append(f"Model: {stats.model}{known}")
     if stats.last is not None and stats.last.model and stats.last.model != stats.model:
         lines.append(f"Last reply by: {stats.last.model} (the fallback)")
+    payer = payer_of(update.effective_message, assistant.settings)
+    lines += assistant.budget.standing(payer).lines()  # yours, across all chats (here: answers keep their order)
     await reply_text(update, context, "\n".join(lines))
 
 
@@ -1306,7 +1351,8 @@ async def on_message(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
     reply_to = None if private and key[1] is None else message.message_id
     if media:
         prepare = preparing(context.bot, message, media, raw, assistant, reply_to or message.message_id)
-        await assistant.answer(context.bot, key, raw, private, reply_to, update_ids, prepare=prepare)
+        payer = payer_of(message, assistant.settings)
+        await assistant.answer(context.bot, key, raw, private, reply_to, update_ids, prepare=prepare, payer=payer)
         return
     text = compose(message, raw, assistant)
     if utf16_len(raw) >= PASTE_PART:
@@ -1315,7 +1361,9 @@ async def on_message(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
         await paste.gather()
         state.paste = None
         text = "\n".join(paste.texts)
-    await assistant.answer(context.bot, key, text, private, reply_to, update_ids)
+    await assistant.answer(
+        context.bot, key, text, private, reply_to, update_ids, payer=payer_of(message, assistant.settings)
+    )
 
 
 async def on_edit(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -1334,7 +1382,14 @@ async def on_edit(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         return
     private = message.chat.type == "private"
     await assistant.answer(
-        context.bot, key, compose(message, raw, assistant), private, message.message_id, [update.update_id], row
+        context.bot,
+        key,
+        compose(message, raw, assistant),
+        private,
+        message.message_id,
+        [update.update_id],
+        row,
+        payer=payer_of(message, assistant.settings),
     )
 
 
@@ -1649,6 +1704,8 @@ def run(settings: Settings, store: SessionStore, inbox: Inbox) -> int:
     from telegram.error import InvalidToken, NetworkError
 
     assistant = Assistant(settings, store, inbox)
+    for note in assistant.budget.notes:  # the caps in force, or why there are none: once, at start
+        log.info("%s", note)
     application = build_application(settings, assistant)
     try:
         asyncio.run(check_token(settings))  # one clear line for a bad token, not the library's traceback

@@ -22,6 +22,7 @@ from .attachments import (
     refuses_images,
     transcribe,
 )
+from .budget import Budget, Payer
 from .conversation import (
     DEFAULT_CONTEXT_TOKENS,
     Conversation,
@@ -100,6 +101,7 @@ class Chat:
         label: str = "",
         log_sink: Callable[[str], None] | None = None,
         wants_cost: bool = True,
+        budget: Budget | None = None,
     ):
         self.settings = settings
         self.model = settings.model
@@ -111,6 +113,8 @@ class Chat:
         self.label = label  # who this conversation is, for the request log: "chat=12345"
         self.log_sink = log_sink  # where request log lines go besides the log file
         self.wants_cost = wants_cost  # plain one-shot output shows no cost: the price table is not loaded
+        self.budget = budget  # per-user spending caps (the Telegram assistant): checked before every call
+        self._payer: Payer | None = None  # whom the turn in progress is counted for
         self.requests: list[TurnStats] = []  # one per model call
         self.last_request: Request | None = None
         self._counter: TokenCounter | None = None
@@ -208,6 +212,7 @@ class Chat:
             "and open questions. Reply with the summary only.",
             kept=[Message("user", previous + transcript[-20_000:])],
         )
+        self._check_budget()
         try:
             result = stream_turn(self.provider, summary_request, self.model, lambda _kind, _text: None)
         except Failure as exc:
@@ -237,21 +242,23 @@ class Chat:
         cancel: Cancel | None = None,
         attachments: Sequence[Attachment] = (),
         on_added: Callable[[Message], None] | None = None,
+        payer: Payer | None = None,
     ) -> TurnResult:
         """Add the user's message (with any attachments) and answer it. `on_added` hears of the
         message once it is saved, before the request (the Telegram front-end ties it to the updates
-        it answers).
+        it answers). `payer`: whom the turn's model calls are counted for, with the chat's budget.
 
         Whatever ends the turn without a reply (a Failure, PromptTooLarge, Ctrl-C while the request
         is prepared, a bug) takes the message back out: the history never keeps a message that got
         no answer, and the saved session says the same. Attachments are checked first
         (AttachmentError, TranscriptionError, NoVision for a model known to refuse images): then
-        nothing is added and nothing is sent."""
+        nothing is added and nothing is sent. OverBudget (the payer reached a cap) is raised before
+        any model call, and the message is taken back out."""
         attached = self.ready_attachments(attachments)
         message = self._add_user(text, attached)
         if on_added is not None:
             on_added(message)
-        return self._answer(on_event, stream, cancel)
+        return self._answer(on_event, stream, cancel, payer)
 
     def ready_attachments(self, attachments: Sequence[Attachment]) -> list[Attachment]:
         """The attachments as they will be sent: checked against the limits and the model, voice
@@ -298,7 +305,9 @@ class Chat:
             "no_vision",
         )
 
-    def retry(self, on_event: OnEvent, stream: bool = True, cancel: Cancel | None = None) -> TurnResult:
+    def retry(
+        self, on_event: OnEvent, stream: bool = True, cancel: Cancel | None = None, payer: Payer | None = None
+    ) -> TurnResult:
         """Answer the last message again, in place of its reply (if it has one).
 
         The old reply goes only once the new one has text (saved, even if it is cut short later):
@@ -309,7 +318,7 @@ class Chat:
             raise Refused("nothing to retry yet")
         self._replacing = history.pop() if history[-1].role == "assistant" else None
         try:
-            result = self.respond(on_event, stream, cancel)
+            result = self.respond(on_event, stream, cancel, payer)
         except BaseException:
             self._settle_retry(replaced=False)
             raise
@@ -413,9 +422,9 @@ class Chat:
         if history and history[-1].role == "user":
             self.session.delete([history.pop()])
 
-    def _answer(self, on_event: OnEvent, stream: bool, cancel: Cancel | None) -> TurnResult:
+    def _answer(self, on_event: OnEvent, stream: bool, cancel: Cancel | None, payer: Payer | None) -> TurnResult:
         try:
-            result = self.respond(on_event, stream, cancel)
+            result = self.respond(on_event, stream, cancel, payer)
         except BaseException:
             self._drop_unanswered()
             raise
@@ -425,12 +434,23 @@ class Chat:
 
     # -- one turn, with the retries of our own ------------------------------------
 
-    def respond(self, on_event: OnEvent, stream: bool = True, cancel: Cancel | None = None) -> TurnResult:
+    def respond(
+        self, on_event: OnEvent, stream: bool = True, cancel: Cancel | None = None, payer: Payer | None = None
+    ) -> TurnResult:
         """Send the history (ending with a user message) and record the reply.
 
         Retries what a retry of our own can fix: a rejected optional parameter, an overflowing
         context (once, with a tighter budget) and, for a retryable failure, the fallback model.
-        A failure before any text raises Failure (the caller takes the message back out)."""
+        A failure before any text raises Failure (the caller takes the message back out); so does
+        OverBudget, checked before each model call (the summary's and the retries' too), when the
+        chat has a budget and the payer reached a cap."""
+        self._payer = payer
+        try:
+            return self._respond(on_event, stream, cancel)
+        finally:
+            self._payer = None
+
+    def _respond(self, on_event: OnEvent, stream: bool, cancel: Cancel | None) -> TurnResult:
         attempt = Attempt(self.model)
         if self.saved:
             on_event = self._checkpointing(on_event)
@@ -439,6 +459,7 @@ class Chat:
             self._say_dropped(request)
             self._around_blind_model(request, attempt)
             self.last_request = request
+            self._check_budget()
             try:
                 result = stream_turn(self.provider, request, attempt.model, on_event, stream, cancel)
                 break
@@ -647,11 +668,19 @@ class Chat:
         self._window_full_yet(result, result.usage)
         self._account(result)
 
+    def _check_budget(self) -> None:
+        """Before a model call: OverBudget if the turn's payer has reached a cap."""
+        if self.budget is not None and self._payer is not None:
+            self.budget.check(self._payer)
+
     def _account(self, result: TurnResult) -> None:
-        """One request's usage and cost: counted in /stats, saved with the session, logged."""
+        """One request's usage and cost: counted in /stats and the payer's budget, saved with the
+        session, logged."""
         usage = result.usage or Usage(estimated=True)
-        cost, _ = turn_cost(usage, self.settings, result.model) if self.wants_cost else (None, "")
+        cost, source = turn_cost(usage, self.settings, result.model) if self.wants_cost else (None, "")
         stats = TurnStats(result.model, usage, cost, result.ttft, result.latency, result.sent_messages)
+        if self.budget is not None and self._payer is not None:
+            self.budget.record(self._payer, stats, reported=source == "provider")
         self.requests.append(stats)
         self.session.add_usage(stats, result.finish_reason)
         status = "interrupted" if result.interrupted else (result.failure.kind if result.failure else "ok")

@@ -386,6 +386,16 @@ SETTINGS: tuple[Setting, ...] = (
         "",
     ),
     Setting(
+        "telegram_admins",
+        "TELEGRAM_ADMINS",
+        (),
+        (),
+        _access_list,
+        "Telegram assistant: the bot's owners (user ids or @usernames): may change any chat's settings; "
+        "exempt from spending caps",
+        "",
+    ),
+    Setting(
         "telegram_rate_limit",
         "TELEGRAM_RATE_LIMIT",
         (),
@@ -400,6 +410,39 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         _text,
         "Telegram assistant: chat histories database path (default: user data directory)",
+    ),
+    Setting(
+        "telegram_budget_daily",
+        "TELEGRAM_BUDGET_DAILY",
+        (),
+        None,
+        _number(float, 0),
+        "Telegram assistant: most USD each user may spend a day (UTC), all chats together; unset means no cap",
+    ),
+    Setting(
+        "telegram_budget_monthly",
+        "TELEGRAM_BUDGET_MONTHLY",
+        (),
+        None,
+        _number(float, 0),
+        "Telegram assistant: most USD each user may spend a calendar month (UTC); unset means no cap",
+    ),
+    Setting(
+        "telegram_budget_daily_tokens",
+        "TELEGRAM_BUDGET_DAILY_TOKENS",
+        (),
+        None,
+        _number(int, 0),
+        "Telegram assistant: most tokens (input + output) each user may use a day (UTC), the cap for a server "
+        "whose prices are unknown; unset means no cap",
+    ),
+    Setting(
+        "telegram_budget_monthly_tokens",
+        "TELEGRAM_BUDGET_MONTHLY_TOKENS",
+        (),
+        None,
+        _number(int, 0),
+        "Telegram assistant: most tokens (input + output) each user may use a calendar month (UTC); unset means no cap",
     ),
 )
 BOOL_SETTINGS = {s.name for s in SETTINGS if s.parse is _parse_bool}
@@ -480,8 +523,13 @@ class Settings:
     telegram_token: str | None
     telegram_api_url: str
     telegram_allowed: tuple[str, ...]
+    telegram_admins: tuple[str, ...]
     telegram_rate_limit: int
     telegram_db: str | None
+    telegram_budget_daily: float | None
+    telegram_budget_monthly: float | None
+    telegram_budget_daily_tokens: int | None
+    telegram_budget_monthly_tokens: int | None
     sources: dict[str, str] = field(default_factory=dict)
     discovered: str | None = None  # "a local server at 127.0.0.1:11434" when zero-config found one
     warnings: list[str] = field(default_factory=list)  # for the front-end to show: a .env others can read

@@ -54,6 +54,14 @@ MIGRATIONS: tuple[str, ...] = (
         note TEXT NOT NULL DEFAULT '');
     CREATE INDEX attachments_by_message ON attachments(message_id, id);
     """,
+    # What each user spent, one row per model call (chatcore/budget.py): no content, only amounts, so a
+    # crash or a restart never resets a spending cap, and /clear (which deletes words) leaves it.
+    """
+    CREATE TABLE spending (
+        id INTEGER PRIMARY KEY, user TEXT NOT NULL, at REAL NOT NULL, model TEXT,
+        tokens INTEGER NOT NULL, tokens_estimated INTEGER NOT NULL, cost REAL, cost_estimated INTEGER NOT NULL);
+    CREATE INDEX spending_by_user ON spending(user, at);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

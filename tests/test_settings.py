@@ -26,6 +26,10 @@ SAMPLES = {
     "telegram_allowed": "123,@someone,-100200",
     "transcribe_base_url": "https://api.openai.com/v1",
     "transcribe_api_key": "sk-transcribe",
+    "telegram_budget_daily": "0.5",
+    "telegram_budget_monthly": "10",
+    "telegram_budget_daily_tokens": "20000",
+    "telegram_budget_monthly_tokens": "500000",
 }
 STATE = ["sources", "discovered", "warnings", "notes"]  # what loading adds; not settings
 
