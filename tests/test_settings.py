@@ -25,7 +25,7 @@ SAMPLES = {
     "telegram_db": "~/telegram.db",
     "telegram_allowed": "123,@someone,-100200",
     "transcribe_base_url": "https://api.openai.com/v1",
-    "transcribe_api_key": "sk-transcribe",
+    "transcribe_api_key": "fake-transcribe",
     "telegram_budget_daily": "0.5",
     "telegram_budget_monthly": "10",
     "telegram_budget_daily_tokens": "20000",
