@@ -31,6 +31,7 @@ log = logging.getLogger("chatbot.telegram")
 
 RICH_CHARS = 32_768  # characters of text in one rich message (formula sources included)
 RICH_BLOCKS = 500  # blocks in one rich message: paragraphs, list items, table rows, quotes...
+BLOCK_BUDGET = 480  # what a part is filled to: the count is an estimate (nesting), kept under the limit
 RICH_COLUMNS = 20  # columns in one table
 THINKING = "Thinking…"  # the draft's thinking block, until the model's first words
 STOP_UPDATE = "stopped_message_generation"
@@ -38,6 +39,8 @@ STOP_UPDATE = "stopped_message_generation"
 FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
 TABLE_RULE = re.compile(r"^\s*\|?\s*:?-+:?\s*(\|\s*:?-+:?\s*)*\|?\s*$")
 CODE_SPAN = re.compile(r"`+")
+LIST_ITEM = re.compile(r"^\s*(?:>\s*)*(?:[-*+]|\d{1,9}[.)])\s")
+MARKER = re.compile(r" {0,3}(?:>|[-*+](?=\s)|\d{1,9}[.)](?=\s)|#{1,6}(?=\s))\s*")  # opens a block (nested: several)
 MISSING = re.compile(r"method not found|unknown method|no such method|method is not available", re.I)
 
 
@@ -103,15 +106,28 @@ class Unit:
         return utf16_len(rich_markdown(self.text))
 
     def blocks(self) -> int:
-        """Blocks Telegram counts for it, over- rather than under-estimated: every line of text (a
-        paragraph, a list item, a quote) is one, and the paragraph or list itself another; a table is
-        one and each row another; a fence is one."""
+        """Blocks Telegram counts for it ("all blocks, list items and table rows"), over- rather than
+        under-estimated: a fence is one; a table one and each row another; in text, every block a line
+        opens (a heading, a list item, a quote: "> - x" opens two), the list around its items, and the
+        paragraph its plain lines make."""
         if self.kind == "fence":
             return 1
-        return 1 + sum(1 for line in self.lines if line.strip())
+        if self.kind == "table":
+            return len(self.lines)  # its rows (the delimiter row is none), and the table itself
+        opened = sum(markers(line) for line in self.lines)
+        lists = any(LIST_ITEM.match(line) for line in self.lines)
+        return opened + lists + any(line.strip() and not markers(line) for line in self.lines)
 
     def columns(self) -> int:
         return max((cells(line) for line in self.lines), default=0) if self.kind == "table" else 0
+
+
+def markers(line: str) -> int:
+    """How many blocks a line opens at its start: `## x` one, `- x` one, `> 1. x` two."""
+    count = position = 0
+    while (match := MARKER.match(line, position)) and match.end() > position:
+        count, position = count + 1, match.end()
+    return count
 
 
 def cells(row: str) -> int:
@@ -153,7 +169,7 @@ def units_of(markdown: str) -> list[Unit]:
     return units
 
 
-def fits(unit: Unit, chars: int = RICH_CHARS, blocks: int = RICH_BLOCKS) -> bool:
+def fits(unit: Unit, chars: int = RICH_CHARS, blocks: int = BLOCK_BUDGET) -> bool:
     return unit.chars() <= chars and unit.blocks() <= blocks and unit.columns() <= RICH_COLUMNS
 
 
@@ -242,7 +258,7 @@ def cut_unit(unit: Unit, chars: int, blocks: int) -> list[Unit]:
     return pieces
 
 
-def split_rich(markdown: str, chars: int = RICH_CHARS, blocks: int = RICH_BLOCKS) -> list[str]:
+def split_rich(markdown: str, chars: int = RICH_CHARS, blocks: int = BLOCK_BUDGET) -> list[str]:
     """The reply as the Markdown of rich messages that each fit Telegram's limits, cut only between
     units (paragraphs, lists, tables, fences) unless one is too big for a message of its own."""
     parts: list[str] = []

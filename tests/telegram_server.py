@@ -619,6 +619,8 @@ RULE = re.compile(r"^\s*\|?\s*:?-+:?\s*(\|\s*:?-+:?\s*)*\|?\s*$")
 TAG = re.compile(r"(?<!\\)<[A-Za-z/!?][^>]*>")
 REFERENCE = re.compile(r"(?<!\\)&#?\w+;")
 ESCAPED = re.compile(r"\\([!-/:-@\[-`{-~])")
+OPENING = re.compile(r"(?:\s*(?:>|[-*+]\s|\d+[.)]\s|#{1,6}\s))*")  # the markers a line starts with
+OPENS = re.compile(r">|[-*+]\s|\d+[.)]\s|#{1,6}\s")
 
 
 def bad(description: str) -> tuple[int, dict[str, Any]]:
@@ -661,6 +663,7 @@ def render_rich(markdown: str) -> tuple[str, int, int]:
     lines: list[str] = []
     fence: str | None = None
     blocks = columns = 0
+    paragraph = table = False  # inside one (its lines after the first are no new block)
     for line in markdown.split("\n"):
         match = FENCE.match(line)
         if fence is not None:
@@ -674,14 +677,22 @@ def render_rich(markdown: str) -> tuple[str, int, int]:
             continue
         if not line.strip():
             lines.append("")
+            paragraph = table = False
             continue
         if RULE.match(line) and "-" in line:  # a table's delimiter row
             continue
-        blocks += 1
+        opened = len(OPENS.findall(OPENING.match(line).group()))
         if line.lstrip().startswith("|"):
             cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
             columns = max(columns, len(cells))
             line = " | ".join(cells)
+            blocks += 1 if table else 2  # a row; the first row also opens the table
+            table = True
+        elif opened:
+            blocks += opened  # a heading, a list item, a quote (nested ones: each)
+            paragraph = False
+        elif not paragraph:
+            blocks, paragraph = blocks + 1, True
         lines.append(inline_plain(re.sub(r"^#{1,6}\s+", "", line)))
     return "\n".join(lines).strip(), blocks, columns
 
