@@ -339,6 +339,7 @@ def entities_for(part: Part, bot: Any) -> list[Any] | None:
 
 
 THINKING_EVERY = 20.0  # a draft is a 30-second preview: the thinking block is shown again this often
+RICH_DRAFT_REFUSALS = 3  # rich drafts Telegram refused (400) before this reply streams the way drafts did before
 
 
 class ReplyView:
@@ -368,6 +369,7 @@ class ReplyView:
         self.on_message = on_message
         self.thread = state.key[1]
         self.rich, self.stops = rich, stops
+        self.refused_drafts = 0
         self.mode = "draft" if private and state.drafts_work else "edit"
         if private and rich is not None and rich.drafts and stops is not None:
             self.mode = "rich"
@@ -473,15 +475,23 @@ class ReplyView:
     async def _rich_draft(self, chat_id: int, rich_message: dict[str, Any]) -> None:
         """One rich draft update; a server without rich drafts sends this reply, and every later one,
         the way drafts went before them."""
+        from telegram.error import BadRequest
+
+        assert self.rich is not None
         try:
             await self.bot.do_api_request(
                 "sendRichMessageDraft", api_kwargs=draft_call(chat_id, self.draft_id, self.thread, rich_message)
             )
         except Exception as exc:
-            if not is_missing(exc):
-                raise  # one refused update: skipped (by Line), the next one is tried
-            assert self.rich is not None
-            self.rich.lacks("drafts", "sendRichMessageDraft", str(exc))
+            if is_missing(exc):
+                self.rich.lacks("drafts", "sendRichMessageDraft", str(exc))
+            elif isinstance(exc, BadRequest) and not NO_RIGHTS.search(exc.message):
+                self.refused_drafts += 1
+                if self.refused_drafts < RICH_DRAFT_REFUSALS:
+                    raise  # one refused update: skipped (by Line), the next one is tried
+                log.info("chat=%s rich drafts refused (%s): this reply streams as before", chat_id, exc.message)
+            else:
+                raise
             self.mode = "draft" if self.state.drafts_work else "edit"
             self.interval = STREAM_INTERVAL[self.mode]
 

@@ -288,6 +288,17 @@ def test_groups_stream_by_edits_and_finish_with_a_rich_message(bot, telegram, mo
     assert all("text" in e.params for e in edits[:-1])
 
 
+def test_rich_drafts_refused_for_one_reply_stream_as_before_and_the_reply_still_arrives(bot, telegram, model):
+    telegram.fail("sendRichMessageDraft", 400, "Bad Request: can't parse rich message", chat_id=138, times=3)
+    model.push(chat_reply("word " * 200, size=5, delay=0.02))
+    telegram.send_text(138, "go")
+    [shown] = final_texts(telegram, 138)
+    assert shown == ("word " * 200).strip()
+    assert telegram.calls_to("sendMessageDraft", 138)  # the rest of this reply streamed as plain drafts
+    assert len(telegram.calls_to("sendRichMessageDraft", 138)) == 3
+    assert len(telegram.calls_to("sendRichMessage", 138)) == 1
+
+
 # -- the bot against an older Bot API server, and with rich messages turned off ---------------
 
 
@@ -311,6 +322,13 @@ def test_without_rich_methods_the_bot_learns_once_and_uses_todays_path(tmp_path,
     telegram.send_text(102, "second")
     assert final_texts(telegram, 102) == ["Second."]
     only_old_calls(telegram, 102)  # remembered for the process
+    # A group's streamed message: the old server ignores rich_message in an edit; the reply still arrives once.
+    model.push(chat_reply("In a **group** & <b>kept</b>. " * 30, size=20, delay=0.05))
+    telegram.send_text(GROUP, "@test_assistant_bot hi")
+    telegram.wait_for(lambda: "kept</b>. In a group" in "".join(telegram.sent_texts(GROUP)))
+    time.sleep(0.5)
+    [shown] = telegram.sent_texts(GROUP)
+    assert shown == ("In a group & <b>kept</b>. " * 30).strip()
     assert process.stop() == 0, process.stderr
 
 
