@@ -386,19 +386,20 @@ class ReplyView:
 
     async def follow(self, turn: asyncio.Future[Any], buffer: ReplyBuffer, cancel: Cancel) -> None:
         """Until the turn ends: typing while nothing is written, updates at the chat's pace after.
-        A chat that can no longer be written to stops the turn: no more credit is spent on it."""
-        from telegram.constants import ChatAction
-
+        A chat that can no longer be written to stops the turn: no more credit is spent on it. While
+        a rich draft is shown, its Stop button stops the turn too."""
         stop = Stop(self.line.chat_id, self.thread, self.draft_id)
         if self.stops is not None and self.mode == "rich":
             self.stops.shown(stop, cancel)
         try:
-            await self._follow(turn, buffer, cancel, ChatAction.TYPING)
+            await self._follow(turn, buffer, cancel)
         finally:
             if self.stops is not None:
                 self.stops.gone(stop)
 
-    async def _follow(self, turn: asyncio.Future[Any], buffer: ReplyBuffer, cancel: Cancel, typing: str) -> None:
+    async def _follow(self, turn: asyncio.Future[Any], buffer: ReplyBuffer, cancel: Cancel) -> None:
+        from telegram.constants import ChatAction
+
         typed_at = updated_at = -1e9
         while not turn.done():
             if self.line.closed is not None:
@@ -419,7 +420,7 @@ class ReplyView:
                 if now - typed_at >= TYPING_EVERY:
                     typed_at = now
                     await self.line.send(
-                        lambda chat: self.bot.send_chat_action(chat, typing, **in_thread(self.thread)),
+                        lambda chat: self.bot.send_chat_action(chat, ChatAction.TYPING, **in_thread(self.thread)),
                         essential=False,
                         counts=False,
                     )
@@ -565,7 +566,7 @@ class ReplyView:
                 return await self._post_rich(chat_id, part, reply_markup)  # the streamed message is gone
             raise
         self.message_id = self.reply_to = None  # the parts after the first are new messages of their own
-        return result if result is not False else True
+        return result
 
     def _refused(self, exc: Exception, chat_id: int, edit_id: int | None) -> bool:
         """Sort a rich call's failure: True to send the part anew (the streamed message is gone); raises
@@ -1832,7 +1833,7 @@ async def check_token(settings: Settings) -> None:
         await probe.get_me()
 
 
-# What the bot asks Telegram for: the Stop button's update is not among Telegram's defaults.
+# What the bot asks Telegram for, by name: the Stop button's update is new, and not documented as a default.
 ALLOWED_UPDATES = ["message", "edited_message", "my_chat_member", "callback_query", "stopped_message_generation"]
 
 

@@ -567,17 +567,14 @@ class FakeTelegram:
         problem, text = check_rich(params.get("rich_message"), draft=False)
         if problem:
             return problem
-        chat_id, message_id = int(params["chat_id"]), next(self.message_ids)
         thread = params.get("message_thread_id")
+        sent = SentMessage(
+            next(self.message_ids), int(params["chat_id"]), text, thread_id=int(thread) if thread else None
+        )
+        sent.rich = params["rich_message"].get("markdown", "")
         with self.condition:
-            self.messages[message_id] = SentMessage(
-                message_id,
-                chat_id,
-                text,
-                thread_id=int(thread) if thread else None,
-                rich=params["rich_message"].get("markdown", ""),
-            )
-        return 200, {"ok": True, "result": self._message(chat_id, message_id, text)}
+            self.messages[sent.message_id] = sent
+        return 200, {"ok": True, "result": self._message(sent.chat_id, sent.message_id, text)}
 
     def _sendRichMessageDraft(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         if not self.rich:

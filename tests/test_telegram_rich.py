@@ -13,6 +13,7 @@ import pytest
 from server import chat_reply
 from telegram_server import RICH_BLOCKS, RICH_CHARS, RICH_COLUMNS, FakeTelegram, check_rich, render_rich
 from test_telegram import GROUP, BotProcess, bot_env, final_texts, started
+from test_telegram import fresh_queue as fresh_queue  # autouse: the model's queue emptied around every test
 
 from telegram_rich import Stop, Stops, draft_message, final_message, rich_markdown, split_rich, stop_of
 
@@ -151,11 +152,20 @@ def bot(telegram, model, home):
     assert process.stop() == 0, process.stderr
 
 
-@pytest.fixture(autouse=True)
-def fresh_queue(model):
-    model.queue.clear()
-    yield
-    model.queue.clear()
+def next_request(telegram: FakeTelegram, model, chat: int) -> list[dict]:
+    """The messages the model is sent for the chat's next message: the history as the bot keeps it."""
+    telegram.send_text(chat, "go on")
+    final_texts(telegram, chat, 2)
+    return model.posts[-1].body["messages"]
+
+
+def reply_after(telegram: FakeTelegram, model, chat: int, status: int, description: str, reply: str) -> str:
+    """What the chat shows for a reply whose first sendRichMessage fails this way."""
+    telegram.fail("sendRichMessage", status, description, chat_id=chat)
+    model.push(chat_reply(reply))
+    telegram.send_text(chat, "hello")
+    [shown] = final_texts(telegram, chat)
+    return shown
 
 
 def test_private_reply_thinks_streams_a_rich_draft_with_stop_then_one_rich_message(bot, telegram, model):
@@ -213,12 +223,10 @@ def test_stop_pressed_mid_stream_cancels_the_model_request_and_keeps_the_partial
     assert reply.startswith("word")
     assert reply.endswith("⏹ Stopped.")
     telegram.wait_for(lambda: len(model.disconnects) > disconnects)  # the model request was closed
-    telegram.send_text(133, "go on")
-    final_texts(telegram, 133, 2)
-    sent = model.posts[-1].body["messages"]
-    assert [m["role"] for m in sent] == ["system", "user", "assistant", "user"]
-    assert sent[2]["content"].startswith("word word")
-    assert len(sent[2]["content"]) < len("word " * 400)
+    history = next_request(telegram, model, 133)
+    assert [m["role"] for m in history] == ["system", "user", "assistant", "user"]
+    assert history[2]["content"].startswith("word word")  # the partial reply, kept
+    assert len(history[2]["content"]) < len("word " * 400)
     # The Stop was written to the inbox like any update, and settled once handled.
     db = sqlite3.connect(str(next(home.rglob("telegram.db"))))
     try:
@@ -248,11 +256,8 @@ def test_the_bot_asks_telegram_for_the_stop_update(bot, telegram):
 
 
 def test_a_rich_message_refused_for_one_reply_goes_the_entities_path_and_the_next_is_rich(bot, telegram, model):
-    telegram.fail("sendRichMessage", 400, "Bad Request: can't parse rich message", chat_id=136)
-    model.push(chat_reply("Some **bold** words & <more>."))
-    telegram.send_text(136, "first")
-    [shown] = final_texts(telegram, 136)
-    assert shown == "Some bold words & <more>."
+    shown = reply_after(telegram, model, 136, 400, "Bad Request: can't parse rich message", "Some **bold** & <more>.")
+    assert shown == "Some bold & <more>."
     [text] = telegram.calls_to("sendMessage", 136)
     assert {"type": "bold", "offset": 5, "length": 4} in text.params["entities"]
     model.push(chat_reply("Rich again."))
@@ -263,11 +268,7 @@ def test_a_rich_message_refused_for_one_reply_goes_the_entities_path_and_the_nex
 
 
 def test_a_rich_send_that_fails_on_the_way_is_retried_as_rich_never_sent_twice(bot, telegram, model):
-    telegram.fail("sendRichMessage", 502, "Bad Gateway", chat_id=137)
-    model.push(chat_reply("Once only."))
-    telegram.send_text(137, "hello")
-    [shown] = final_texts(telegram, 137)
-    assert shown == "Once only."
+    assert reply_after(telegram, model, 137, 502, "Bad Gateway", "Once only.") == "Once only."
     time.sleep(0.5)
     assert telegram.sent_texts(137) == ["Once only."]
     assert not telegram.calls_to("sendMessage", 137)
@@ -297,6 +298,48 @@ def test_rich_drafts_refused_for_one_reply_stream_as_before_and_the_reply_still_
     assert telegram.calls_to("sendMessageDraft", 138)  # the rest of this reply streamed as plain drafts
     assert len(telegram.calls_to("sendRichMessageDraft", 138)) == 3
     assert len(telegram.calls_to("sendRichMessage", 138)) == 1
+
+
+def test_a_part_refused_in_the_middle_goes_the_entities_path_and_nothing_is_shown_twice(bot, telegram, model):
+    reply = long_reply_with_tables(70_000)
+    parts = split_rich(reply)
+    assert len(parts) >= 3
+    model.push(chat_reply(reply, size=2000))
+    telegram.send_text(139, "the long report")
+    telegram.wait_for(lambda: len(telegram.rich_sent(139)) >= 2)  # the first two go at once, the third a second later
+    telegram.fail("sendRichMessage", 400, "Bad Request: can't parse rich message", chat_id=139)
+    last_cell = f"s{reply.count('## Section') - 1}r29.3 <&>"
+    telegram.wait_for(lambda: last_cell in "".join(telegram.sent_texts(139)), timeout=30)
+    time.sleep(1.0)
+    shown = telegram.sent_texts(139)
+    assert len(telegram.rich_sent(139)) == 2
+    assert len(shown) > 2  # the rest as text messages with entities
+    everything = "\n".join(shown)
+    for n in range(reply.count("## Section")):
+        assert everything.count(f"s{n}r29.3 <&>") == 1, n  # every table's last cell, once
+
+
+def test_killed_mid_rich_draft_the_message_is_answered_once_after_a_restart(tmp_path, fakes):
+    import signal
+
+    telegram, model = fakes
+    telegram.rich = True
+    env = bot_env(tmp_path / "h", telegram, model)
+    process = started(telegram, BotProcess(env))
+    model.push(chat_reply("partial " * 300, size=5, delay=0.05))
+    telegram.send_text(101, "a long answer please")
+    telegram.wait_for(
+        lambda: any("partial" in str(c.params["rich_message"]) for c in telegram.calls_to("sendRichMessageDraft", 101))
+    )
+    process.process.send_signal(signal.SIGKILL)
+    process.stop()
+    assert telegram.sent_texts(101) == []  # only a draft was ever shown
+    model.push(chat_reply("The whole answer."))
+    process = started(telegram, BotProcess(env))
+    assert final_texts(telegram, 101) == ["The whole answer."]
+    history = model.posts[-1].body["messages"]
+    assert [m["role"] for m in history] == ["system", "user"]  # the cut reply was taken back, not kept
+    assert process.stop() == 0, process.stderr
 
 
 # -- the bot against an older Bot API server, and with rich messages turned off ---------------
