@@ -41,6 +41,8 @@ TABLE_RULE = re.compile(r"^\s*\|?\s*:?-+:?\s*(\|\s*:?-+:?\s*)*\|?\s*$")
 CODE_SPAN = re.compile(r"`+")
 LIST_ITEM = re.compile(r"^\s*(?:>\s*)*(?:[-*+]|\d{1,9}[.)])\s")
 MARKER = re.compile(r" {0,3}(?:>|[-*+](?=\s)|\d{1,9}[.)](?=\s)|#{1,6}(?=\s))\s*")  # opens a block (nested: several)
+# `<` (not an autolink) and `&` before a character reference, unless the model escaped it already.
+ESCAPABLE = re.compile(rf"(?<!\\)(?:{LITERAL.pattern})")
 MISSING = re.compile(r"method not found|unknown method|no such method|method is not available", re.I)
 
 
@@ -60,10 +62,10 @@ def escape_line(line: str) -> str:
         close = re.compile(rf"(?<!`){run.group()}(?!`)").search(line, run.end())
         if close is None:
             continue
-        pieces.append(LITERAL.sub(lambda match: "\\" + match.group(), line[position : run.start()]))
+        pieces.append(ESCAPABLE.sub(r"\\\g<0>", line[position : run.start()]))
         pieces.append(line[run.start() : close.end()])
         position = close.end()
-    pieces.append(LITERAL.sub(lambda match: "\\" + match.group(), line[position:]))
+    pieces.append(ESCAPABLE.sub(r"\\\g<0>", line[position:]))
     return "".join(pieces)
 
 

@@ -53,6 +53,8 @@ def test_rich_markdown_shows_what_the_model_wrote():
     assert "Vec<String> & x" in text
     assert "let v: Vec<String> = vec![]; // &amp; <p>" in text
     assert "\\" not in text
+    # What the model escaped itself shows as Markdown shows it, once (not with a backslash).
+    assert render_rich(rich_markdown("use \\<b> for bold"))[0] == "use <b> for bold"
     # Unescaped, Telegram's parser would read HTML and character references: the test can fail.
     unescaped, _b, _c = render_rich(FIDELITY)
     assert "<b>not bold</b>" not in unescaped
