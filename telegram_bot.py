@@ -62,6 +62,7 @@ from telegram_rich import (
     draft_message,
     final_message,
     is_missing,
+    rich_edit,
     split_rich,
     stop_of,
     thinking_message,
@@ -553,7 +554,7 @@ class ReplyView:
         edit_id = self.message_id
         try:
             if edit_id is not None:
-                result = await self.bot.do_api_request("editMessageText", api_kwargs=call | {"message_id": edit_id})
+                result = await rich_edit(self.bot, call | {"message_id": edit_id})
             else:
                 reply = self._reply_parameters(self.reply_to)
                 call |= in_thread(self.thread) | ({"reply_parameters": reply} if reply else {})

@@ -289,6 +289,7 @@ def test_groups_stream_by_edits_and_finish_with_a_rich_message(bot, telegram, mo
     assert edits
     assert "rich_message" in edits[-1].params  # the streamed message became the rich reply
     assert all("text" in e.params for e in edits[:-1])
+    assert not [line for line in bot.lines if "Warning" in line]
 
 
 def test_rich_drafts_refused_for_one_reply_stream_as_before_and_the_reply_still_arrives(bot, telegram, model):
