@@ -100,13 +100,16 @@ class Unit:
 
     kind: str  # "text", "table" or "fence"
     lines: list[str]
+    measured: int | None = None  # chars(), once computed
 
     @property
     def text(self) -> str:
         return "\n".join(self.lines)
 
     def chars(self) -> int:
-        return utf16_len(rich_markdown(self.text))
+        if self.measured is None:
+            self.measured = utf16_len(rich_markdown(self.text))
+        return self.measured
 
     def blocks(self) -> int:
         """Blocks Telegram counts for it ("all blocks, list items and table rows"), over- rather than
@@ -198,19 +201,25 @@ def cut_fence(unit: Unit, chars: int) -> list[Unit]:
     return pieces
 
 
-def cut_table(unit: Unit, chars: int, blocks: int) -> list[Unit]:
-    """A table too long for one message: its rows in several tables, each under the same header."""
-    header, rows = unit.lines[:2], unit.lines[2:]
-    pieces: list[Unit] = []
+def pack(kind: str, head: list[str], lines: list[str], chars: int, blocks: int) -> list[Unit]:
+    """Lines as units of `kind`, each led by `head` (a table's header rows), filled up to the limits;
+    counted line by line (no more blocks than `Unit.blocks` counts), so a long table or list costs
+    linear time."""
+    base_size = sum(utf16_len(rich_markdown(line)) + 1 for line in head)
+    base_count = 1 + bool(head)  # the table (or list, or paragraph), and its header row
+    units: list[Unit] = []
     current: list[str] = []
-    for row in rows:
-        candidate = Unit("table", [*header, *current, row])
-        if current and not fits(candidate, chars, blocks):
-            pieces.append(Unit("table", [*header, *current]))
-            current = []
-        current.append(row)
-    pieces.append(Unit("table", [*header, *current]))
-    return pieces
+    size, count = base_size, base_count
+    for line in lines:
+        cost = utf16_len(rich_markdown(line)) + 1
+        weight = 1 if kind == "table" else max(markers(line), 1)
+        if current and (size + cost > chars or count + weight > blocks):
+            units.append(Unit(kind, [*head, *current]))
+            current, size, count = [], base_size, base_count
+        current.append(line)
+        size, count = size + cost, count + weight
+    units.append(Unit(kind, [*head, *current]))
+    return units
 
 
 def cut_text(text: str, limit: int) -> list[str]:
@@ -247,18 +256,14 @@ def cut_unit(unit: Unit, chars: int, blocks: int) -> list[Unit]:
         return [unit]
     if unit.kind == "fence":
         return cut_fence(unit, chars)
-    if unit.kind == "table":
-        return cut_table(unit, chars, blocks)
-    pieces: list[Unit] = []
-    current: list[str] = []
-    for line in unit.lines:  # a long paragraph or list: cut between its lines, then inside a line
-        for chunk in cut_text(line, chars // 2) if Unit("text", [line]).chars() > chars // 2 else [line]:
-            if current and not fits(Unit("text", [*current, chunk]), chars, blocks):
-                pieces.append(Unit("text", current))
-                current = []
-            current.append(chunk)
-    pieces.append(Unit("text", current))
-    return pieces
+    if unit.kind == "table":  # its rows in several tables, each under the same header
+        return pack("table", unit.lines[:2], unit.lines[2:], chars, blocks)
+    lines = [  # a long paragraph or list: cut between its lines, and a line too long inside it
+        chunk
+        for line in unit.lines
+        for chunk in (cut_text(line, chars // 2) if utf16_len(rich_markdown(line)) > chars // 2 else [line])
+    ]
+    return pack("text", [], lines, chars, blocks)
 
 
 def split_rich(markdown: str, chars: int = RICH_CHARS, blocks: int = BLOCK_BUDGET) -> list[str]:
