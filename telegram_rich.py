@@ -141,6 +141,12 @@ def cells(row: str) -> int:
     return inner.count("|") + 1
 
 
+def starts_table(lines: list[str], index: int) -> bool:
+    """A table's header row: a line with pipes over a delimiter row (`|---|:--:|`)."""
+    rule = lines[index + 1] if index + 1 < len(lines) else ""
+    return "|" in lines[index] and "-" in rule and bool(TABLE_RULE.match(rule))
+
+
 def units_of(markdown: str) -> list[Unit]:
     """The reply's units, in order (blank lines between them are where it may be split)."""
     units: list[Unit] = []
@@ -160,7 +166,7 @@ def units_of(markdown: str) -> list[Unit]:
                 end += 1
             units.append(Unit("fence", lines[index : end + 1]))
             index = end + 1
-        elif "|" in line and index + 1 < len(lines) and TABLE_RULE.match(lines[index + 1]) and "-" in lines[index + 1]:
+        elif starts_table(lines, index):
             end = index + 2
             while end < len(lines) and lines[end].strip() and "|" in lines[end]:
                 end += 1
@@ -168,7 +174,9 @@ def units_of(markdown: str) -> list[Unit]:
             index = end
         else:
             end = index + 1
-            while end < len(lines) and lines[end].strip() and not FENCE.match(lines[end]):
+            while (
+                end < len(lines) and lines[end].strip() and not FENCE.match(lines[end]) and not starts_table(lines, end)
+            ):
                 end += 1
             units.append(Unit("text", lines[index:end]))
             index = end

@@ -80,7 +80,7 @@ def test_over_the_limits_a_reply_is_cut_at_blocks_with_fences_reopened_and_heade
     code = "```python\n" + "\n".join(f"print({i})  # <{i}>" for i in range(4000)) + "\n```"
     big_table = table(1200)
     wide = table(2, columns=RICH_COLUMNS + 5)
-    reply = f"# Report\n\n{code}\n\n{big_table}\n\n{wide}\n\nThe end & done."
+    reply = f"# Report\n\n{code}\n\n{big_table}\n\nRight after this line, a table too wide:\n{wide}\n\nThe end & done."
     parts = split_rich(reply)
     assert len(parts) > 3
     texts = []
