@@ -54,6 +54,20 @@ from chatcore.store import SessionStore, StoreError
 from chatcore.streams import TEXT
 from chatcore.turn import Cancel, Outcome, TurnResult
 from telegram_render import Part, split_message, to_telegram, utf16_len
+from telegram_rich import (
+    Capability,
+    RichRefused,
+    Stop,
+    Stops,
+    draft_call,
+    draft_message,
+    final_message,
+    is_missing,
+    rich_edit,
+    split_rich,
+    stop_of,
+    thinking_message,
+)
 
 if TYPE_CHECKING:  # telegram is imported where first used: start-up (and --help) stays fast
     from telegram import Message, Update
@@ -326,10 +340,19 @@ def entities_for(part: Part, bot: Any) -> list[Any] | None:
     return [MessageEntity.de_json(entity, bot) for entity in part.entities] or None
 
 
+THINKING_EVERY = 20.0  # a draft is a 30-second preview: the thinking block is shown again this often
+RICH_DRAFT_REFUSALS = 3  # rich drafts Telegram refused (400) before this reply streams the way drafts did before
+
+
 class ReplyView:
     """One reply in one conversation: "typing…" until the first words, then the text as it grows
     (a draft in private chats, else one edited message), then the finished, formatted message(s).
-    Every call carries the topic's thread id, if the conversation is a topic."""
+    Every call carries the topic's thread id, if the conversation is a topic.
+
+    Where the Bot API server has rich messages (`rich`, learned from its answers), a private chat's
+    draft is a rich one (a thinking block until the first words, with Telegram's Stop button, which
+    `stops` hears of) and the finished reply is sent as rich messages, in groups too; whatever
+    Telegram refuses of that goes the entities path, the same text, never twice."""
 
     def __init__(
         self,
@@ -339,14 +362,20 @@ class ReplyView:
         reply_to: int | None,
         resume: int | None = None,
         on_message: Callable[[int], None] = lambda _message_id: None,
+        rich: Capability | None = None,
+        stops: Stops | None = None,
     ):
         """`resume`: a message an earlier run streamed this reply into (a crash cut it): the reply
         replaces its text. `on_message` hears of the message a reply streams into, when it is sent."""
         self.bot, self.line, self.state = bot, state.line, state
         self.on_message = on_message
         self.thread = state.key[1]
+        self.rich, self.stops = rich, stops
+        self.refused_drafts = 0
         self.mode = "draft" if private and state.drafts_work else "edit"
-        self.interval = STREAM_INTERVAL["draft" if self.mode == "draft" else "edit" if private else "group"]
+        if private and rich is not None and rich.drafts and stops is not None:
+            self.mode = "rich"
+        self.interval = STREAM_INTERVAL["draft" if self.mode in ("draft", "rich") else "edit" if private else "group"]
         self.draft_id = random.randint(1, 2**31 - 1)
         self.reply_to = reply_to
         self.message_id: int | None = resume  # the streamed message, in edit mode
@@ -359,7 +388,18 @@ class ReplyView:
 
     async def follow(self, turn: asyncio.Future[Any], buffer: ReplyBuffer, cancel: Cancel) -> None:
         """Until the turn ends: typing while nothing is written, updates at the chat's pace after.
-        A chat that can no longer be written to stops the turn: no more credit is spent on it."""
+        A chat that can no longer be written to stops the turn: no more credit is spent on it. While
+        a rich draft is shown, its Stop button stops the turn too."""
+        stop = Stop(self.line.chat_id, self.thread, self.draft_id)
+        if self.stops is not None and self.mode == "rich":
+            self.stops.shown(stop, cancel)
+        try:
+            await self._follow(turn, buffer, cancel)
+        finally:
+            if self.stops is not None:
+                self.stops.gone(stop)
+
+    async def _follow(self, turn: asyncio.Future[Any], buffer: ReplyBuffer, cancel: Cancel) -> None:
         from telegram.constants import ChatAction
 
         typed_at = updated_at = -1e9
@@ -368,7 +408,17 @@ class ReplyView:
                 cancel.set()
             now = time.monotonic()
             text = buffer.text()
-            if not text.strip():
+            if not text.strip() and self.mode == "rich":
+                if now - typed_at >= THINKING_EVERY:
+                    typed_at = now
+                    await self.line.send(
+                        functools.partial(self._rich_draft, rich_message=thinking_message()),
+                        essential=False,
+                        counts=False,
+                    )
+                    if self.mode != "rich":  # the server has no rich drafts: "typing…" instead, now
+                        typed_at = -1e9
+            elif not text.strip():
                 if now - typed_at >= TYPING_EVERY:
                     typed_at = now
                     await self.line.send(
@@ -383,6 +433,13 @@ class ReplyView:
 
     async def update(self, text: str) -> None:
         """Show the reply so far, formatted: its last message-sized part if it is already long."""
+        if self.mode == "rich":
+            await self.line.send(
+                functools.partial(self._rich_draft, rich_message=draft_message(text)), essential=False, counts=False
+            )
+            if self.mode == "rich":
+                self.shown = text
+                return
         part = split_message(to_telegram(text))[-1]  # `text` is not blank: there is at least one part
         if self.mode == "draft":
             await self.line.send(functools.partial(self._draft, part=part), essential=False, counts=False)
@@ -418,6 +475,29 @@ class ReplyView:
             self.state.drafts_work = False
             self.mode, self.interval = "edit", STREAM_INTERVAL["edit"]
 
+    async def _rich_draft(self, chat_id: int, rich_message: dict[str, Any]) -> None:
+        """One rich draft update; a server without rich drafts sends this reply, and every later one,
+        the way drafts went before them."""
+        from telegram.error import BadRequest
+
+        assert self.rich is not None
+        try:
+            await self.bot.do_api_request(
+                "sendRichMessageDraft", api_kwargs=draft_call(chat_id, self.draft_id, self.thread, rich_message)
+            )
+        except Exception as exc:
+            if is_missing(exc):
+                self.rich.lacks("drafts", "sendRichMessageDraft", str(exc))
+            elif isinstance(exc, BadRequest) and not NO_RIGHTS.search(exc.message):
+                self.refused_drafts += 1
+                if self.refused_drafts < RICH_DRAFT_REFUSALS:
+                    raise  # one refused update: skipped (by Line), the next one is tried
+                log.info("chat=%s rich drafts refused (%s): this reply streams as before", chat_id, exc.message)
+            else:
+                raise
+            self.mode = "draft" if self.state.drafts_work else "edit"
+            self.interval = STREAM_INTERVAL[self.mode]
+
     async def _edit(self, chat_id: int, part: Part) -> None:
         """One streaming edit; a message that is gone (deleted by an admin) is forgotten, and the next
         update starts a new one."""
@@ -433,8 +513,87 @@ class ReplyView:
             log.info("chat=%s the streamed message is gone (%s): a new one follows", chat_id, exc.message)
             self.message_id = None
 
-    async def finish(self, markdown: str) -> int:
-        """Send the finished reply as real messages, formatted; returns how many were delivered."""
+    async def finish(self, markdown: str, reply_markup: Any = None) -> int:
+        """Send the finished reply as real messages: rich ones where the server has them, else text with
+        entities (what Telegram refused as rich, from the part it refused on); `reply_markup` goes under
+        the last message. Returns how many were delivered."""
+        delivered = 0
+        if self.rich is not None and self.rich.messages:
+            delivered, markdown = await self._finish_rich(markdown, reply_markup)
+            if not markdown:
+                return delivered
+        return delivered + await self._finish_entities(markdown, reply_markup)
+
+    async def _finish_rich(self, markdown: str, reply_markup: Any) -> tuple[int, str]:
+        """The reply as rich messages: how many were delivered, and the Markdown Telegram refused to
+        take as rich messages ('' when it took it all). Only a refusal moves a part to the entities
+        path: a part whose fate is unknown (a timeout) is retried as it was, so none is sent twice."""
+        assert self.rich is not None
+        if self.message_id is not None and not self.rich.edits:
+            return 0, markdown  # the streamed message takes the reply, and this server cannot make it rich
+        parts = split_rich(markdown) or ["(empty reply)"]
+        delivered = 0
+        for index, part in enumerate(parts):
+            last = index == len(parts) - 1
+            try:
+                sent = await self.line.send(
+                    functools.partial(self._post_rich, part=part, reply_markup=reply_markup if last else None),
+                    essential=True,
+                )
+            except RichRefused:
+                return delivered, "\n\n".join(parts[index:])
+            delivered += sent is not None
+        return delivered, ""
+
+    async def _post_rich(self, chat_id: int, part: str, reply_markup: Any) -> Any:
+        """One rich message: into the streamed message if there is one (a group's), else a new one (the
+        first replying to the user's message). Telegram's refusal raises RichRefused; a chat that cannot
+        be written to, a 429 or a network error are Line's, as for any message."""
+        call: dict[str, Any] = {"chat_id": chat_id, "rich_message": final_message(part)}
+        if reply_markup is not None:
+            call["reply_markup"] = reply_markup
+        edit_id = self.message_id
+        try:
+            if edit_id is not None:
+                result = await rich_edit(self.bot, call | {"message_id": edit_id})
+            else:
+                reply = self._reply_parameters(self.reply_to)
+                call |= in_thread(self.thread) | ({"reply_parameters": reply} if reply else {})
+                result = await self.bot.do_api_request("sendRichMessage", api_kwargs=call)
+        except Exception as exc:
+            if edit_id is not None and "not modified" in getattr(exc, "message", "").lower():
+                self.message_id = self.reply_to = None
+                return True  # the message already shows this part (an earlier try whose answer was lost)
+            if self._refused(exc, chat_id, edit_id):
+                return await self._post_rich(chat_id, part, reply_markup)  # the streamed message is gone
+            raise
+        self.message_id = self.reply_to = None  # the parts after the first are new messages of their own
+        return result
+
+    def _refused(self, exc: Exception, chat_id: int, edit_id: int | None) -> bool:
+        """Sort a rich call's failure: True to send the part anew (the streamed message is gone); raises
+        RichRefused for Telegram's refusal; False for what Line handles (429, no rights, network)."""
+        from telegram.error import BadRequest
+
+        assert self.rich is not None
+        description = getattr(exc, "message", str(exc))
+        if is_missing(exc):
+            self.rich.lacks("edits" if edit_id is not None else "messages", "rich messages", description)
+            raise RichRefused(description) from exc
+        if not isinstance(exc, BadRequest) or NO_RIGHTS.search(description) or "chat not found" in description.lower():
+            return False
+        lowered = description.lower()
+        if edit_id is not None and "text is empty" in lowered:  # a server that ignores rich_message in edits
+            self.rich.lacks("edits", "rich edits (editMessageText with rich_message)", description)
+        elif edit_id is not None and ("not found" in lowered or "can't be edited" in lowered):
+            log.info("chat=%s the streamed message cannot take the reply (%s): sent anew", chat_id, description)
+            self.message_id = None
+            return True
+        log.info("chat=%s rich message refused (%s): this reply goes as text with entities", chat_id, description)
+        raise RichRefused(description) from exc
+
+    async def _finish_entities(self, markdown: str, reply_markup: Any) -> int:
+        """The reply as text messages with entities, formatted; returns how many were delivered."""
         from telegram.error import BadRequest
 
         parts = split_message(to_telegram(markdown)) or [Part("(empty reply)")]
@@ -448,6 +607,7 @@ class ReplyView:
                         part=part,
                         edit_id=self.message_id if first else None,
                         reply_to=self.reply_to if first else None,
+                        reply_markup=reply_markup if index == len(parts) - 1 else None,
                     ),
                     essential=True,
                 )
@@ -457,7 +617,9 @@ class ReplyView:
             delivered += sent is not None
         return delivered
 
-    async def _post(self, chat_id: int, part: Part, edit_id: int | None, reply_to: int | None) -> Any:
+    async def _post(
+        self, chat_id: int, part: Part, edit_id: int | None, reply_to: int | None, reply_markup: Any = None
+    ) -> Any:
         """One message with its entities; as plain text if Telegram rejects the formatting; as a new
         message if the one it was streamed into is gone."""
         from telegram.error import BadRequest
@@ -465,13 +627,14 @@ class ReplyView:
         async def post(entities: list[Any] | None, edit_id: int | None) -> Any:
             if edit_id is not None:
                 return await self.bot.edit_message_text(
-                    part.text, chat_id=chat_id, message_id=edit_id, entities=entities
+                    part.text, chat_id=chat_id, message_id=edit_id, entities=entities, reply_markup=reply_markup
                 )
             return await self.bot.send_message(
                 chat_id,
                 part.text,
                 entities=entities,
                 reply_parameters=self._reply_parameters(reply_to),
+                reply_markup=reply_markup,
                 **in_thread(self.thread),
             )
 
@@ -482,13 +645,13 @@ class ReplyView:
             text = exc.message.lower()
             if entities and ("entit" in text or "parse" in text):
                 log.info("chat=%s formatting rejected (%s): sent as plain text", chat_id, exc.message)
-                return await self._post(chat_id, Part(part.text), edit_id, reply_to)
+                return await self._post(chat_id, Part(part.text), edit_id, reply_to, reply_markup)
             if edit_id is not None and "not modified" in text:
                 return True  # the streamed message already shows the whole reply: it is delivered
             if edit_id is not None:  # the streamed message is gone, or cannot be edited: the reply is still owed
                 log.info("chat=%s the streamed message cannot take the reply (%s): sent anew", chat_id, exc.message)
                 self.message_id = None
-                return await self._post(chat_id, part, None, self.reply_to)
+                return await self._post(chat_id, part, None, self.reply_to, reply_markup)
             raise
 
 
@@ -674,6 +837,8 @@ class Assistant:
         self.begun: collections.OrderedDict[int, None] = collections.OrderedDict()  # updates handled in this run
         self.strangers_told: collections.OrderedDict[tuple[int, int | None], float] = collections.OrderedDict()
         self.albums: dict[tuple[int, str], Album] = {}  # (chat id, media_group_id) -> an album still arriving
+        self.rich = Capability(settings.telegram_rich)  # what the Bot API server has of rich messages
+        self.stops = Stops()  # drafts shown with a Stop button, and the turn each one stops
 
     def line(self, chat_id: int) -> Line:
         """The chat's line to Telegram, for every chat the bot writes to (strangers' included)."""
@@ -839,7 +1004,14 @@ class Assistant:
         cancel = state.cancel = Cancel()
         buffer = ReplyBuffer()
         view = ReplyView(
-            bot, state, private, reply_to, resume, lambda message_id: self.inbox.streamed(update_ids, message_id)
+            bot,
+            state,
+            private,
+            reply_to,
+            resume,
+            lambda message_id: self.inbox.streamed(update_ids, message_id),
+            self.rich,
+            self.stops,
         )
         loop = asyncio.get_running_loop()
         turn = loop.run_in_executor(
@@ -961,8 +1133,8 @@ async def gate(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     answered 403 (the user pressed Restart) can be written to again."""
     from telegram.ext import ApplicationHandlerStop
 
-    if update.my_chat_member is not None:
-        return
+    if update.my_chat_member is not None or stop_of(update) is not None:
+        return  # a Stop is matched to a draft of ours, which only an allowed user's turn can have
     assistant = assistant_of(context)
     message = update.message or update.edited_message
     if message is None:
@@ -1094,6 +1266,19 @@ async def on_cancel(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         await reply_text(update, context, "Nothing to stop: no reply is in progress.")
         return
     state.cancel.set()  # the reply ends with what was written so far, marked as stopped
+
+
+async def on_stop(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Telegram's Stop button under a draft: the reply is stopped as /cancel stops it (what was written
+    stays, marked). A Stop for a draft no reply is being written into any more (it finished, or an
+    earlier run showed it and a crash ended that turn, which the inbox answers again) changes nothing."""
+    stop = stop_of(update)
+    if stop is None:
+        return
+    if assistant_of(context).stops.press(stop):
+        log.info("chat=%s Stop pressed: the reply is stopped", stop.chat_id)
+    else:
+        log.info("chat=%s Stop pressed under a draft no reply is being written into: nothing to stop", stop.chat_id)
 
 
 async def on_unknown_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -1556,6 +1741,9 @@ def record(inbox: Inbox, updates: Any) -> set[int]:
         if message is not None:
             payload = json.dumps(update.to_dict(), ensure_ascii=False)
             received.append((update.update_id, conversation_name(key_of(message)), message.message_id, payload))
+        elif (stop := stop_of(update)) is not None:  # a Stop, too, is handled once, even across a crash
+            payload = json.dumps(update.to_dict(), ensure_ascii=False)
+            received.append((update.update_id, conversation_name((stop.chat_id, stop.thread)), None, payload))
     if not received:
         return set()
     new = inbox.record(received)
@@ -1635,6 +1823,7 @@ def build_application(settings: Settings, assistant: Assistant) -> Application[A
     application.add_handler(MessageHandler(messages & ~filters.COMMAND & ~filters.StatusUpdate.ALL, on_message))
     application.add_handler(MessageHandler(edits, on_edit))
     application.add_handler(ChatMemberHandler(on_membership, ChatMemberHandler.MY_CHAT_MEMBER))
+    application.add_handler(TypeHandler(Update, on_stop), group=1)  # stopped_message_generation (no typed support)
     application.add_error_handler(on_error)
     return application
 
@@ -1700,6 +1889,10 @@ async def check_token(settings: Settings) -> None:
         await probe.get_me()
 
 
+# What the bot asks Telegram for, by name: the Stop button's update is new, and not documented as a default.
+ALLOWED_UPDATES = ["message", "edited_message", "my_chat_member", "callback_query", "stopped_message_generation"]
+
+
 def run(settings: Settings, store: SessionStore, inbox: Inbox) -> int:
     from telegram.error import InvalidToken, NetworkError
 
@@ -1709,7 +1902,7 @@ def run(settings: Settings, store: SessionStore, inbox: Inbox) -> int:
     application = build_application(settings, assistant)
     try:
         asyncio.run(check_token(settings))  # one clear line for a bad token, not the library's traceback
-        application.run_polling(stop_signals=None, timeout=10, bootstrap_retries=3)
+        application.run_polling(stop_signals=None, timeout=10, bootstrap_retries=3, allowed_updates=ALLOWED_UPDATES)
     except InvalidToken:
         sys.stderr.write(
             "chatbot-telegram: Telegram rejected TELEGRAM_BOT_TOKEN (401 at getMe): copy the token "

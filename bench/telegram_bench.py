@@ -11,6 +11,9 @@
   and a user flooding the bot: 429s answered and calls inside retry_after windows (both 0).
 - The bot's CPU per model chunk with 50 chats streaming, against a plain httpx stream's.
 - A 10-photo album: from the last photo to the first draft, against a text message.
+- Rich messages: the messages a 20,000-character reply takes, and until it is all shown, as rich
+  messages against text with entities (TELEGRAM_RICH=0); from the Stop button to the model request
+  being closed, against /cancel.
 """
 
 from __future__ import annotations
@@ -346,12 +349,115 @@ def bench_album(row, runs: int) -> None:
         stop(bot, telegram, model)
 
 
+def report(size: int) -> str:
+    """A model's long report: headings, paragraphs, a table and code, about `size` characters."""
+    sections, n = [], 0
+    while sum(map(len, sections)) < size:
+        rows = "\n".join(f"| {n}.{r} | value {r} | note <{r}> & more |" for r in range(12))
+        sections.append(
+            f"## Part {n}\n\n"
+            + f"A paragraph of explanation for part {n}, long enough to read like one. " * 3
+            + f"\n\n| id | value | note |\n|---|---|---|\n{rows}\n\n```python\nprint({n})\n```"
+        )
+        n += 1
+    return "\n\n".join(sections)
+
+
+def bench_rich(row, runs: int) -> None:
+    """A 20,000-character reply as rich messages and as text with entities (two bots, one run,
+    alternately); then Stop against /cancel, from the press to the model request being closed."""
+    reply = report(20_000)
+    last = "print(" + reply.rsplit("print(", 1)[1].split(")")[0] + ")"  # in the reply's last part
+    rich = FakeTelegram(poll_cap=0.5), FakeServer()
+    plain = FakeTelegram(poll_cap=0.5), FakeServer()
+    rich[0].rich = plain[0].rich = True
+    bots = [
+        start_bot(Path(tempfile.mkdtemp()), *rich),
+        start_bot(Path(tempfile.mkdtemp()), *plain, TELEGRAM_RICH="0"),
+    ]
+    try:
+        counts: dict[str, list[int]] = {"rich": [], "plain": []}
+        seconds: dict[str, list[float]] = {"rich": [], "plain": []}
+        for run in range(runs):
+            for name, (telegram, model), method in (
+                ("rich", rich, "sendRichMessage"),
+                ("plain", plain, "sendMessage"),
+            ):
+                chat = 600_000 + run
+                model.push(chat_reply(reply, size=2000))
+                sent = time.monotonic()
+                telegram.send_text(chat, "write the report")
+                telegram.wait_for(lambda t=telegram, c=chat: last in "".join(t.sent_texts(c)), timeout=60)
+                calls = [c for c in telegram.calls_to(method, chat) if c.status == 200]
+                counts[name].append(len(calls))
+                seconds[name].append(calls[-1].at - sent)
+        r, p = statistics.median(counts["rich"]), statistics.median(counts["plain"])
+        row(
+            "bot: 20,000-char reply with tables, messages sent",
+            f"{r:.0f}",
+            f"{p:.0f} (entities)",
+            f"{r / p:.2f}x",
+            "fewer",
+            r < p,
+        )
+        rs, ps = statistics.median(seconds["rich"]), statistics.median(seconds["plain"])
+        row(
+            "bot: 20,000-char reply, message to last part shown (s)",
+            f"{rs:.2f}",
+            f"{ps:.2f} (entities)",
+            f"{rs / ps:.2f}x",
+            "< entities",
+            rs < ps,
+        )
+        stop_s, cancel_s = [], []
+        for run in range(runs):
+            for waits, how in ((stop_s, "stop"), (cancel_s, "cancel")):
+                telegram, model = rich
+                chat = 610_000 + 2 * run + (how == "cancel")
+                model.push(chat_reply("word " * 2000, size=5, delay=0.01))
+                telegram.send_text(chat, "talk")
+                draft = telegram.wait_for(
+                    lambda t=telegram, c=chat: next(
+                        (
+                            d
+                            for d in t.calls_to("sendRichMessageDraft", c)
+                            if "word" in d.params["rich_message"].get("markdown", "")
+                        ),
+                        None,
+                    ),
+                    timeout=30,
+                    interval=0.01,
+                )
+                closed = len(model.disconnects)
+                pressed = time.monotonic()
+                if how == "stop":
+                    telegram.stop_generation(chat, draft.params["draft_id"])
+                else:
+                    telegram.send_text(chat, "/cancel")
+                telegram.wait_for(lambda m=model, n=closed: len(m.disconnects) > n, timeout=30, interval=0.005)
+                waits.append(model.disconnects[closed] - pressed)
+                telegram.wait_for(lambda t=telegram, c=chat: t.sent_texts(c), timeout=30)
+        st, ct = statistics.median(stop_s), statistics.median(cancel_s)
+        row(
+            "bot: Stop pressed to model request closed (s)",
+            f"{st:.3f}",
+            f"{ct:.3f} (/cancel)",
+            f"{st / ct:.2f}x",
+            "< 1.5x /cancel",
+            st < 1.5 * ct,
+        )
+    finally:
+        for bot, (telegram, model) in zip(bots, (rich, plain), strict=True):
+            stop(bot, telegram, model)
+
+
 def main(row, runs: int) -> None:
     bench_concurrency(row, runs)
     bench_memory(row)
     bench_restart(row)
     bench_flood(row)
     bench_album(row, runs)
+    bench_rich(row, runs)
 
 
 if __name__ == "__main__":  # python bench/telegram_bench.py: this part alone
@@ -359,8 +465,8 @@ if __name__ == "__main__":  # python bench/telegram_bench.py: this part alone
     def show(*cells: object) -> None:
         print(" | ".join(str(c) for c in cells), flush=True)
 
-    if len(sys.argv) > 1:  # one part by name: restart, flood, memory, concurrency, album
+    if len(sys.argv) > 1:  # one part by name: restart, flood, memory, concurrency, album, rich
         part = globals()[f"bench_{sys.argv[1]}"]
-        part(show, 3) if sys.argv[1] in ("concurrency", "album") else part(show)
+        part(show, 3) if sys.argv[1] in ("concurrency", "album", "rich") else part(show)
     else:
         main(show, 3)

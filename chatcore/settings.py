@@ -444,6 +444,15 @@ SETTINGS: tuple[Setting, ...] = (
         _number(int, 0),
         "Telegram assistant: most tokens (input + output) each user may use a calendar month (UTC); unset means no cap",
     ),
+    Setting(
+        "telegram_rich",
+        "TELEGRAM_RICH",
+        (),
+        True,
+        _parse_bool,
+        "Telegram assistant: send replies as rich messages (tables, headings, formulas; the Stop button "
+        "while a reply streams) where the Bot API server has them; 0 turns them off",
+    ),
 )
 BOOL_SETTINGS = {s.name for s in SETTINGS if s.parse is _parse_bool}
 
@@ -530,6 +539,7 @@ class Settings:
     telegram_budget_monthly: float | None
     telegram_budget_daily_tokens: int | None
     telegram_budget_monthly_tokens: int | None
+    telegram_rich: bool
     sources: dict[str, str] = field(default_factory=dict)
     discovered: str | None = None  # "a local server at 127.0.0.1:11434" when zero-config found one
     warnings: list[str] = field(default_factory=list)  # for the front-end to show: a .env others can read

@@ -18,11 +18,22 @@ Files: `add_file(data)` stores bytes and returns the file object a message carri
 `file_unique_id`, `file_size`; a `file_size` over 20 MB may be claimed without the bytes);
 `getFile` answers its `file_path` (400 "file is too big" over 20 MB, as Telegram does), and
 `GET /file/bot<token>/<file_path>` serves the bytes; `downloads` lists the paths fetched.
+
+Rich messages (Bot API 10.1-10.3): with `rich = True` the fake has `sendRichMessage`,
+`sendRichMessageDraft` and `editMessageText` with a `rich_message`, checks them against the limits
+the docs give (32,768 characters, 500 blocks, 20 table columns; exactly one of markdown, html or
+blocks; a thinking block only in a draft; drafts in private chats only) and keeps, as a sent
+message's `text`, the plain rendering of its Markdown, read as Telegram's parser reads it (a `<tag>`
+is HTML and disappears, `&amp;` is a character reference, a backslash escapes). With `rich = False`
+(the default: an older Bot API server) those methods answer 404 "Not Found" and an edit ignores
+`rich_message`. `stop_generation` pushes the update the Stop button sends. `getUpdates` honours
+`allowed_updates` as Telegram does (remembered from the last call that gave it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import html
 import itertools
 import json
 import re
@@ -83,6 +94,7 @@ class SentMessage:
     entities: list[dict[str, Any]] = field(default_factory=list)
     edits: int = 0
     thread_id: int | None = None
+    rich: str | None = None  # the Markdown of a rich message (`text` is its plain rendering)
 
 
 class FakeTelegram:
@@ -108,6 +120,8 @@ class FakeTelegram:
         self.files: dict[str, tuple[bytes, int]] = {}  # file_id -> (bytes, the size Telegram reports)
         self.file_ids = itertools.count(1)
         self.downloads: list[str] = []  # file paths fetched from /file/bot<token>/
+        self.rich = False  # the Bot API server has rich messages (Bot API 10.1+); off: they answer 404
+        self.allowed_updates: list[str] | None = None  # as the bot last asked for them (None: every kind)
         self.condition = threading.Condition()
         server = self
 
@@ -303,6 +317,18 @@ class FakeTelegram:
             }
         )
 
+    def stop_generation(self, chat_id: int, draft_id: int, thread_id: int | None = None) -> dict[str, Any]:
+        """The user presses Stop under a draft (`stopped_message_generation`, Bot API 10.3)."""
+        body: dict[str, Any] = {"chat": {"id": chat_id, "type": "private", "first_name": "Ada"}, "draft_id": draft_id}
+        if thread_id is not None:
+            body["message_thread_id"] = thread_id
+        return self.push({"stopped_message_generation": body})
+
+    def rich_sent(self, chat_id: int) -> list[SentMessage]:
+        """The rich messages a chat shows, in order."""
+        with self.condition:
+            return [m for m in self.messages.values() if m.chat_id == chat_id and m.rich is not None]
+
     def mute(self, chat_id: int, muted: bool = True) -> None:
         """The bot may not write in this group: every send answers 400 "not enough rights"."""
         with self.condition:
@@ -405,7 +431,8 @@ class FakeTelegram:
 
     def _flood_check(self, method: str, chat_id: int | None, call: Call) -> tuple[int, dict[str, Any]] | None:
         """Muted groups, then Telegram's per-chat limit (when `flood` is on): sends and edits only."""
-        if chat_id is None or method not in ("sendMessage", "editMessageText", "sendChatAction", "sendMessageDraft"):
+        sends = ("sendMessage", "editMessageText", "sendChatAction", "sendMessageDraft", "sendRichMessage")
+        if chat_id is None or method not in (*sends, "sendRichMessageDraft"):
             return None
         if chat_id in self.muted:
             call.status = 400
@@ -414,7 +441,7 @@ class FakeTelegram:
                 "error_code": 400,
                 "description": "Bad Request: not enough rights to send text messages to the chat",
             }
-        if not self.flood or method not in ("sendMessage", "editMessageText"):
+        if not self.flood or method not in ("sendMessage", "editMessageText", "sendRichMessage"):
             return None
         tokens, counted = self.flood_tokens.get(chat_id, (3.0, call.at))
         tokens = min(3.0, tokens + (call.at - counted))
@@ -437,7 +464,12 @@ class FakeTelegram:
         timeout = min(float(params.get("timeout") or 0), self.poll_cap)
         deadline = time.monotonic() + timeout
         with self.condition:
+            if params.get("allowed_updates"):
+                self.allowed_updates = list(params["allowed_updates"])
             self.updates = [u for u in self.updates if u["update_id"] >= offset]  # confirmed ones are gone
+            allowed = self.allowed_updates
+            if allowed:  # Telegram never delivers what the bot did not ask for
+                self.updates = [u for u in self.updates if any(kind in u for kind in allowed)]
             while not self.updates and time.monotonic() < deadline:
                 self.condition.wait(deadline - time.monotonic())
             return list(self.updates[: int(params.get("limit") or 100)])
@@ -490,8 +522,12 @@ class FakeTelegram:
         return 200, {"ok": True, "result": self._message(chat_id, message_id, text)}
 
     def _editMessageText(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        rich = params.get("rich_message") if self.rich else None
         text = params.get("text")
-        problem = self._check_text(text)
+        if rich is not None:
+            problem, text = check_rich(rich, draft=False)
+        else:
+            problem = self._check_text(text)
         if problem:
             return problem
         message_id = int(params.get("message_id") or 0)
@@ -500,7 +536,11 @@ class FakeTelegram:
             if message is None:
                 return 400, {"ok": False, "error_code": 400, "description": "Bad Request: message to edit not found"}
             entities = params.get("entities") or []
-            if message.text == text and message.entities == entities:
+            markdown = rich.get("markdown") if rich is not None else None
+            if markdown is not None and message.rich == markdown:
+                return 400, {"ok": False, "error_code": 400, "description": "Bad Request: message is not modified"}
+            message.rich = markdown
+            if markdown is None and message.text == text and message.entities == entities:
                 return 400, {
                     "ok": False,
                     "error_code": 400,
@@ -519,6 +559,34 @@ class FakeTelegram:
         if not int(params.get("draft_id") or 0):
             return 400, {"ok": False, "error_code": 400, "description": "Bad Request: draft_id must be non-zero"}
         problem = self._check_text(params.get("text"))
+        return problem or (200, {"ok": True, "result": True})
+
+    def _sendRichMessage(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if not self.rich:
+            return 404, {"ok": False, "error_code": 404, "description": "Not Found"}
+        problem, text = check_rich(params.get("rich_message"), draft=False)
+        if problem:
+            return problem
+        thread = params.get("message_thread_id")
+        sent = SentMessage(
+            next(self.message_ids), int(params["chat_id"]), text, thread_id=int(thread) if thread else None
+        )
+        sent.rich = params["rich_message"].get("markdown", "")
+        with self.condition:
+            self.messages[sent.message_id] = sent
+        return 200, {"ok": True, "result": self._message(sent.chat_id, sent.message_id, text)}
+
+    def _sendRichMessageDraft(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if not self.rich:
+            return 404, {"ok": False, "error_code": 404, "description": "Not Found"}
+        if int(params.get("chat_id") or 0) < 0:
+            return 400, {"ok": False, "error_code": 400, "description": "Bad Request: chat is not private"}
+        if not int(params.get("draft_id") or 0):
+            return 400, {"ok": False, "error_code": 400, "description": "Bad Request: draft_id must be non-zero"}
+        for flag in ("can_stop", "keep_on_stop"):
+            if flag in params and not isinstance(params[flag], bool):
+                return 400, {"ok": False, "error_code": 400, "description": f"Bad Request: {flag} must be a Boolean"}
+        problem, _text = check_rich(params.get("rich_message"), draft=True)
         return problem or (200, {"ok": True, "result": True})
 
 
@@ -540,6 +608,106 @@ RESTRICTED_RIGHTS = (
     "can_edit_tag",
     "can_react_to_messages",
 )
+
+
+RICH_CHARS, RICH_BLOCKS, RICH_COLUMNS = 32_768, 500, 20  # the documented rich message limits
+FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
+RULE = re.compile(r"^\s*\|?\s*:?-+:?\s*(\|\s*:?-+:?\s*)*\|?\s*$")
+TAG = re.compile(r"(?<!\\)<[A-Za-z/!?][^>]*>")
+REFERENCE = re.compile(r"(?<!\\)&#?\w+;")
+ESCAPED = re.compile(r"\\([!-/:-@\[-`{-~])")
+OPENING = re.compile(r"(?:\s*(?:>|[-*+]\s|\d+[.)]\s|#{1,6}\s))*")  # the markers a line starts with
+OPENS = re.compile(r">|[-*+]\s|\d+[.)]\s|#{1,6}\s")
+
+
+def bad(description: str) -> tuple[int, dict[str, Any]]:
+    return 400, {"ok": False, "error_code": 400, "description": f"Bad Request: {description}"}
+
+
+def check_rich(rich: Any, draft: bool) -> tuple[tuple[int, dict[str, Any]] | None, str]:
+    """An InputRichMessage checked as Telegram checks it; (the refusal or None, its plain text)."""
+    if not isinstance(rich, dict):
+        return bad("rich_message must be an InputRichMessage"), ""
+    given = [name for name in ("markdown", "html", "blocks") if rich.get(name) is not None]
+    if len(given) != 1:
+        return bad("exactly one of markdown, html and blocks must be specified"), ""
+    if "skip_entity_detection" in rich and not isinstance(rich["skip_entity_detection"], bool):
+        return bad("skip_entity_detection must be a Boolean"), ""
+    if given == ["blocks"]:
+        blocks = rich["blocks"]
+        if not isinstance(blocks, list) or not blocks or len(blocks) > RICH_BLOCKS:
+            return bad("invalid rich message blocks"), ""
+        if not draft and any(block.get("type") == "thinking" for block in blocks):
+            return bad("thinking blocks can be used only in message drafts"), ""
+        return None, "\n".join(str(block.get("text", "")) for block in blocks)
+    if given == ["html"]:
+        return None, html.unescape(TAG.sub("", rich["html"]))
+    text, blocks, columns = render_rich(rich["markdown"])
+    if not text.strip():
+        return bad("rich message is empty"), ""
+    if len(text.encode("utf-16-le")) // 2 > RICH_CHARS:
+        return bad("rich message is too long"), text
+    if blocks > RICH_BLOCKS:
+        return bad("too many blocks in the rich message"), text
+    if columns > RICH_COLUMNS:
+        return bad("too many table columns"), text
+    return None, text
+
+
+def render_rich(markdown: str) -> tuple[str, int, int]:
+    """Rich Markdown as the chat shows it, plain: (text, blocks, the widest table's columns). Fences
+    keep their lines as they are; headings, emphasis, pipes and escapes are markup; `<tag>` is HTML."""
+    lines: list[str] = []
+    fence: str | None = None
+    blocks = columns = 0
+    paragraph = table = False  # inside one (its lines after the first are no new block)
+    for line in markdown.split("\n"):
+        match = FENCE.match(line)
+        if fence is not None:
+            if match and match.group(1).startswith(fence) and not match.group(2).strip():
+                fence = None
+            else:
+                lines.append(line)
+            continue
+        if match:
+            fence, blocks = match.group(1), blocks + 1
+            continue
+        if not line.strip():
+            lines.append("")
+            paragraph = table = False
+            continue
+        if RULE.match(line) and "-" in line:  # a table's delimiter row
+            continue
+        opened = len(OPENS.findall(OPENING.match(line).group()))
+        if line.lstrip().startswith("|"):
+            cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
+            columns = max(columns, len(cells))
+            line = " | ".join(cells)
+            blocks += 1 if table else 2  # a row; the first row also opens the table
+            table = True
+        elif opened:
+            blocks += opened  # a heading, a list item, a quote (nested ones: each)
+            paragraph = False
+        elif not paragraph:
+            blocks, paragraph = blocks + 1, True
+        lines.append(inline_plain(re.sub(r"^#{1,6}\s+", "", line)))
+    return "\n".join(lines).strip(), blocks, columns
+
+
+def inline_plain(line: str) -> str:
+    """One line of rich Markdown outside fences, as text: code spans as they are, elsewhere HTML tags
+    gone, character references decoded, emphasis markers gone, backslash escapes resolved."""
+    pieces = re.split(r"(`+[^`]*`+)", line)
+    out = []
+    for index, piece in enumerate(pieces):
+        if index % 2:
+            out.append(piece.strip("`"))
+            continue
+        piece = TAG.sub("", piece)
+        piece = REFERENCE.sub(lambda match: html.unescape(match.group()), piece)
+        piece = re.sub(r"(?<!\\)(\*\*|__|~~)", "", piece)
+        out.append(ESCAPED.sub(r"\1", piece))
+    return "".join(out)
 
 
 def entities_of(text: str) -> list[dict[str, Any]]:

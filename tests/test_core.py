@@ -79,6 +79,7 @@ FRONT_ENDS = {
     "terminal_commands",
     "terminal_cli",
     "telegram_render",
+    "telegram_rich",
 }
 
 
@@ -113,9 +114,12 @@ def test_imports_run_one_way():
         )
     )
     assert "chatcore" in terminal
-    assert not terminal & (TELEGRAM_LIBRARIES | {"telegram_bot", "telegram_render"})
-    telegram = imported_modules(os.path.join(ROOT, "telegram_bot.py")) | imported_modules(
-        os.path.join(ROOT, "telegram_render.py")
+    assert not terminal & (TELEGRAM_LIBRARIES | {"telegram_bot", "telegram_render", "telegram_rich"})
+    telegram = set().union(
+        *(
+            imported_modules(os.path.join(ROOT, name))
+            for name in ("telegram_bot.py", "telegram_render.py", "telegram_rich.py")
+        )
     )
     assert "chatcore" in telegram
     assert not telegram & (
