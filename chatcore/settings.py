@@ -82,6 +82,11 @@ def _ports(value: str) -> tuple[int, ...]:
     return tuple(ports)
 
 
+def _names(value: str) -> tuple[str, ...]:
+    """Comma-separated names (models); empty parts are ignored."""
+    return tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
+
+
 def _access_list(value: str) -> tuple[str, ...]:
     """Comma-separated user ids, @usernames, (negative) group ids, or *; validated one by one."""
     entries = tuple(part.strip() for part in value.split(",") if part.strip())
@@ -356,6 +361,24 @@ SETTINGS: tuple[Setting, ...] = (
         "API key for the transcription server (default: OPENAI_API_KEY; never a flag)",
         secret=True,
     ),
+    # Roles (see the README's Roles section): a named system prompt, with optionally a model and temperature.
+    Setting(
+        "role",
+        "CHATBOT_ROLE",
+        ("--role",),
+        None,
+        _text,
+        "start with this role: its system prompt (and model and temperature, if it sets them)",
+        metavar="NAME",
+    ),
+    Setting(
+        "roles_file",
+        "CHATBOT_ROLES",
+        (),
+        None,
+        _text,
+        "the roles file (default: roles.toml in the user config directory)",
+    ),
     # The Telegram assistant's own settings: no flags (the token must never be one).
     Setting(
         "telegram_token",
@@ -386,12 +409,31 @@ SETTINGS: tuple[Setting, ...] = (
         "",
     ),
     Setting(
+        "telegram_admins",
+        "TELEGRAM_ADMINS",
+        (),
+        (),
+        _access_list,
+        "Telegram assistant: the bot's owners (user ids or @usernames): may change any chat's settings; "
+        "exempt from spending caps",
+        "",
+    ),
+    Setting(
         "telegram_rate_limit",
         "TELEGRAM_RATE_LIMIT",
         (),
         10,
         _number(int, 1),
         "Telegram assistant: messages a user may send per minute",
+    ),
+    Setting(
+        "telegram_models",
+        "TELEGRAM_MODELS",
+        (),
+        (),
+        _names,
+        "Telegram assistant: the models a chat may switch to with /model (comma-separated); unset means only "
+        "OPENAI_MODEL",
     ),
     Setting(
         "telegram_db",
@@ -477,10 +519,14 @@ class Settings:
     transcribe_model: str
     transcribe_base_url: str | None
     transcribe_api_key: str | None
+    role: str | None
+    roles_file: str | None
     telegram_token: str | None
     telegram_api_url: str
     telegram_allowed: tuple[str, ...]
+    telegram_admins: tuple[str, ...]
     telegram_rate_limit: int
+    telegram_models: tuple[str, ...]
     telegram_db: str | None
     sources: dict[str, str] = field(default_factory=dict)
     discovered: str | None = None  # "a local server at 127.0.0.1:11434" when zero-config found one
