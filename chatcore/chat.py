@@ -354,9 +354,10 @@ class Chat:
         self.session.clear()
         self.last_request = None
 
-    def switch_model(self, model: str) -> None:
-        """Answer with another model from now on; refused when the server lists its models and this is not one."""
-        models = self.provider.list_models()
+    def switch_model(self, model: str, check: bool = True) -> None:
+        """Answer with another model from now on; refused when the server lists its models and this is not
+        one (`check`: ask the server, a blocking request)."""
+        models = self.provider.list_models() if check else []
         if models and model not in models:
             raise Refused(f"unknown model {model!r}: the server offers {shown_models(models)}")
         self._use_model(model)

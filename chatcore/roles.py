@@ -75,10 +75,12 @@ def default_role(settings: Settings) -> Role:
     return Role(DEFAULT, settings.system, settings.model, settings.temperature, origin="configured")
 
 
-def load_roles(settings: Settings) -> dict[str, Role]:
+def load_roles(settings: Settings, read_file: bool = True) -> dict[str, Role]:
     """The default role, the built-in ones, then the file's (which may replace a built-in one).
     RolesError if the file is bad, or if CHATBOT_ROLES names a file that is not there."""
     roles = {DEFAULT: default_role(settings), **{role.name: role for role in BUILTIN_ROLES}}
+    if not read_file:
+        return roles
     path = roles_path(settings)
     text = read_roles_file(path, required=settings.roles_file is not None)
     if text is not None:
