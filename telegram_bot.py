@@ -1360,7 +1360,7 @@ async def edit_buttons(bot: Any, state: ChatState, message_id: int, text: str, b
     """The message with the buttons, brought up to date (the new choice ticked)."""
     await state.line.send(
         lambda chat: bot.edit_message_text(text, chat_id=chat, message_id=message_id, reply_markup=buttons),
-        essential=False,
+        essential=True,  # waits its turn at the chat's pace: a skipped edit would leave the old tick
     )
 
 
