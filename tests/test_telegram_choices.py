@@ -141,7 +141,7 @@ def test_role_lists_as_buttons_and_takes_one_on(bot, telegram, model):
     assert final_texts(telegram, chat, 2)[1] == "Role is now reviewer: model test-model, temperature 0.2."
     post = ask(telegram, model, chat, "review this", 3)
     assert (system_of(post), post.body["temperature"]) == (REVIEWER.system, 0.2)
-    keyboard = [m for m in telegram.messages.values() if m.chat_id == chat][0]
+    keyboard = next(m for m in telegram.messages.values() if m.chat_id == chat)
     press = telegram.press(keyboard.message_id, role_data("translator"))
     assert answered(telegram, press) == "Role is now translator: model test-model, temperature 0.2."
     telegram.wait_for(lambda: ("✓ translator", role_data("translator")) in keyboard.buttons())
