@@ -916,17 +916,20 @@ class Assistant:
         return retry_keyboard(last.row_id)
 
     async def regenerate(
-        self, bot: Any, key: Key, private: bool, update_ids: list[int], pressed: int | None = None
+        self, bot: Any, key: Key, private: bool, update_ids: list[int], pressed: int | None = None, row: str = ""
     ) -> None:
         """/retry or 🔄: the last reply again, in order with the conversation's turns. It replaces the
         old one in place when that was one message (the one pressed, or the last one sent in this run),
-        else it comes as a new message."""
+        else it comes as a new message. `row`: a 🔄 press, for the reply of that history row only (a
+        second press while the first one's retry runs finds the reply replaced, and does nothing)."""
         state = self.state(key)
         async with state.lock:
             if self.stopping:
                 self.held.update(update_ids)
                 return
-            if state.line.closed is None:
+            if row and not self.is_last_reply(state, row) and not self.replayed.intersection(update_ids):
+                log.info("chat=%s a 🔄 for a reply already replaced: nothing to do", key[0])
+            elif state.line.closed is None:
                 if not state.chat.conversation.history:
                     await say(bot, state, "Nothing to retry yet: send me a message first.", None)
                 else:
@@ -934,6 +937,11 @@ class Assistant:
                     resume = resume or self.in_place(state, pressed)
                     await self.turn(bot, state, "", private, None, update_ids, resume, retrying=True)
         await self.settle(update_ids)
+
+    def is_last_reply(self, state: ChatState, row: str) -> bool:
+        """Whether the conversation ends with the reply of this history row (a 🔄 button's)."""
+        history = state.chat.conversation.history
+        return bool(history) and history[-1].role == "assistant" and str(history[-1].row_id) == row
 
     def in_place(self, state: ChatState, pressed: int | None) -> int | None:
         """The chat message a regenerated reply may replace: the old reply's, if it was one message."""
@@ -1022,10 +1030,11 @@ def command_for_bot(message: Message, assistant: Assistant) -> bool:
 
 
 async def gate(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Group -1, before every handler: only TELEGRAM_ALLOWED_USERS go further. A stranger writing to
-    the bot is told their id once an hour at most, and no model is called; updates that are not
-    messages (channel posts, button presses) go no further either. A chat that writes again after it
-    answered 403 (the user pressed Restart) can be written to again."""
+    """Group -1, before every handler: only TELEGRAM_ALLOWED_USERS (and the owners, TELEGRAM_ADMINS)
+    go further. A stranger writing to the bot is told their id once an hour at most, and no model is
+    called; button presses pass as messages do (gate_press); other updates that are not messages
+    (channel posts) go no further. A chat that writes again after it answered 403 (the user pressed
+    Restart) can be written to again."""
     from telegram.ext import ApplicationHandlerStop
 
     if update.my_chat_member is not None:
@@ -1345,15 +1354,12 @@ async def press_retry(update: Update, context: ContextTypes.DEFAULT_TYPE, messag
     assistant, query = assistant_of(context), update.callback_query
     assert query is not None
     key = key_of(message)
-    history = assistant.state(key).chat.conversation.history
-    last = history[-1] if history else None
-    current = last is not None and last.role == "assistant" and str(last.row_id) == row
-    if not current and update.update_id not in assistant.replayed:
+    if not assistant.is_last_reply(assistant.state(key), row) and update.update_id not in assistant.replayed:
         await answer_press(query, "That's an older reply: only the last one can be regenerated.")
         return
     await answer_press(query, "Writing it again…")
     private = message.chat.type == "private"
-    await assistant.regenerate(context.bot, key, private, [update.update_id], message.message_id)
+    await assistant.regenerate(context.bot, key, private, [update.update_id], message.message_id, row)
 
 
 async def edit_buttons(bot: Any, state: ChatState, message_id: int, text: str, buttons: Any) -> None:

@@ -12,7 +12,7 @@ import time
 import pytest
 from server import chat_reply
 from telegram_server import BOT_USER, FakeTelegram
-from test_telegram import GROUP, STRANGER, BotProcess, bot_env, final_texts, started
+from test_telegram import ALLOWED, GROUP, STRANGER, BotProcess, bot_env, final_texts, started
 from test_telegram_delivery import confirmed
 
 from chatcore.roles import BUILTIN_ROLES
@@ -23,6 +23,7 @@ LONG_MODEL = "vendor/" + "a-very-long-model-name-" * 3 + "v1"  # longer than a b
 REVIEWER = next(role for role in BUILTIN_ROLES if role.name == "reviewer")
 AT = f"@{BOT_USER['username']}"
 OWNER = 777  # in TELEGRAM_ADMINS by name, not in TELEGRAM_ALLOWED_USERS
+FORUM = -1000500  # an allowed group with topics
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +38,7 @@ def bot(telegram, model, tmp_path_factory):
         TELEGRAM_ADMINS="@boss",
         TELEGRAM_RATE_LIMIT="50",
     )
+    env["TELEGRAM_ALLOWED_USERS"] = f"{ALLOWED},{FORUM}"
     process = started(telegram, BotProcess(env))
     yield process
     assert process.stop() == 0, process.stderr
@@ -304,3 +306,44 @@ def test_a_retry_cut_by_a_crash_is_answered_after_the_restart(tmp_path, fakes):
     assert [m["role"] for m in model.posts[-1].body["messages"]] == ["system", "user"]
     assert process.stop() == 0
     assert "Traceback" not in process.stderr
+
+
+def test_two_fast_presses_of_one_button_regenerate_once(bot, telegram, model):
+    chat = 149
+    model.push(chat_reply("first answer"))
+    ask(telegram, model, chat, "question", 1)
+    reply = last_message(telegram, chat)
+    [(_, data)] = reply.buttons()
+    posts = len(model.posts)
+    model.push(chat_reply("second answer", size=3, delay=0.05))
+    presses = [telegram.press(reply.message_id, data), telegram.press(reply.message_id, data)]
+    telegram.wait_for(lambda: telegram.sent_texts(chat) == ["second answer"])
+    for press in presses:
+        answered(telegram, press)
+    time.sleep(1.0)
+    assert telegram.sent_texts(chat) == ["second answer"]
+    assert len(model.posts) == posts + 1
+    junk = telegram.press(reply.message_id, "something:else")  # data this bot never wrote
+    assert answered(telegram, junk) == "This button no longer does anything."
+
+
+def test_each_forum_topic_has_its_own_settings(bot, telegram, model):
+    forum = FORUM
+    telegram.make_admin(forum, 152)
+    telegram.send_text(forum, "/model other-model", user_id=152, thread_id=7)
+    telegram.wait_for(lambda: "Model is now other-model." in telegram.sent_texts(forum, 7))
+    posts = len(model.posts)
+    telegram.send_text(forum, f"{AT} in topic 7", user_id=152, thread_id=7)
+    telegram.wait_for(lambda: len(model.posts) > posts)
+    assert model.posts[-1].body["model"] == "other-model"
+    telegram.send_text(forum, f"{AT} in topic 8", user_id=152, thread_id=8)
+    telegram.wait_for(lambda: len(model.posts) > posts + 1)
+    assert model.posts[-1].body["model"] == "test-model"
+    telegram.wait_for(lambda: len(telegram.sent_texts(forum, 8)) == 1)
+    reply = last_message(telegram, forum)
+    assert reply.thread_id == 8
+    model.push(chat_reply("again, in topic 8"))
+    press = telegram.press(reply.message_id, reply.buttons()[0][1], user_id=152)
+    telegram.wait_for(lambda: telegram.sent_texts(forum, 8) == ["again, in topic 8"])
+    assert answered(telegram, press) == "Writing it again…"
+    assert model.posts[-1].body["model"] == "test-model"
