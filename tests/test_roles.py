@@ -91,3 +91,14 @@ def test_find_role_lists_the_known_names_and_current_role_matches_the_prompt(tmp
     )
     assert current_role(roles, roles["translator"].system) == roles["translator"]
     assert current_role(roles, "something of my own") is None
+
+
+def test_the_readme_example_is_a_valid_roles_file():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    example = readme.split("## Roles", 1)[1].split("```toml\n", 1)[1].split("\n```\n", 1)[0]
+    roles = {role.name: role for role in parse_roles(example, "README.md")}
+    assert set(roles) == {"pirate", "sql", "concise"}
+    assert roles["sql"].model == "openai/gpt-4o-mini"
+    assert roles["sql"].temperature == 0.0
