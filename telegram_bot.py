@@ -726,7 +726,7 @@ class Assistant:
                 log.warning("chat=%s history not available (%s): this conversation is not saved", key[0], exc)
             if chat.model not in self.allowed_models:  # the owner no longer offers it
                 log.info("chat=%s model %s is no longer offered: back to %s", key[0], chat.model, self.settings.model)
-                chat.switch_model(self.settings.model, check=False)
+                chat.reset_model()
             state = self.chats[key] = ChatState(key, chat, self.line(key[0]))
             self._evict()
         self.chats.move_to_end(key)

@@ -354,10 +354,9 @@ class Chat:
         self.session.clear()
         self.last_request = None
 
-    def switch_model(self, model: str, check: bool = True) -> None:
-        """Answer with another model from now on; refused when the server lists its models and this is not
-        one (`check`: ask the server, a blocking request)."""
-        models = self.provider.list_models() if check else []
+    def switch_model(self, model: str) -> None:
+        """Answer with another model from now on; refused when the server lists its models and this is not one."""
+        models = self.provider.list_models()
         if models and model not in models:
             raise Refused(f"unknown model {model!r}: the server offers {shown_models(models)}")
         self._use_model(model)
@@ -375,20 +374,23 @@ class Chat:
     def reset_system(self) -> None:
         """Back to the configured system prompt."""
         self.conversation.system = self.settings.system
-        self.chosen.discard("system")
-        self.session.set_meta(system=self.settings.system, chosen=",".join(sorted(self.chosen)))
+        self._unchoose("system", system=self.settings.system)
+
+    def reset_model(self) -> None:
+        """Back to the configured model (no request: the configured model needs no checking)."""
+        if self.model != self.settings.model:
+            self._use_model(self.settings.model)
+        self._unchoose("model", model=self.model)
 
     def apply_role(self, role: Role) -> None:
         """Take on a role: its system prompt, and its model and temperature when it sets them (a role
         without them keeps the current ones). The default role is the configured prompt, model and
         temperature. Refused (and nothing changed) if the server does not list the role's model."""
         if role.name == DEFAULT:
-            if self.model != self.settings.model:
-                self._use_model(self.settings.model)
-            self.temperature = self.settings.temperature
+            self.reset_model()
             self.reset_system()
-            self.chosen.clear()
-            self.session.set_meta(model=self.model, temperature=None, chosen="")
+            self.temperature = self.settings.temperature
+            self._unchoose("temperature", temperature=None)
             return
         if role.model and role.model != self.model:
             self.switch_model(role.model)
@@ -398,6 +400,10 @@ class Chat:
 
     def _choose(self, name: str, **values: Any) -> None:
         self.chosen.add(name)
+        self.session.set_meta(chosen=",".join(sorted(self.chosen)), **values)
+
+    def _unchoose(self, name: str, **values: Any) -> None:
+        self.chosen.discard(name)
         self.session.set_meta(chosen=",".join(sorted(self.chosen)), **values)
 
     def rename_session(self, name: str) -> None:

@@ -119,3 +119,22 @@ def test_role_flag_in_the_chat_shows_in_the_banner(spawn, server):
     assert sent_system(server.posts[-1]).startswith("You are a concise assistant.")
     send(child, "/exit")
     child.expect(pexpect.EOF)
+
+
+def test_a_bad_roles_file_in_the_chat_is_one_error_line_and_the_chat_goes_on(spawn, server, tmp_path):
+    roles = tmp_path / "roles.toml"
+    roles.write_text("[broken\n")
+    child = started(spawn, "--no-save", extra_env={"CHATBOT_ROLES": str(roles)})
+    send(child, "/role")
+    child.expect(f"{roles}, line 1: not valid TOML")
+    child.expect_exact(PROMPT)
+    roles.write_text('[fixed]\nsystem = "Now it works."\n')  # read again: no restart needed
+    send(child, "/role fixed")
+    child.expect_exact("role is now fixed")
+    child.expect_exact(PROMPT)
+    send(child, "hi")
+    child.expect_exact("Hello from the test server.")
+    child.expect_exact(PROMPT)
+    assert sent_system(server.posts[-1]) == "Now it works."
+    send(child, "/exit")
+    child.expect(pexpect.EOF)
