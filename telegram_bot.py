@@ -1130,8 +1130,9 @@ async def reply_text(update: Update, context: ContextTypes.DEFAULT_TYPE, text: s
 
 
 async def on_start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """What the assistant is, which model answers, the commands."""
-    model = assistant_of(context).settings.model
+    """What the assistant is, which model answers (this chat's), the commands."""
+    message, assistant = update.effective_message, assistant_of(context)
+    model = assistant.state(key_of(message)).chat.model if message is not None else assistant.settings.model
     await reply_text(
         update,
         context,
