@@ -24,6 +24,7 @@ REVIEWER = next(role for role in BUILTIN_ROLES if role.name == "reviewer")
 AT = f"@{BOT_USER['username']}"
 OWNER = 777  # in TELEGRAM_ADMINS by name, not in TELEGRAM_ALLOWED_USERS
 FORUM = -1000500  # an allowed group with topics
+PLAIN_GROUP = -1000501  # another allowed group
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def bot(telegram, model, tmp_path_factory):
         TELEGRAM_ADMINS="@boss",
         TELEGRAM_RATE_LIMIT="50",
     )
-    env["TELEGRAM_ALLOWED_USERS"] = f"{ALLOWED},{FORUM}"
+    env["TELEGRAM_ALLOWED_USERS"] = f"{ALLOWED},{FORUM},{PLAIN_GROUP}"
     process = started(telegram, BotProcess(env))
     yield process
     assert process.stop() == 0, process.stderr
@@ -347,3 +348,17 @@ def test_each_forum_topic_has_its_own_settings(bot, telegram, model):
     telegram.wait_for(lambda: telegram.sent_texts(forum, 8) == ["again, in topic 8"])
     assert answered(telegram, press) == "Writing it again…"
     assert model.posts[-1].body["model"] == "test-model"
+
+
+def test_an_anonymous_admin_may_change_and_telegram_failing_to_say_who_is_admin_refuses(bot, telegram, model):
+    group = {"id": PLAIN_GROUP, "type": "supergroup", "title": "Group"}
+    telegram.send_text(PLAIN_GROUP, "/model other-model", user_id=1087968824, sender_chat=group)
+    assert final_texts(telegram, PLAIN_GROUP) == ["Model is now other-model."]
+    telegram.make_admin(PLAIN_GROUP, 153)
+    telegram.fail("getChatMember", 400, "Bad Request: member not found", chat_id=PLAIN_GROUP)
+    telegram.send_text(PLAIN_GROUP, "/system Be terse.", user_id=153)
+    assert final_texts(telegram, PLAIN_GROUP, 2)[1].startswith("Only this group's admins")
+    telegram.send_text(PLAIN_GROUP, "/system Be terse.", user_id=153)  # Telegram answers again: allowed
+    assert final_texts(telegram, PLAIN_GROUP, 3)[2].startswith("Instructions set")
+    assert "could not ask Telegram who is an admin" in bot.stderr
+    assert "Traceback" not in bot.stderr
