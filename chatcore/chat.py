@@ -632,14 +632,12 @@ class Chat:
                 self.session.set_meta(temperature=temperature, chosen=",".join(sorted(self.chosen)))
             return False
         conversation, requests, model = store.load(session_id)
-        temperature, chosen = store.load_choices(session_id)
-        if self.saved_choices_win:
-            self.chosen = chosen
+        temperature, self.chosen = store.load_choices(session_id)
         if not self._keeps_saved("system") and conversation.system != self.settings.system:
             conversation.system = self.settings.system  # -s given (or no prompt of its own): it replaces the saved one
             self.session.set_meta(system=self.settings.system)
-        if self._keeps_saved("temperature") and temperature is not None:
-            self.temperature = temperature
+        saved = temperature if self._keeps_saved("temperature") else None  # None: the configured one
+        self.temperature = saved if saved is not None else self.settings.temperature
         self._load(conversation, requests, model)
         return True
 

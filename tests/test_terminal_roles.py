@@ -138,3 +138,28 @@ def test_a_bad_roles_file_in_the_chat_is_one_error_line_and_the_chat_goes_on(spa
     assert sent_system(server.posts[-1]) == "Now it works."
     send(child, "/exit")
     child.expect(pexpect.EOF)
+
+
+def test_switching_sessions_takes_each_ones_temperature(spawn, server, db):
+    child = started(spawn, "--db", db, "--session", "plain")
+    send(child, "hello")
+    child.expect_exact("Hello from the test server.")
+    child.expect_exact(PROMPT)
+    send(child, "/session warm")
+    child.expect_exact(PROMPT)
+    send(child, "/role reviewer")
+    child.expect_exact("role is now reviewer")
+    child.expect_exact(PROMPT)
+    send(child, "review this")  # an empty session is not kept: this one has a message
+    child.expect_exact("Hello from the test server.")
+    child.expect_exact(PROMPT)
+    for session in ("plain", "warm"):
+        send(child, f"/session {session}")
+        child.expect_exact(PROMPT)
+        send(child, f"hello in {session}")
+        child.expect_exact("Hello from the test server.")
+        child.expect_exact(PROMPT)
+    send(child, "/exit")
+    child.expect(pexpect.EOF)
+    assert [post.body["temperature"] for post in server.posts[-2:]] == [0.4, 0.2]
+    assert sent_system(server.posts[-1]) == REVIEWER.system
