@@ -45,6 +45,8 @@ from terminal_cli import (
     read_prompt,
     session_tool,
     setting_flags,
+    starting_role,
+    take_role,
 )
 from terminal_commands import COMMANDS, parse_command, run_command
 from terminal_input import ctrl_c_stops, keys_not_lines, make_prompt_session
@@ -258,6 +260,8 @@ class Repl:
         """One line, or several broken between its parts (never inside one) on a narrow terminal."""
         chat = self.chat
         parts = [f"chatbot {__version__}", chat.model, chat.settings.host]
+        if chat.settings.role:
+            parts.append(f"role {chat.settings.role}")
         if chat.settings.api == "responses":
             parts.append("responses API")
         parts.append("/help for commands")
@@ -347,6 +351,7 @@ def start_chat(args: Any, environ: dict[str, str], typed_ahead: list[str]) -> in
         screen.early(screen.warn, warning)
     for note in settings.notes:
         screen.early(screen.note, note)
+    role = starting_role(settings)  # an unknown role or a bad roles file: one line, exit 2
     store = open_store(settings, screen) if not settings.no_save or args.session or args.continue_ else None
     held_log = HeldLog()
     log_sink = held_log.lines.append if args.verbose else None
@@ -366,6 +371,10 @@ def start_chat(args: Any, environ: dict[str, str], typed_ahead: list[str]) -> in
                 screen.note, "starting a new session instead: /sessions lists the saved ones, /session NAME opens one"
             )
             repl.start_session(None)
+    try:
+        take_role(chat, role)
+    except ConfigError as exc:  # the role's model is not served: the chat goes on without the role
+        screen.early(screen.error, str(exc))
     first = " ".join(args.prompt) if args.interactive and args.prompt else None
     return repl.run(first)
 
@@ -514,6 +523,7 @@ def one_shot(args: Any, environ: dict[str, str]) -> int:
         print(f"chatbot: warning: {warning}", file=sys.stderr)
     for note in settings.notes:  # what zero-config chose
         print(f"chatbot: {note}", file=sys.stderr)
+    role = starting_role(settings)
     store = SessionStore(default_db_path(settings)) if args.session or args.continue_ else None
     held_log = HeldLog()  # shown once the reply has ended, so a log line never joins the reply's last line
     chat = Chat(
@@ -527,6 +537,7 @@ def one_shot(args: Any, environ: dict[str, str]) -> int:
         attachments = load_attachments(chat, args.attach or [], attached_stdin)
         if store is not None:
             resume(chat, store, args)
+        take_role(chat, role)
         return run_once(chat, prompt, args, attachments)
     finally:
         held_log.show(sys.stderr)

@@ -44,15 +44,27 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from chatcore import __version__, files
 from chatcore.attachments import Attachment, AttachmentError, Kind, TranscriptionError, load_attachment
 from chatcore.budget import Budget, OverBudget, Payer
-from chatcore.chat import Chat
+from chatcore.chat import Chat, Refused
 from chatcore.conversation import PromptTooLarge
 from chatcore.inbox import DatabaseInUse, Inbox, lock_database
 from chatcore.log import redact
 from chatcore.provider import Failure, Provider
+from chatcore.roles import DEFAULT, Role, RolesError, current_role, find_role, load_roles
 from chatcore.settings import ConfigError, Settings, check_credentials, load_settings
 from chatcore.store import SessionStore, StoreError
 from chatcore.streams import TEXT
 from chatcore.turn import Cancel, Outcome, TurnResult
+from telegram_choices import (
+    CHANGERS,
+    allowed_models,
+    find_model,
+    is_owner,
+    model_keyboard,
+    model_of_token,
+    parse_press,
+    retry_keyboard,
+    role_keyboard,
+)
 from telegram_render import Part, split_message, to_telegram, utf16_len
 from telegram_rich import (
     Capability,
@@ -380,6 +392,7 @@ class ReplyView:
         self.reply_to = reply_to
         self.message_id: int | None = resume  # the streamed message, in edit mode
         self.shown = ""
+        self.last_sent: int | None = None  # the finished reply's last message
 
     def _reply_parameters(self, reply_to: int | None) -> Any:
         from telegram import ReplyParameters
@@ -615,6 +628,7 @@ class ReplyView:
                 log.warning("chat=%s part %d of a reply refused: %s", self.line.chat_id, index + 1, exc.message)
                 continue
             delivered += sent is not None
+            self.last_sent = getattr(sent, "message_id", self.message_id if first else None)
         return delivered
 
     async def _post(
@@ -699,6 +713,7 @@ class ChatState:
     drafts_work: bool = True
     answers: asyncio.Lock = field(default_factory=asyncio.Lock)  # command answers leave in the order asked
     paste: Paste | None = None  # a long paste still arriving
+    reply_message: int | None = None  # the last finished reply's last message (where its 🔄 button is)
 
     def busy(self) -> bool:
         return self.lock.locked() or self.answers.locked() or self.cancel is not None or self.paste is not None
@@ -784,6 +799,12 @@ def take_turn(
     )
 
 
+def take_retry(chat: Chat, buffer: ReplyBuffer, cancel: Cancel, payer: Payer | None = None) -> TurnResult:
+    """In a worker thread: the last reply again, in its place (the engine's retry: the old one goes
+    only once the new one has text)."""
+    return chat.retry(buffer.on_event, True, cancel, payer)
+
+
 class Sender(NamedTuple):
     """Who wrote a message: the id rate limits count, and the name a group's history shows."""
 
@@ -805,6 +826,11 @@ def payer_of(message: Message, settings: Settings) -> Payer:
     sender, user = sender_of(message), message.from_user
     owner = is_allowed(settings.telegram_admins, user.id if user else None, user.username if user else None, sender.id)
     return Payer(str(sender.id), exempt=owner)
+
+
+def presser_of(user: Any, settings: Settings) -> Payer:
+    """Whom a button press's model call (🔄) is counted for: who pressed it, not who sent the message."""
+    return Payer(str(user.id), exempt=is_allowed(settings.telegram_admins, user.id, user.username, user.id))
 
 
 MAX_LOADED = 500  # conversations kept in memory; idle ones beyond this are dropped and reloaded from SQLite
@@ -839,6 +865,17 @@ class Assistant:
         self.albums: dict[tuple[int, str], Album] = {}  # (chat id, media_group_id) -> an album still arriving
         self.rich = Capability(settings.telegram_rich)  # what the Bot API server has of rich messages
         self.stops = Stops()  # drafts shown with a Stop button, and the turn each one stops
+        self.allowed_models = allowed_models(settings)  # what /model may switch a chat to
+        self.roles = self.read_roles()
+        self.replayed: set[int] = set()  # updates handed back by the inbox at start-up (a crash cut them)
+
+    def read_roles(self) -> dict[str, Role]:
+        """The roles /role offers: a bad roles file is one log line, and the bot goes on with the built-in ones."""
+        try:
+            return load_roles(self.settings)
+        except RolesError as exc:
+            log.error("%s: going on with the built-in roles", exc)
+            return load_roles(self.settings, read_file=False)
 
     def line(self, chat_id: int) -> Line:
         """The chat's line to Telegram, for every chat the bot writes to (strangers' included)."""
@@ -864,11 +901,15 @@ class Assistant:
                 label=f"chat={conversation_name(key)}",
                 log_sink=lambda line: log.info("%s", line),
                 budget=self.budget,
+                saved_choices_win=True,  # each chat its own model, instructions and temperature
             )
             try:
                 chat.open_session(session_name(key))
             except StoreError as exc:  # never a silent chat: it goes on, unsaved
                 log.warning("chat=%s history not available (%s): this conversation is not saved", key[0], exc)
+            if chat.model not in self.allowed_models:  # the owner no longer offers it
+                log.info("chat=%s model %s is no longer offered: back to %s", key[0], chat.model, self.settings.model)
+                chat.reset_model()
             state = self.chats[key] = ChatState(key, chat, self.line(key[0]))
             self._evict()
         self.chats.move_to_end(key)
@@ -998,9 +1039,11 @@ class Assistant:
         resume: int | None = None,
         attachments: list[Attachment] | None = None,
         payer: Payer | None = None,
+        retrying: bool = False,
     ) -> None:
         """The model call in a worker thread, followed in the chat; a turn always finishes (or is
-        cancelled and awaited) before the conversation's next one starts."""
+        cancelled and awaited) before the conversation's next one starts. `retrying`: the last reply
+        again (`resume` is then the old reply's message, replaced only once the new one has text)."""
         cancel = state.cancel = Cancel()
         buffer = ReplyBuffer()
         view = ReplyView(
@@ -1014,16 +1057,20 @@ class Assistant:
             self.stops,
         )
         loop = asyncio.get_running_loop()
-        turn = loop.run_in_executor(
-            self.workers,
-            take_turn,
-            state.chat,
-            text,
-            buffer,
-            cancel,
-            lambda row: self.inbox.started(update_ids, row),
-            attachments or [],
-            payer,
+        turn = (
+            loop.run_in_executor(self.workers, take_retry, state.chat, buffer, cancel, payer)
+            if retrying
+            else loop.run_in_executor(
+                self.workers,
+                take_turn,
+                state.chat,
+                text,
+                buffer,
+                cancel,
+                lambda row: self.inbox.started(update_ids, row),
+                attachments or [],
+                payer,
+            )
         )
         try:
             try:
@@ -1047,6 +1094,8 @@ class Assistant:
             return
         except Failure as failure:
             log.info("chat=%s model request failed: %s", state.key[0], redact(str(failure), self.settings.api_key))
+            if retrying:
+                view.message_id = None  # the old reply stays, in the history and in the chat
             await view.finish(friendly(failure))
             return
         except Exception as exc:
@@ -1064,8 +1113,83 @@ class Assistant:
             state.cancel = None
         if state.line.closed is not None:
             return  # nobody to show it to: the reply is saved, marked as stopped
+        if retrying and not result.reply:
+            view.message_id = None  # no new text: the old reply stays, in the history and in the chat
         note = closing_note(result)
-        await view.finish(f"{result.reply}\n\n{note}" if result.reply and note else note or result.reply)
+        button = self.retry_button(state) if result.reply else None
+        await view.finish(f"{result.reply}\n\n{note}" if result.reply and note else note or result.reply, button)
+        if button is not None:
+            state.reply_message = view.last_sent
+
+    def retry_button(self, state: ChatState) -> Any:
+        """The 🔄 button for the conversation's last reply, tied to its history row (None: not saved)."""
+        history = state.chat.conversation.history
+        last = history[-1] if history else None
+        if last is None or last.role != "assistant" or last.row_id is None:
+            return None
+        return retry_keyboard(last.row_id)
+
+    async def regenerate(
+        self,
+        bot: Any,
+        key: Key,
+        private: bool,
+        update_ids: list[int],
+        payer: Payer,
+        pressed: int | None = None,
+        row: str = "",
+    ) -> None:
+        """/retry or 🔄: the last reply again, in order with the conversation's turns. It replaces the
+        old one in place when that was one message (the one pressed, or the last one sent in this run),
+        else it comes as a new message. `row`: a 🔄 press, for the reply of that history row only (a
+        second press while the first one's retry runs finds the reply replaced, and does nothing)."""
+        state = self.state(key)
+        async with state.lock:
+            if self.stopping:
+                self.held.update(update_ids)
+                return
+            if row and not self.is_last_reply(state, row) and not self.replayed.intersection(update_ids):
+                log.info("chat=%s a 🔄 for a reply already replaced: nothing to do", key[0])
+            elif state.line.closed is None:
+                if not state.chat.conversation.history:
+                    await say(bot, state, "Nothing to retry yet: send me a message first.", None)
+                else:
+                    resume = next((self.resumed.pop(i) for i in update_ids if i in self.resumed), None)
+                    resume = resume or self.in_place(state, pressed)
+                    await self.turn(bot, state, "", private, None, update_ids, resume, payer=payer, retrying=True)
+        await self.settle(update_ids)
+
+    def is_last_reply(self, state: ChatState, row: str) -> bool:
+        """Whether the conversation ends with the reply of this history row (a 🔄 button's)."""
+        history = state.chat.conversation.history
+        return bool(history) and history[-1].role == "assistant" and str(history[-1].row_id) == row
+
+    def in_place(self, state: ChatState, pressed: int | None) -> int | None:
+        """The chat message a regenerated reply may replace: the old reply's, if it was one message."""
+        history = state.chat.conversation.history
+        if not history or history[-1].role != "assistant":
+            return None
+        if len(split_message(to_telegram(history[-1].content))) != 1:
+            return None
+        return pressed if pressed is not None else state.reply_message
+
+    async def change(self, key: Key, change: Callable[[Chat], str]) -> str:
+        """A change of a chat's settings, in order with its turns (after the reply in progress) and off
+        the event loop (a model switch may ask the server); what to say about it."""
+        state = self.state(key)
+        async with state.lock:
+            try:
+                return await asyncio.to_thread(change, state.chat)
+            except Refused as exc:
+                return f"I can't do that: {exc}."
+
+    def role_for_chat(self, role: Role) -> tuple[Role, str]:
+        """A role as this bot may apply it: a model it does not offer is left out (and said)."""
+        if role.name == DEFAULT or not role.model or find_model(self.allowed_models, role.model):
+            return role, ""
+        return Role(role.name, role.system, None, role.temperature, role.origin), (
+            f" (its model {role.model} is not offered here, so the model stays)"
+        )
 
     def stop(self, application: Any, status: int = EXIT_OK) -> None:
         """SIGINT/SIGTERM: stop every reply in progress (each keeps its partial text), then polling.
@@ -1127,15 +1251,19 @@ def command_for_bot(message: Message, assistant: Assistant) -> bool:
 
 
 async def gate(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Group -1, before every handler: only TELEGRAM_ALLOWED_USERS go further. A stranger writing to
-    the bot is told their id once an hour at most, and no model is called; updates that are not
-    messages (channel posts, button presses) go no further either. A chat that writes again after it
-    answered 403 (the user pressed Restart) can be written to again."""
+    """Group -1, before every handler: only TELEGRAM_ALLOWED_USERS (and the owners, TELEGRAM_ADMINS)
+    go further. A stranger writing to the bot is told their id once an hour at most, and no model is
+    called; button presses pass as messages do (gate_press); other updates that are not messages
+    (channel posts) go no further. A chat that writes again after it answered 403 (the user pressed
+    Restart) can be written to again."""
     from telegram.ext import ApplicationHandlerStop
 
     if update.my_chat_member is not None or stop_of(update) is not None:
         return  # a Stop is matched to a draft of ours, which only an allowed user's turn can have
     assistant = assistant_of(context)
+    if update.callback_query is not None:
+        await gate_press(update, assistant)
+        return
     message = update.message or update.edited_message
     if message is None:
         raise ApplicationHandlerStop
@@ -1148,12 +1276,44 @@ async def gate(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         user.id if user else None,
         user.username if user else None,
         message.chat.id,
-    ):
+    ) or (user is not None and is_owner(assistant.settings.telegram_admins, user.id, user.username)):
         return
     if update.message is not None and (addressed_to_bot(message, assistant) or command_for_bot(message, assistant)):
         log.info("chat=%s user=%s not allowed", message.chat.id, user.id if user else None)
         await tell_stranger(update, context, user.id if user else None)
     raise ApplicationHandlerStop
+
+
+async def gate_press(update: Update, assistant: Assistant) -> None:
+    """A button press passes the gate like a message: the allowed users and the owners, within the
+    rate limit; anyone else is answered with a short note, and nothing is done."""
+    from telegram.ext import ApplicationHandlerStop
+
+    query = update.callback_query
+    assert query is not None
+    user, message = query.from_user, query.message
+    chat_id = message.chat.id if message is not None else 0
+    if not is_allowed(assistant.settings.telegram_allowed, user.id, user.username, chat_id) and not is_owner(
+        assistant.settings.telegram_admins, user.id, user.username
+    ):
+        log.info("chat=%s user=%s not allowed (a button)", chat_id, user.id)
+        await answer_press(query, f"Sorry, this assistant is private. Your Telegram user id is {user.id}.")
+        raise ApplicationHandlerStop
+    wait = assistant.rate.wait(user.id)
+    if wait:
+        await answer_press(query, f"Too fast: please wait {wait:.0f} s.")
+        raise ApplicationHandlerStop
+
+
+async def answer_press(query: Any, text: str | None = None) -> None:
+    """answerCallbackQuery: the button stops spinning, with a short note if there is one. A press the
+    inbox handed back after a restart is too old to answer: then nothing is shown, and that is fine."""
+    from telegram.error import TelegramError
+
+    try:
+        await query.answer(text)
+    except TelegramError as exc:
+        log.info("a button press could not be answered (%s)", exc.message)
 
 
 async def tell_stranger(update: Update, context: ContextTypes.DEFAULT_TYPE, user_id: int | None) -> None:
@@ -1169,9 +1329,9 @@ async def tell_stranger(update: Update, context: ContextTypes.DEFAULT_TYPE, user
     await reply_text(update, context, stranger_text(user_id))
 
 
-async def reply_text(update: Update, context: ContextTypes.DEFAULT_TYPE, text: str) -> None:
+async def reply_text(update: Update, context: ContextTypes.DEFAULT_TYPE, text: str, reply_markup: Any = None) -> None:
     """A short answer to a command, through the chat's line (flood control, closed chats), in the
-    message's topic."""
+    message's topic (with buttons under it, if given)."""
     assistant = assistant_of(context)
     message = update.effective_message
     if message is None:
@@ -1181,7 +1341,7 @@ async def reply_text(update: Update, context: ContextTypes.DEFAULT_TYPE, text: s
     state = assistant.chats.get(key)
 
     async def send(chat: int) -> Any:
-        return await context.bot.send_message(chat, text, **in_thread(key[1]))
+        return await context.bot.send_message(chat, text, reply_markup=reply_markup, **in_thread(key[1]))
 
     if state is None:  # a stranger, or a chat that has not talked yet: no history is loaded for it
         await line.send(send, essential=True)
@@ -1191,8 +1351,9 @@ async def reply_text(update: Update, context: ContextTypes.DEFAULT_TYPE, text: s
 
 
 async def on_start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """What the assistant is, which model answers, the commands."""
-    model = assistant_of(context).settings.model
+    """What the assistant is, which model answers (this chat's), the commands."""
+    message, assistant = update.effective_message, assistant_of(context)
+    model = assistant.state(key_of(message)).chat.model if message is not None else assistant.settings.model
     await reply_text(
         update,
         context,
@@ -1209,14 +1370,237 @@ async def on_help(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 async def on_model(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """The configured model (and fallback)."""
-    settings = assistant_of(context).settings
+    """This chat's model; `/model NAME` switches among the allowed ones; alone in a private chat, buttons."""
+    assistant, message = assistant_of(context), update.effective_message
+    if message is None:
+        return
+    key, name = key_of(message), command_argument(message)
+    if not name:
+        allowed, current = assistant.allowed_models, assistant.state(key).chat.model
+        buttons = model_keyboard(allowed, current) if len(allowed) > 1 and message.chat.type == "private" else None
+        await reply_text(update, context, model_text(assistant, current, buttons is not None), buttons)
+        return
+    model = find_model(assistant.allowed_models, name)
+    if model is None:
+        offered = ", ".join(assistant.allowed_models)
+        await reply_text(update, context, f"{name} is not one of the models offered here: {offered}.")
+        return
+    if await refused_change(update, context):
+        return
+    await reply_text(update, context, await assistant.change(key, switching_to(model)))
+
+
+def switching_to(model: str) -> Callable[[Chat], str]:
+    def switch(chat: Chat) -> str:
+        chat.switch_model(model)
+        return f"Model is now {model}."
+
+    return switch
+
+
+def model_text(assistant: Assistant, current: str, buttons: bool) -> str:
+    settings = assistant.settings
     fallback = f" (fallback: {settings.fallback_model})" if settings.fallback_model else ""
-    await reply_text(update, context, f"Model: {settings.model}{fallback} at {settings.host}")
+    lines = [f"Model: {current}{fallback} at {settings.host}"]
+    if len(assistant.allowed_models) > 1:
+        lines.append(
+            "Tap one to switch." if buttons else f"Offered here: {', '.join(assistant.allowed_models)} (/model NAME)"
+        )
+    return "\n".join(lines)
+
+
+def command_argument(message: Message) -> str:
+    """What follows the command word (`/system be brief` -> "be brief"), its line breaks kept."""
+    text = message.text or ""
+    parts = text.split(maxsplit=1)
+    return parts[1].strip() if len(parts) > 1 else ""
+
+
+ONLY_ADMINS = "Only this group's admins (and the bot's owners) can change its model, instructions or role."
+
+
+async def may_change(bot: Any, settings: Settings, chat: Any, user: Any, sender_chat: Any = None) -> bool:
+    """Who may change a chat's settings: anyone allowed in a private chat; in a group, its admins
+    (Telegram is asked: getChatMember), an anonymous admin writing as the group, and the bot's owners."""
+    from telegram.error import TelegramError
+
+    if chat.type == "private":
+        return True
+    if user is not None and is_owner(settings.telegram_admins, user.id, user.username):
+        return True
+    if sender_chat is not None:
+        return bool(sender_chat.id == chat.id)  # an anonymous admin writes as the group itself
+    if user is None:
+        return False
+    try:
+        member = await bot.get_chat_member(chat.id, user.id)
+    except TelegramError as exc:
+        log.info("chat=%s could not ask Telegram who is an admin (%s): refused", chat.id, exc.message)
+        return False
+    return bool(member.status in CHANGERS)
+
+
+async def refused_change(update: Update, context: ContextTypes.DEFAULT_TYPE) -> bool:
+    """True (and the sender told so) when the sender may not change this chat's settings."""
+    message = update.effective_message
+    assert message is not None
+    settings = assistant_of(context).settings
+    if await may_change(context.bot, settings, message.chat, message.from_user, message.sender_chat):
+        return False
+    await reply_text(update, context, ONLY_ADMINS)
+    return True
+
+
+async def on_system(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """`/system` shows this chat's instructions, `/system TEXT` sets them, `/system reset` goes back."""
+    assistant, message = assistant_of(context), update.effective_message
+    if message is None:
+        return
+    key, text = key_of(message), command_argument(message)
+    if not text:
+        chat = assistant.state(key).chat
+        own = "system" in chat.chosen
+        where = "this chat's own (/system reset goes back to the default)" if own else "the default"
+        await reply_text(update, context, f"Instructions ({where}):\n{chat.conversation.system}")
+        return
+    if await refused_change(update, context):
+        return
+
+    def set_system(chat: Chat) -> str:
+        if text.lower() == "reset":
+            chat.reset_system()
+            return "Instructions are back to the default."
+        chat.set_system(text)
+        return "Instructions set: they apply from your next message (/system shows them, /system reset undoes)."
+
+    await reply_text(update, context, await assistant.change(key, set_system))
+
+
+async def on_role(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """`/role` lists the roles (as buttons), `/role NAME` takes one on."""
+    assistant, message = assistant_of(context), update.effective_message
+    if message is None:
+        return
+    key, name = key_of(message), command_argument(message)
+    if not name:
+        current = current_role(assistant.roles, assistant.state(key).chat.conversation.system)
+        await reply_text(update, context, role_text(current), role_keyboard(assistant.roles, current))
+        return
+    try:
+        role = find_role(assistant.roles, name)
+    except RolesError as exc:
+        await reply_text(update, context, f"{str(exc).capitalize()}.")
+        return
+    if await refused_change(update, context):
+        return
+    await reply_text(update, context, await assistant.change(key, taking_on(assistant, role)))
+
+
+def taking_on(assistant: Assistant, role: Role) -> Callable[[Chat], str]:
+    applied, note = assistant.role_for_chat(role)
+
+    def take(chat: Chat) -> str:
+        chat.apply_role(applied)
+        return f"Role is now {role.name}: model {chat.model}, temperature {chat.temperature:g}{note}."
+
+    return take
+
+
+def role_text(current: Role | None) -> str:
+    now = f"Role: {current.name}." if current is not None else "Role: none (this chat has instructions of its own)."
+    return f"{now} Tap one to switch, or send /role NAME."
+
+
+async def on_retry(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Regenerate the last reply (edited in place when it was one message)."""
+    message = update.effective_message
+    if message is None:
+        return
+    assistant = assistant_of(context)
+    payer = payer_of(message, assistant.settings)
+    await assistant.regenerate(context.bot, key_of(message), message.chat.type == "private", [update.update_id], payer)
+
+
+async def on_new(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """A fresh conversation: the messages are forgotten (on disk too); model, instructions and role stay."""
+    await forget_conversation(
+        update, context, "New conversation: I've forgotten this chat's messages; its model, instructions and role stay."
+    )
+
+
+async def on_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """A button under one of the bot's messages: 🔄 regenerates the last reply; a model or role button
+    switches this chat (its admins only, in a group). Every press is answered (answerCallbackQuery)."""
+    from telegram import Message as TelegramMessage
+
+    assistant, query = assistant_of(context), update.callback_query
+    if query is None:
+        return
+    press, message = parse_press(query.data), query.message
+    if press is None or not isinstance(message, TelegramMessage):
+        await answer_press(query, "This button no longer does anything.")
+        return
+    key = key_of(message)
+    if press.kind == "retry":
+        await press_retry(update, context, message, press.value)
+        return
+    if not await may_change(context.bot, assistant.settings, message.chat, query.from_user):
+        await answer_press(query, ONLY_ADMINS)
+        return
+    if press.kind == "model":
+        model = model_of_token(assistant.allowed_models, press.value)
+        if model is None:
+            await answer_press(query, "That model is no longer offered here.")
+            return
+        await answer_press(query, await assistant.change(key, switching_to(model)))
+        state = assistant.state(key)
+        buttons = model_keyboard(assistant.allowed_models, state.chat.model)
+        await edit_buttons(
+            context.bot, state, message.message_id, model_text(assistant, state.chat.model, True), buttons
+        )
+        return
+    role = assistant.roles.get(press.value)
+    if role is None:
+        await answer_press(query, "That role is no longer offered here.")
+        return
+    await answer_press(query, await assistant.change(key, taking_on(assistant, role)))
+    state = assistant.state(key)
+    current = current_role(assistant.roles, state.chat.conversation.system)
+    await edit_buttons(
+        context.bot, state, message.message_id, role_text(current), role_keyboard(assistant.roles, current)
+    )
+
+
+async def press_retry(update: Update, context: ContextTypes.DEFAULT_TYPE, message: Message, row: str) -> None:
+    """🔄: only under the conversation's last reply (an older one's button says so); a press the inbox
+    handed back after a crash goes ahead whatever became of the reply it was cut in."""
+    assistant, query = assistant_of(context), update.callback_query
+    assert query is not None
+    key = key_of(message)
+    if not assistant.is_last_reply(assistant.state(key), row) and update.update_id not in assistant.replayed:
+        await answer_press(query, "That's an older reply: only the last one can be regenerated.")
+        return
+    await answer_press(query, "Writing it again…")
+    private = message.chat.type == "private"
+    payer = presser_of(query.from_user, assistant.settings)
+    await assistant.regenerate(context.bot, key, private, [update.update_id], payer, message.message_id, row)
+
+
+async def edit_buttons(bot: Any, state: ChatState, message_id: int, text: str, buttons: Any) -> None:
+    """The message with the buttons, brought up to date (the new choice ticked)."""
+    await state.line.send(
+        lambda chat: bot.edit_message_text(text, chat_id=chat, message_id=message_id, reply_markup=buttons),
+        essential=True,  # waits its turn at the chat's pace: a skipped edit would leave the old tick
+    )
 
 
 async def on_clear(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Forget this conversation (this topic's, in a forum), on disk too."""
+    await forget_conversation(update, context, "Conversation cleared: I've forgotten this chat's messages.")
+
+
+async def forget_conversation(update: Update, context: ContextTypes.DEFAULT_TYPE, said: str) -> None:
+    """/clear and /new: the conversation's messages go, from disk too; its settings stay."""
     assistant = assistant_of(context)
     if update.effective_message is None:
         return
@@ -1227,7 +1611,8 @@ async def on_clear(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     async with state.lock:
         state.chat.clear()
         assistant.inbox.forget(conversation_name(key))
-    await reply_text(update, context, "Conversation cleared: I've forgotten this chat's messages.")
+    state.reply_message = None
+    await reply_text(update, context, said)
 
 
 async def on_stats(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -1236,7 +1621,8 @@ async def on_stats(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         return
     assistant = assistant_of(context)
     # as learned by the requests so far: asking the server here would block the event loop
-    stats = assistant.state(key_of(update.effective_message)).chat.stats(ask_window=False)
+    chat = assistant.state(key_of(update.effective_message)).chat
+    stats = chat.stats(ask_window=False)
     lines = [f"Messages kept: {stats.messages - 1}", f"Requests: {stats.requests}"]
     if stats.last is not None:
         usage, about = stats.usage, "~" if stats.estimated else ""
@@ -1252,6 +1638,9 @@ async def on_stats(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     lines.append(f"Model: {stats.model}{known}")
     if stats.last is not None and stats.last.model and stats.last.model != stats.model:
         lines.append(f"Last reply by: {stats.last.model} (the fallback)")
+    role = current_role(assistant.roles, chat.conversation.system)
+    lines.append(f"Role: {role.name}" if role is not None else "Role: none (instructions of this chat's own: /system)")
+    lines.append(f"Temperature: {chat.temperature:g}")
     payer = payer_of(update.effective_message, assistant.settings)
     lines += assistant.budget.standing(payer).lines()  # yours, across all chats (here: answers keep their order)
     await reply_text(update, context, "\n".join(lines))
@@ -1619,9 +2008,13 @@ class Command(NamedTuple):
 COMMANDS: tuple[Command, ...] = (
     Command("start", "what this assistant is and how to use it", on_start),
     Command("help", "list the commands", on_help),
-    Command("clear", "forget this chat's conversation", on_clear),
-    Command("stats", "messages, requests, tokens and cost in this chat", on_stats),
-    Command("model", "which model answers", on_model),
+    Command("new", "start a fresh conversation (same as /clear; model, instructions and role stay)", on_new),
+    Command("clear", "forget this chat's messages (same as /new; model, instructions and role stay)", on_clear),
+    Command("retry", "write the last reply again", on_retry),
+    Command("stats", "messages, requests, tokens, cost and settings in this chat", on_stats),
+    Command("model", "show this chat's model; /model NAME switches", on_model),
+    Command("system", "show this chat's instructions; /system TEXT sets them, /system reset", on_system),
+    Command("role", "list the roles; /role NAME takes one on", on_role),
     Command("cancel", "stop the reply in progress (what was written stays)", on_cancel),
 )
 
@@ -1733,8 +2126,11 @@ def recording_bot(settings: Settings, assistant: Assistant) -> Any:
 
 
 def record(inbox: Inbox, updates: Any) -> set[int]:
-    """Messages and edits, with what is needed to answer them again after a restart; returns the ids
-    of those settled before (delivered again after a crash between answering and confirming)."""
+    """Messages, edits and button presses, with what is needed to answer them again after a restart;
+    returns the ids of those settled before (delivered again after a crash between answering and
+    confirming)."""
+    from telegram import Message as TelegramMessage
+
     received = []
     for update in updates:
         message = update.message or update.edited_message
@@ -1744,6 +2140,10 @@ def record(inbox: Inbox, updates: Any) -> set[int]:
         elif (stop := stop_of(update)) is not None:  # a Stop, too, is handled once, even across a crash
             payload = json.dumps(update.to_dict(), ensure_ascii=False)
             received.append((update.update_id, conversation_name((stop.chat_id, stop.thread)), None, payload))
+        elif update.callback_query is not None:  # a button press (🔄 starts a turn): answered after a crash too
+            pressed = update.callback_query.message
+            where = conversation_name(key_of(pressed)) if isinstance(pressed, TelegramMessage) else "button"
+            received.append((update.update_id, where, None, json.dumps(update.to_dict(), ensure_ascii=False)))
     if not received:
         return set()
     new = inbox.record(received)
@@ -1760,6 +2160,7 @@ def build_application(settings: Settings, assistant: Assistant) -> Application[A
     from telegram.ext import (
         Application,
         ApplicationBuilder,
+        CallbackQueryHandler,
         ChatMemberHandler,
         CommandHandler,
         MessageHandler,
@@ -1789,6 +2190,7 @@ def build_application(settings: Settings, assistant: Assistant) -> Application[A
             loop.add_signal_handler(signum, assistant.stop, application)
         owed = assistant.inbox.pending()
         for received in owed:  # before anything new: in the order they came
+            assistant.replayed.add(received.update_id)
             if received.user_row is not None:
                 assistant.unfinished[received.update_id] = received.user_row
             if received.reply_message is not None:
@@ -1824,6 +2226,7 @@ def build_application(settings: Settings, assistant: Assistant) -> Application[A
     application.add_handler(MessageHandler(edits, on_edit))
     application.add_handler(ChatMemberHandler(on_membership, ChatMemberHandler.MY_CHAT_MEMBER))
     application.add_handler(TypeHandler(Update, on_stop), group=1)  # stopped_message_generation (no typed support)
+    application.add_handler(CallbackQueryHandler(on_button))
     application.add_error_handler(on_error)
     return application
 

@@ -10,9 +10,10 @@ from typing import Any
 
 from chatcore import __version__
 from chatcore.attachments import Attachment, AttachmentError, Kind, TranscriptionError, load_attachment
-from chatcore.chat import Chat
+from chatcore.chat import Chat, Refused
 from chatcore.log import one_line
-from chatcore.settings import BOOL_SETTINGS, SETTINGS, resolve_settings
+from chatcore.roles import Role, find_role, load_roles, roles_path
+from chatcore.settings import BOOL_SETTINGS, SETTINGS, ConfigError, Settings, resolve_settings
 from chatcore.store import SessionStore, default_db_path, write_export
 from terminal_commands import export_problem, session_lines
 
@@ -150,6 +151,25 @@ def load_attachments(chat: Chat, paths: list[str], attached_stdin: bytes | None)
     except (AttachmentError, TranscriptionError) as exc:
         raise UsageError(f"{exc} (nothing was sent)") from None
     return attachments
+
+
+def starting_role(settings: Settings) -> Role | None:
+    """The role --role / CHATBOT_ROLE names; RolesError (exit 2) for an unknown name or a bad roles file.
+    Without one the roles file is not read: a broken file never stands between you and a reply."""
+    if not settings.role:
+        return None
+    return find_role(load_roles(settings), settings.role, roles_path(settings))
+
+
+def take_role(chat: Chat, role: Role | None) -> None:
+    """The chat takes on the starting role, once its session is open (so the session keeps it);
+    ConfigError when the server does not list the role's model."""
+    if role is None:
+        return
+    try:
+        chat.apply_role(role)
+    except Refused as exc:
+        raise ConfigError(f"--role {role.name}: {exc}") from None
 
 
 def session_tool(args: Any, environ: dict[str, str]) -> int:

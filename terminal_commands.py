@@ -7,6 +7,7 @@ Each handler takes the REPL and the argument. Changes to the conversation are th
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from chatcore.attachments import AttachmentError, TranscriptionError
 from chatcore.chat import Refused
+from chatcore.roles import Role, RolesError, current_role, find_role, load_roles, roles_path
 from chatcore.store import StoreError, export_data, pid_alive, write_export
 from chatcore.usage import format_money, usage_line
 from terminal_input import forget_typed
@@ -121,6 +123,36 @@ def cmd_system(repl: Repl, arg: str) -> None:
     repl.say("system prompt replaced")
 
 
+def cmd_role(repl: Repl, arg: str) -> None:
+    chat = repl.chat
+    path = roles_path(chat.settings)
+    try:  # read each time: an edit of the file applies without a restart
+        roles = load_roles(chat.settings)
+        role = find_role(roles, arg, path) if arg else None
+    except RolesError as exc:
+        raise Refused(str(exc)) from None
+    if role is None:
+        current = current_role(roles, chat.conversation.system)
+        width, columns = max(len(name) for name in roles), max(40, shutil.get_terminal_size().columns - 1)
+        for name, listed in roles.items():
+            mark = "*" if listed is current else " "
+            repl.say(fit(f"{mark} {name:<{width}}  {role_summary(listed)}", columns))
+        mine = "" if current is not None else " (the system prompt is one of your own: /system shows it)"
+        repl.say(f"/role NAME switches{mine}; your own roles go in {path}")
+        return
+    chat.apply_role(role)
+    repl.say(f"role is now {role.name}: its system prompt, model {chat.model}, temperature {chat.temperature:g}")
+
+
+def role_summary(role: Role) -> str:
+    """One line for /role: what sets it apart (model, temperature), then its prompt."""
+    extras = [] if role.origin == "configured" else [f"model {role.model}"] if role.model else []
+    if role.temperature is not None and role.origin != "configured":
+        extras.append(f"temperature {role.temperature:g}")
+    prompt = " ".join(role.system.split())
+    return f"[{', '.join(extras)}] {prompt}" if extras else prompt
+
+
 def cmd_retry(repl: Repl, arg: str) -> None:
     repl.run_turn(None)
 
@@ -225,6 +257,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("attach", (), "[PATH|clear]", "attach a file to the next message; alone: list", cmd_attach, paths=True),
     Command("model", (), "[NAME]", "show or switch the model", cmd_model),
     Command("system", (), "[TEXT]", "show or replace the system prompt", cmd_system),
+    Command("role", (), "[NAME]", "list roles, or take one on (its prompt, model, temperature)", cmd_role),
     Command("retry", (), "", "regenerate the last reply", cmd_retry),
     Command("undo", (), "", "drop the last exchange", cmd_undo),
     Command("api", (), "", "show which API is in use", cmd_api),

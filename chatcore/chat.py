@@ -35,6 +35,7 @@ from .conversation import (
 )
 from .log import write_log
 from .provider import Failure, Provider, rejected_parameter, shown_models
+from .roles import DEFAULT, Role
 from .saving import NOT_SAVED, SavedSession
 from .serverinfo import Window, ask_window, cached_scale, cached_window, remember_scale, remember_window
 from .settings import Settings, is_local_url
@@ -102,9 +103,15 @@ class Chat:
         log_sink: Callable[[str], None] | None = None,
         wants_cost: bool = True,
         budget: Budget | None = None,
+        saved_choices_win: bool = False,
     ):
         self.settings = settings
         self.model = settings.model
+        self.temperature = settings.temperature  # the conversation's own, once it chooses one (a role)
+        self.chosen: set[str] = set()  # which of model, system and temperature this conversation chose
+        # Whose word counts when a saved session is opened: the session's own choices (the Telegram
+        # assistant: each chat its own), or what the settings set explicitly (the terminal: -m, -s, -t).
+        self.saved_choices_win = saved_choices_win
         self.conversation = Conversation(settings.system)
         self.provider = provider or Provider(settings, notify)
         self.notify = notify
@@ -190,6 +197,7 @@ class Chat:
             request = build_request(conversation, self.settings.max_messages, budget(True), self.counter)
         if request.dropped and self.settings.summarize:
             request = self.summarize_dropped(request) or request
+        request.temperature = self.temperature
         return request
 
     # -- summaries of dropped turns -------------------------------------------
@@ -361,11 +369,51 @@ class Chat:
         if models and model not in models:
             raise Refused(f"unknown model {model!r}: the server offers {shown_models(models)}")
         self._use_model(model)
-        self.session.set_meta(model=model)
+        self._choose("model", model=model)
 
     def set_system(self, text: str) -> None:
         self.conversation.system = text
-        self.session.set_meta(system=text)
+        self._choose("system", system=text)
+
+    def set_temperature(self, temperature: float) -> None:
+        """Sample at this temperature (0 to 2) from now on."""
+        self.temperature = temperature
+        self._choose("temperature", temperature=temperature)
+
+    def reset_system(self) -> None:
+        """Back to the configured system prompt."""
+        self.conversation.system = self.settings.system
+        self._unchoose("system", system=self.settings.system)
+
+    def reset_model(self) -> None:
+        """Back to the configured model (no request: the configured model needs no checking)."""
+        if self.model != self.settings.model:
+            self._use_model(self.settings.model)
+        self._unchoose("model", model=self.model)
+
+    def apply_role(self, role: Role) -> None:
+        """Take on a role: its system prompt, and its model and temperature when it sets them (a role
+        without them keeps the current ones). The default role is the configured prompt, model and
+        temperature. Refused (and nothing changed) if the server does not list the role's model."""
+        if role.name == DEFAULT:
+            self.reset_model()
+            self.reset_system()
+            self.temperature = self.settings.temperature
+            self._unchoose("temperature", temperature=None)
+            return
+        if role.model and role.model != self.model:
+            self.switch_model(role.model)
+        self.set_system(role.system)
+        if role.temperature is not None:
+            self.set_temperature(role.temperature)
+
+    def _choose(self, name: str, **values: Any) -> None:
+        self.chosen.add(name)
+        self.session.set_meta(chosen=",".join(sorted(self.chosen)), **values)
+
+    def _unchoose(self, name: str, **values: Any) -> None:
+        self.chosen.discard(name)
+        self.session.set_meta(chosen=",".join(sorted(self.chosen)), **values)
 
     def rename_session(self, name: str) -> None:
         self.session.rename(name)  # StoreError when the name is taken
@@ -600,17 +648,27 @@ class Chat:
         self.session = SavedSession(store, session_id)
         if not existed:
             self._load(Conversation(self.conversation.system), [], "")
+            if self.chosen:  # chosen before the session began (--role): the new session has them too
+                temperature = self.temperature if "temperature" in self.chosen else None
+                self.session.set_meta(temperature=temperature, chosen=",".join(sorted(self.chosen)))
             return False
         conversation, requests, model = store.load(session_id)
-        if "system" in self.settings.sources and conversation.system != self.settings.system:
-            conversation.system = self.settings.system  # -s given: it replaces the saved prompt
+        temperature, self.chosen = store.load_choices(session_id)
+        if not self._keeps_saved("system") and conversation.system != self.settings.system:
+            conversation.system = self.settings.system  # -s given (or no prompt of its own): it replaces the saved one
             self.session.set_meta(system=self.settings.system)
+        saved = temperature if self._keeps_saved("temperature") else None  # None: the configured one
+        self.temperature = saved if saved is not None else self.settings.temperature
         self._load(conversation, requests, model)
         return True
 
+    def _keeps_saved(self, name: str) -> bool:
+        """Whether a resumed session keeps its saved model, system prompt or temperature (see __init__)."""
+        return name in self.chosen if self.saved_choices_win else name not in self.settings.sources
+
     def _load(self, conversation: Conversation, requests: list[TurnStats], model: str) -> None:
         self.conversation, self.requests, self.last_request = conversation, requests, None
-        if model and model != self.model and "model" not in self.settings.sources:
+        if model and model != self.model and self._keeps_saved("model"):
             self._use_model(model)
 
     def leave(self) -> None:

@@ -130,6 +130,7 @@ class Request:
     dropped_tokens: int = 0
     tokens: int | None = None  # counted size of the request, when it was counted
     estimated: bool = True
+    temperature: float | None = None  # the conversation's own; None: the configured one
 
     def messages(self, api: str = "chat") -> list[dict[str, Any]]:
         return [{"role": "system", "content": self.system}] + [m.as_dict(api) for m in self.kept]

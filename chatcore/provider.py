@@ -249,7 +249,7 @@ class Provider:
             }
             if stream:
                 params["stream_options"] = {"include_usage": True}
-        params["temperature"] = settings.temperature
+        params["temperature"] = settings.temperature if request.temperature is None else request.temperature
         for name in self.rejected & params.keys():
             value = params.pop(name)
             if name in RENAMED_PARAMETERS:

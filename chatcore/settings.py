@@ -82,6 +82,11 @@ def _ports(value: str) -> tuple[int, ...]:
     return tuple(ports)
 
 
+def _names(value: str) -> tuple[str, ...]:
+    """Comma-separated names (models); empty parts are ignored."""
+    return tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
+
+
 def _access_list(value: str) -> tuple[str, ...]:
     """Comma-separated user ids, @usernames, (negative) group ids, or *; validated one by one."""
     entries = tuple(part.strip() for part in value.split(",") if part.strip())
@@ -356,6 +361,24 @@ SETTINGS: tuple[Setting, ...] = (
         "API key for the transcription server (default: OPENAI_API_KEY; never a flag)",
         secret=True,
     ),
+    # Roles (see the README's Roles section): a named system prompt, with optionally a model and temperature.
+    Setting(
+        "role",
+        "CHATBOT_ROLE",
+        ("--role",),
+        None,
+        _text,
+        "start with this role: its system prompt (and model and temperature, if it sets them)",
+        metavar="NAME",
+    ),
+    Setting(
+        "roles_file",
+        "CHATBOT_ROLES",
+        (),
+        None,
+        _text,
+        "the roles file (default: roles.toml in the user config directory)",
+    ),
     # The Telegram assistant's own settings: no flags (the token must never be one).
     Setting(
         "telegram_token",
@@ -402,6 +425,15 @@ SETTINGS: tuple[Setting, ...] = (
         10,
         _number(int, 1),
         "Telegram assistant: messages a user may send per minute",
+    ),
+    Setting(
+        "telegram_models",
+        "TELEGRAM_MODELS",
+        (),
+        (),
+        _names,
+        "Telegram assistant: the models a chat may switch to with /model (comma-separated); unset means only "
+        "OPENAI_MODEL",
     ),
     Setting(
         "telegram_db",
@@ -529,11 +561,14 @@ class Settings:
     transcribe_model: str
     transcribe_base_url: str | None
     transcribe_api_key: str | None
+    role: str | None
+    roles_file: str | None
     telegram_token: str | None
     telegram_api_url: str
     telegram_allowed: tuple[str, ...]
     telegram_admins: tuple[str, ...]
     telegram_rate_limit: int
+    telegram_models: tuple[str, ...]
     telegram_db: str | None
     telegram_budget_daily: float | None
     telegram_budget_monthly: float | None

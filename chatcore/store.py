@@ -62,6 +62,12 @@ MIGRATIONS: tuple[str, ...] = (
         tokens INTEGER NOT NULL, tokens_estimated INTEGER NOT NULL, cost REAL, cost_estimated INTEGER NOT NULL);
     CREATE INDEX spending_by_user ON spending(user, at);
     """,
+    # A conversation's own choices: its temperature, and which of model, system and temperature it
+    # chose itself (the Telegram assistant keeps those over the configured defaults).
+    """
+    ALTER TABLE sessions ADD COLUMN temperature REAL;
+    ALTER TABLE sessions ADD COLUMN chosen TEXT NOT NULL DEFAULT '';
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -337,6 +343,14 @@ class SessionStore:
         ]
         return conversation, turns, row[3]
 
+    @locked
+    def load_choices(self, session_id: int) -> tuple[float | None, set[str]]:
+        """The session's temperature (None: the configured one) and what it chose itself."""
+        row = self.db.execute("SELECT temperature, chosen FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        if row is None:
+            return None, set()
+        return row[0], {name for name in (row[1] or "").split(",") if name}
+
     def _load_attachments(self, session_id: int, history: list[Message]) -> None:
         by_row = {m.row_id: m for m in history}
         for message_id, kind, name, mime, data, text, size, width, height, note in self.db.execute(
@@ -438,7 +452,7 @@ class SessionStore:
     @writes
     def set_meta(self, session_id: int, **values: Any) -> None:
         for column, value in values.items():
-            assert column in ("model", "system", "name")
+            assert column in ("model", "system", "name", "temperature", "chosen")
             self.db.execute(f"UPDATE sessions SET {column} = ? WHERE id = ?", (value, session_id))
 
     @writes

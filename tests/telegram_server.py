@@ -28,6 +28,13 @@ is HTML and disappears, `&amp;` is a character reference, a backslash escapes). 
 (the default: an older Bot API server) those methods answer 404 "Not Found" and an edit ignores
 `rich_message`. `stop_generation` pushes the update the Stop button sends. `getUpdates` honours
 `allowed_updates` as Telegram does (remembered from the last call that gave it).
+
+Buttons: `reply_markup` on sendMessage and editMessageText is kept with the message
+(`SentMessage.markup`; callback data over Telegram's 64 bytes is refused with 400 BUTTON_DATA_INVALID);
+`press(message_id, data)` is a user pressing one of a message's buttons (a `callback_query` update),
+and `answerCallbackQuery` answers it (`answers` maps each query id to the text it was answered with;
+a query answered twice, or one never sent, is 400 "query is too old", as Telegram says). Group
+admins: `make_admin(chat_id, user_id)`; `getChatMember` and `getChatAdministrators` answer from it.
 """
 
 from __future__ import annotations
@@ -95,6 +102,12 @@ class SentMessage:
     edits: int = 0
     thread_id: int | None = None
     rich: str | None = None  # the Markdown of a rich message (`text` is its plain rendering)
+    markup: dict[str, Any] | None = None  # the inline keyboard under it, as sent
+
+    def buttons(self) -> list[tuple[str, str]]:
+        """(label, callback data) of every button under the message."""
+        rows = (self.markup or {}).get("inline_keyboard", [])
+        return [(button["text"], button.get("callback_data", "")) for row in rows for button in row]
 
 
 class FakeTelegram:
@@ -122,6 +135,10 @@ class FakeTelegram:
         self.downloads: list[str] = []  # file paths fetched from /file/bot<token>/
         self.rich = False  # the Bot API server has rich messages (Bot API 10.1+); off: they answer 404
         self.allowed_updates: list[str] | None = None  # as the bot last asked for them (None: every kind)
+        self.admins: dict[int, set[int]] = {}  # group id -> the user ids that are its admins
+        self.queries = itertools.count(1)
+        self.answers: dict[str, str | None] = {}  # callback query id -> the text it was answered with
+        self.pending_queries: set[str] = set()  # pressed, not yet answered
         self.condition = threading.Condition()
         server = self
 
@@ -259,6 +276,39 @@ class FakeTelegram:
         with self.condition:
             self.files[file_id] = (data, size)
         return {"file_id": file_id, "file_unique_id": f"u{number}", "file_size": size, **fields}
+
+    def press(
+        self, message_id: int, data: str, user_id: int | None = None, username: str | None = "ada"
+    ) -> dict[str, Any]:
+        """A user presses a button (with this callback data) under one of the bot's messages."""
+        with self.condition:
+            sent = self.messages[message_id]
+        user_id = user_id if user_id is not None else (sent.chat_id if sent.chat_id > 0 else 42)
+        message = self._message(sent.chat_id, message_id, sent.text)
+        if sent.thread_id is not None:
+            message.update(message_thread_id=sent.thread_id, is_topic_message=True)
+            message["chat"]["is_forum"] = True
+        if sent.markup is not None:
+            message["reply_markup"] = sent.markup
+        query_id = f"q{next(self.queries)}"
+        with self.condition:
+            self.pending_queries.add(query_id)
+        user = {"id": user_id, "is_bot": False, "first_name": "Ada", **({"username": username} if username else {})}
+        return self.push(
+            {
+                "callback_query": {
+                    "id": query_id,
+                    "from": user,
+                    "message": message,
+                    "chat_instance": str(sent.chat_id),
+                    "data": data,
+                }
+            }
+        )
+
+    def make_admin(self, chat_id: int, user_id: int) -> None:
+        with self.condition:
+            self.admins.setdefault(chat_id, set()).add(user_id)
 
     def message_of(self, update: dict[str, Any]) -> dict[str, Any]:
         return update.get("message") or update["edited_message"]
@@ -508,9 +558,16 @@ class FakeTelegram:
             return 400, {"ok": False, "error_code": 400, "description": "Bad Request: message is too long"}
         return None
 
+    def _check_markup(self, markup: Any) -> tuple[int, dict[str, Any]] | None:
+        for row in (markup or {}).get("inline_keyboard", []) if isinstance(markup, dict) else []:
+            for button in row:
+                if len(str(button.get("callback_data", "")).encode()) > 64:
+                    return 400, {"ok": False, "error_code": 400, "description": "Bad Request: BUTTON_DATA_INVALID"}
+        return None
+
     def _sendMessage(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         text = params.get("text")
-        problem = self._check_text(text)
+        problem = self._check_text(text) or self._check_markup(params.get("reply_markup"))
         if problem:
             return problem
         chat_id, message_id = int(params["chat_id"]), next(self.message_ids)
@@ -519,6 +576,7 @@ class FakeTelegram:
             self.messages[message_id] = SentMessage(
                 message_id, chat_id, text, params.get("entities") or [], thread_id=int(thread) if thread else None
             )
+            self.messages[message_id].markup = params.get("reply_markup")
         return 200, {"ok": True, "result": self._message(chat_id, message_id, text)}
 
     def _editMessageText(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -528,6 +586,7 @@ class FakeTelegram:
             problem, text = check_rich(rich, draft=False)
         else:
             problem = self._check_text(text)
+        problem = problem or self._check_markup(params.get("reply_markup"))
         if problem:
             return problem
         message_id = int(params.get("message_id") or 0)
@@ -537,19 +596,53 @@ class FakeTelegram:
                 return 400, {"ok": False, "error_code": 400, "description": "Bad Request: message to edit not found"}
             entities = params.get("entities") or []
             markdown = rich.get("markdown") if rich is not None else None
-            if markdown is not None and message.rich == markdown:
+            markup = params.get("reply_markup")
+            if markdown is not None and message.rich == markdown and message.markup == markup:
                 return 400, {"ok": False, "error_code": 400, "description": "Bad Request: message is not modified"}
             message.rich = markdown
-            if markdown is None and message.text == text and message.entities == entities:
+            if markdown is None and message.text == text and message.entities == entities and message.markup == markup:
                 return 400, {
                     "ok": False,
                     "error_code": 400,
                     "description": "Bad Request: message is not modified: specified new message content and reply "
                     "markup are exactly the same as a current content and reply markup of the message",
                 }
-            message.text, message.entities = text, entities
+            message.text, message.entities, message.markup = text, entities, markup  # no markup: the buttons go
             message.edits += 1
         return 200, {"ok": True, "result": self._message(message.chat_id, message_id, text)}
+
+    def _answerCallbackQuery(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        query_id = str(params.get("callback_query_id"))
+        with self.condition:
+            if query_id not in self.pending_queries:
+                return 400, {
+                    "ok": False,
+                    "error_code": 400,
+                    "description": "Bad Request: query is too old and response timeout expired or query ID is invalid",
+                }
+            self.pending_queries.discard(query_id)
+            self.answers[query_id] = params.get("text")
+        return 200, {"ok": True, "result": True}
+
+    def _getChatMember(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        chat_id, user_id = int(params.get("chat_id") or 0), int(params.get("user_id") or 0)
+        with self.condition:
+            admin = user_id in self.admins.get(chat_id, set())
+        user = {"id": user_id, "is_bot": False, "first_name": "Ada"}
+        member: dict[str, Any] = {"status": "administrator" if admin else "member", "user": user}
+        if admin:
+            member.update(ADMIN_RIGHTS)
+        return 200, {"ok": True, "result": member}
+
+    def _getChatAdministrators(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        chat_id = int(params.get("chat_id") or 0)
+        with self.condition:
+            ids = sorted(self.admins.get(chat_id, set()))
+        admins = [
+            {"status": "administrator", "user": {"id": i, "is_bot": False, "first_name": "Ada"}, **ADMIN_RIGHTS}
+            for i in ids
+        ]
+        return 200, {"ok": True, "result": admins}
 
     def _sendMessageDraft(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         if self.no_drafts:
@@ -565,6 +658,7 @@ class FakeTelegram:
         if not self.rich:
             return 404, {"ok": False, "error_code": 404, "description": "Not Found"}
         problem, text = check_rich(params.get("rich_message"), draft=False)
+        problem = problem or self._check_markup(params.get("reply_markup"))
         if problem:
             return problem
         thread = params.get("message_thread_id")
@@ -572,6 +666,7 @@ class FakeTelegram:
             next(self.message_ids), int(params["chat_id"]), text, thread_id=int(thread) if thread else None
         )
         sent.rich = params["rich_message"].get("markdown", "")
+        sent.markup = params.get("reply_markup")
         with self.condition:
             self.messages[sent.message_id] = sent
         return 200, {"ok": True, "result": self._message(sent.chat_id, sent.message_id, text)}
@@ -708,6 +803,22 @@ def inline_plain(line: str) -> str:
         piece = re.sub(r"(?<!\\)(\*\*|__|~~)", "", piece)
         out.append(ESCAPED.sub(r"\1", piece))
     return "".join(out)
+
+
+ADMIN_RIGHTS = {
+    "can_be_edited": False,
+    "is_anonymous": False,
+    "can_manage_chat": True,
+    "can_delete_messages": True,
+    "can_manage_video_chats": True,
+    "can_restrict_members": True,
+    "can_promote_members": False,
+    "can_change_info": True,
+    "can_invite_users": True,
+    "can_post_stories": False,
+    "can_edit_stories": False,
+    "can_delete_stories": False,
+}
 
 
 def entities_of(text: str) -> list[dict[str, Any]]:

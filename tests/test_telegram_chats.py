@@ -148,9 +148,9 @@ def test_unknown_commands_get_one_line_pointing_at_help(bot, telegram, model):
     assert "\n" not in answer
     chat = -1000307
     telegram.send_text(chat, "/settings", user_id=134)  # in a group, maybe for another bot: silence
-    telegram.send_text(chat, f"/new{AT}", user_id=134)
+    telegram.send_text(chat, f"/reset{AT}", user_id=134)
     [answer] = final_texts(telegram, chat)
-    assert "/new" in answer
+    assert "/reset" in answer
     assert "/help" in answer
     assert len(model.posts) == posts
 

@@ -391,3 +391,23 @@ def test_telegram_rich_off_keeps_the_entities_path(tmp_path, fakes):
     only_old_calls(telegram, 101)
     only_old_calls(telegram, GROUP)
     assert process.stop() == 0, process.stderr
+
+
+def test_the_retry_button_rides_on_the_rich_reply_and_regenerates_it_in_place(bot, telegram, model):
+    from test_telegram_choices import answered, last_message
+
+    chat = 141
+    model.push(chat_reply("| a | b |\n|---|---|\n| 1 | 2 |"))
+    telegram.send_text(chat, "a table please")
+    final_texts(telegram, chat)
+    first = last_message(telegram, chat)
+    assert first.rich is not None  # sent as a rich message ...
+    [(label, data)] = first.buttons()  # ... with the 🔄 button under it
+    assert label == "🔄"
+    model.push(chat_reply("| a | b |\n|---|---|\n| 3 | 4 |"))
+    press = telegram.press(first.message_id, data)
+    assert answered(telegram, press) == "Writing it again…"
+    telegram.wait_for(lambda: "3 | 4" in (last_message(telegram, chat).text or ""))
+    assert len(telegram.sent_texts(chat)) == 1  # the old reply's message, now the new one
+    assert last_message(telegram, chat).rich is not None
+    assert last_message(telegram, chat).buttons()[0][1] != data  # the new reply's own button
