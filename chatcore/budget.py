@@ -12,6 +12,8 @@ answering at once). Days are UTC days, months calendar months in UTC. The spendi
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +26,13 @@ from .usage import TurnStats, Usage, format_money, turn_cost
 
 if TYPE_CHECKING:
     from .store import SessionStore
+
+log = logging.getLogger("chatbot.budget")
+SpendingRow = tuple[str, float, str, int, int, float | None, int]  # a row of the spending table, as inserted
+INSERT = (
+    "INSERT INTO spending (user, at, model, tokens, tokens_estimated, cost, cost_estimated) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 class Period(StrEnum):
@@ -213,6 +222,17 @@ class Sums(NamedTuple):
     cost_estimated: bool
     unpriced: int  # calls whose cost is unknown
 
+    def plus(self, row: SpendingRow) -> Sums:
+        """These sums and one more call (a row the database has not taken yet)."""
+        _user, _at, _model, tokens, tokens_estimated, cost, cost_estimated = row
+        return Sums(
+            self.tokens + tokens,
+            self.tokens_estimated or bool(tokens_estimated),
+            self.cost + (cost or 0.0),
+            self.cost_estimated or bool(cost_estimated),
+            self.unpriced + (cost is None),
+        )
+
 
 class Budget:
     """Per-user spending in the sessions database, and the caps it is held to. Thread-safe: it uses the
@@ -224,6 +244,7 @@ class Budget:
         """`clock`: seconds since the epoch (a test moves it across a day or a month)."""
         self.caps, self.notes = caps_in_force(settings)
         self.db, self.lock, self.clock = store.db, store.lock, clock
+        self.unsaved: list[SpendingRow] = []  # rows the database refused, oldest first: counted all the same
         with self.lock:
             previous = month_start(month_start(self.now()) - timedelta(days=1))
             self.db.execute("DELETE FROM spending WHERE at < ?", (previous.timestamp(),))
@@ -232,22 +253,28 @@ class Budget:
         return datetime.fromtimestamp(self.clock(), UTC)
 
     def record(self, payer: Payer, stats: TurnStats, reported: bool) -> None:
-        """One model call's usage and cost (reported by the provider, or else an estimate), counted at once."""
+        """One model call's usage and cost (reported by the provider, or else an estimate), counted at once.
+        A row the database refuses (a full or failing disk, a lock held too long) is kept in memory and
+        still counted, and written with the next call's: the call was made and paid for, so its reply
+        is not lost for it, and the cap still holds."""
         usage = stats.usage
+        row: SpendingRow = (
+            payer.user,
+            self.clock(),
+            stats.model,
+            usage.total_tokens,
+            int(usage.estimated),
+            stats.cost,
+            int(stats.cost is not None and not reported),
+        )
         with self.lock:
-            self.db.execute(
-                "INSERT INTO spending (user, at, model, tokens, tokens_estimated, cost, cost_estimated) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    payer.user,
-                    self.clock(),
-                    stats.model,
-                    usage.total_tokens,
-                    int(usage.estimated),
-                    stats.cost,
-                    int(stats.cost is not None and not reported),
-                ),
-            )
+            self.unsaved.append(row)
+            try:
+                while self.unsaved:
+                    self.db.execute(INSERT, self.unsaved[0])
+                    self.unsaved.pop(0)
+            except sqlite3.Error as exc:
+                log.warning("spending not saved (%s): counted in memory, written with the next call", exc)
 
     def standing(self, payer: Payer) -> Standing:
         """What the payer has spent against each cap, and has left."""
@@ -259,7 +286,11 @@ class Budget:
                 "SUM(cost IS NULL) FROM spending WHERE user = ? AND at >= ? GROUP BY at >= ?",
                 (day.timestamp(), payer.user, month.timestamp(), day.timestamp()),
             ).fetchall()
+            unsaved = [row for row in self.unsaved if row[0] == payer.user and row[1] >= month.timestamp()]
         sums = {bool(today): Sums(*row) for today, *row in rows}
+        for row in unsaved:
+            today = row[1] >= day.timestamp()
+            sums[today] = sums.get(today, Sums(0, False, 0.0, False, 0)).plus(row)
         spent = tuple(self._spent(cap, sums, day, month) for cap in self.caps)
         return Standing(payer.exempt, spent, sum(s.unpriced for s in sums.values()), now)
 

@@ -228,3 +228,35 @@ def test_a_dollar_cap_without_prices_is_no_cap_and_the_log_says_so_once(tmp_path
     said = [line for line in process.lines if "no spending cap" in line]
     assert len(said) == 1
     assert "TELEGRAM_BUDGET_DAILY is in USD, and prices at 127.0.0.1" in said[0]
+
+
+def test_a_spending_row_the_database_refuses_still_delivers_the_paid_reply_and_still_counts(tmp_path, fakes):
+    telegram, model = fakes
+    db = tmp_path / "telegram.db"
+    process = started(telegram, BotProcess(bot_env(tmp_path / "h", telegram, model, TELEGRAM_DB=str(db), **PRICED)))
+    with closing(sqlite3.connect(db)) as connection:  # the table refuses every row, as a failing disk would
+        connection.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON spending BEGIN SELECT RAISE(FAIL, 'disk I/O error'); END"
+        )
+        connection.commit()
+    model.push(half_a_dollar("the paid answer"))
+    telegram.send_text(131, "first")
+    assert final_texts(telegram, 131) == ["the paid answer"]  # the call was made and paid for: it is shown
+    telegram.send_text(131, "second")
+    [_, note] = final_texts(telegram, 131, 2)
+    assert "daily spending limit: ~$0.5000 used of $0.5000" in note  # counted all the same, in memory
+    assert len(model.posts) == 1
+    with closing(sqlite3.connect(db)) as connection:  # the database takes rows again
+        connection.execute("DROP TRIGGER refuse")
+        connection.commit()
+    model.push(half_a_dollar("the owner's answer"))
+    telegram.send_text(OWNER, "a call of anyone's")
+    assert final_texts(telegram, OWNER) == ["the owner's answer"]
+    assert process.stop() == 0, process.stderr
+    with closing(sqlite3.connect(db)) as connection:  # what was kept in memory was written with the next call
+        saved = connection.execute("SELECT user, tokens FROM spending ORDER BY id").fetchall()
+    assert saved == [("131", 50), (str(OWNER), 50)]
+    said = [line for line in process.lines if "spending not saved" in line]
+    assert len(said) == 1
+    assert "disk I/O error" in said[0]
+    assert "Traceback" not in process.stderr
