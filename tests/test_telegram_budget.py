@@ -5,6 +5,7 @@ file. Prices are configured at a cent a token, so a reply of 40 + 10 tokens cost
 from __future__ import annotations
 
 import sqlite3
+import time
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 
@@ -260,3 +261,31 @@ def test_a_spending_row_the_database_refuses_still_delivers_the_paid_reply_and_s
     assert len(said) == 1
     assert "disk I/O error" in said[0]
     assert "Traceback" not in process.stderr
+
+
+def test_a_group_reply_cut_by_a_crash_and_past_the_cap_on_restart_becomes_the_note(tmp_path, fakes):
+    from test_telegram_delivery import confirmed
+
+    telegram, model = fakes
+    db = tmp_path / "telegram.db"
+    env = bot_env(tmp_path / "h", telegram, model, TELEGRAM_DB=str(db), **PRICED)
+    process = started(telegram, BotProcess(env))
+    model.push(chat_reply("word " * 300, size=5, delay=0.05))
+    update = telegram.send_text(GROUP, f"@{BOT_USER['username']} a long story", user_id=132, first_name="Di")
+    telegram.wait_for(lambda: any(text.startswith("word word") for text in telegram.sent_texts(GROUP)))
+    telegram.wait_for(lambda: confirmed(telegram, update))
+    process.process.kill()  # SIGKILL mid-reply: the group shows half a reply
+    process.process.wait(10)
+    with closing(sqlite3.connect(db)) as connection:  # meanwhile Di's other chats spent the day's cap
+        connection.execute(
+            "INSERT INTO spending (user, at, model, tokens, tokens_estimated, cost, cost_estimated) "
+            "VALUES ('132', ?, 'test-model', 60, 0, 0.6, 0)",
+            (datetime.now(UTC).timestamp(),),
+        )
+        connection.commit()
+    process = started(telegram, BotProcess(env))
+    telegram.wait_for(lambda: any("spending limit" in text for text in telegram.sent_texts(GROUP)))
+    time.sleep(1.0)
+    [shown] = telegram.sent_texts(GROUP)  # the half reply became the note: none is left behind
+    assert shown.startswith("Sorry, you've reached your daily spending limit: $0.6000 used of $0.5000.")
+    assert process.stop() == 0, process.stderr
