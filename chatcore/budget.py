@@ -101,7 +101,7 @@ class Standing:
         if self.exempt:
             return None
         reached = [s for s in self.spent if s.reached]
-        return max(reached, key=lambda s: s.resets) if reached else None
+        return max(reached, key=lambda s: (s.cap.limit == 0, s.resets)) if reached else None  # 0 never resets
 
     def note(self) -> str:
         """The polite note in place of a reply: which cap, what was spent, when it resets."""
@@ -109,6 +109,8 @@ class Standing:
         if over is None:
             return ""
         cap = over.cap
+        if cap.limit == 0:
+            return "Sorry, only this assistant's owners may use the model here: your messages are not sent to it."
         kind = "spending" if cap.unit == "usd" else "token"
         estimate = " (estimated)" if over.estimated else ""
         return (
@@ -126,6 +128,11 @@ class Standing:
         lines = []
         for spent in self.spent:
             period = "today" if spent.cap.period is Period.DAY else "this month"
+            if spent.cap.limit == 0:
+                lines.append(
+                    f"Left {period}: none: only the bot's owners may use the model (a cap of {spent.cap.amount(0)})"
+                )
+                continue
             estimate = " (~ estimated)" if spent.estimated else ""
             lines.append(
                 f"Left {period}: {spent.used(spent.left)} of {spent.cap.amount(spent.cap.limit)}{estimate}"

@@ -292,3 +292,22 @@ def test_a_cloud_model_missing_from_the_price_table_is_said_once_at_start():
     assert caps_in_force(known)[1] == [
         "spending caps per user: $1.0000 daily (UTC days and months; TELEGRAM_ADMINS exempt)"
     ]
+
+
+def test_a_cap_of_0_says_only_the_owners_may_use_the_model_never_that_it_resets(store):
+    budget = Budget(
+        settings_for(telegram_budget_daily="5", telegram_budget_monthly="0", **CENT_A_TOKEN),
+        store,
+        Clock("2026-05-05 10:00"),
+    )
+    standing = budget.standing(ADA)  # nothing spent, and still no call may go
+    assert standing.reached is not None
+    note = standing.note()
+    assert note == "Sorry, only this assistant's owners may use the model here: your messages are not sent to it."
+    assert "resets" not in note
+    assert standing.lines() == [
+        "Left today: $5.0000 of $5.0000 · resets 00:00 UTC",
+        "Left this month: none: only the bot's owners may use the model (a cap of $0)",
+    ]
+    spend(budget, 6.0)  # the daily cap reached too, and it resets sooner: the cap of 0 still decides
+    assert budget.standing(ADA).note() == note
