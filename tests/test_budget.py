@@ -311,3 +311,22 @@ def test_a_cap_of_0_says_only_the_owners_may_use_the_model_never_that_it_resets(
     ]
     spend(budget, 6.0)  # the daily cap reached too, and it resets sooner: the cap of 0 still decides
     assert budget.standing(ADA).note() == note
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("telegram_budget_daily", "inf", "expected a number >= 0"),  # "no cap" is unset, not infinity
+        ("telegram_budget_monthly", "1e999", "expected a number >= 0"),
+        ("telegram_budget_daily", "nan", "expected a number >= 0"),
+        ("telegram_budget_daily_tokens", "-5", "expected an integer >= 0"),
+    ],
+)
+def test_a_cap_that_is_not_a_finite_amount_is_refused_in_one_line(name, value, expected):
+    from chatcore.settings import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        resolve_settings({"base_url": "http://127.0.0.1:9/v1", "model": "test-model"}, {name.upper(): value}, {})
+    assert str(refused.value).startswith(f"{name.upper()}={value!r} is not valid")
+    assert expected in str(refused.value)
+    assert "\n" not in str(refused.value)
