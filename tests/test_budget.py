@@ -11,10 +11,11 @@ from datetime import UTC, datetime
 
 import pytest
 from conftest import cancel_once_asked
-from server import chat_reply
+from server import chat_reply, error_status
 
 from chatcore.budget import Budget, OverBudget, Payer, caps_in_force
 from chatcore.chat import Chat
+from chatcore.provider import Failure
 from chatcore.settings import resolve_settings
 from chatcore.store import SessionStore
 from chatcore.turn import Cancel
@@ -330,3 +331,21 @@ def test_a_cap_that_is_not_a_finite_amount_is_refused_in_one_line(name, value, e
     assert str(refused.value).startswith(f"{name.upper()}={value!r} is not valid")
     assert expected in str(refused.value)
     assert "\n" not in str(refused.value)
+
+
+def test_a_request_that_ran_out_of_time_is_counted_like_a_stopped_one(server, store):
+    chat = budget_chat(server, store, telegram_budget_daily="100", first_token_timeout="0.5")
+    late = chat_reply("too late", prompt_tokens=40, completion_tokens=10)
+    late.header_delay = 2.0  # the server has the prompt, and is still on it when the deadline comes
+    server.push(late)
+    with pytest.raises(Failure) as failed:
+        chat.send("a question for a slow server", quiet, payer=ADA)
+    assert failed.value.kind == "deadline"
+    [(user, tokens, tokens_estimated, cost, cost_estimated)] = spending_rows(store)
+    assert (user, tokens_estimated, cost_estimated) == ("101", 1, 1)  # its prompt, estimated, as for a /cancel
+    assert tokens > 0
+    assert cost == pytest.approx(tokens * 0.01)
+    server.push(error_status(500, "the provider is down"))  # refused outright: nothing was done, nothing counted
+    with pytest.raises(Failure):
+        chat.send("and now?", quiet, payer=ADA)
+    assert len(spending_rows(store)) == 1
