@@ -217,6 +217,10 @@ def caps_in_force(settings: Settings) -> tuple[tuple[Cap, ...], list[str]]:
     if caps:
         listed = ", ".join(f"{cap.amount(cap.limit)} {cap.period}" for cap in caps)
         notes.insert(0, f"spending caps per user: {listed} (UTC days and months; TELEGRAM_ADMINS exempt)")
+    if caps and "*" in settings.telegram_admins:
+        notes.append(
+            "TELEGRAM_ADMINS is *: everyone is an owner, so no one is capped; name the owners by user id or @username"
+        )
     return caps, notes
 
 

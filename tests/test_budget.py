@@ -349,3 +349,12 @@ def test_a_request_that_ran_out_of_time_is_counted_like_a_stopped_one(server, st
     with pytest.raises(Failure):
         chat.send("and now?", quiet, payer=ADA)
     assert len(spending_rows(store)) == 1
+
+
+def test_owners_given_as_everyone_are_said_at_start_to_leave_no_one_capped():
+    caps, notes = caps_in_force(settings_for(telegram_budget_daily="0.5", telegram_admins="*", **CENT_A_TOKEN))
+    assert [(c.unit, c.limit) for c in caps] == [("usd", 0.5)]
+    assert notes[-1] == (
+        "TELEGRAM_ADMINS is *: everyone is an owner, so no one is capped; name the owners by user id or @username"
+    )
+    assert len(caps_in_force(settings_for(telegram_budget_daily="0.5", telegram_admins="150", **CENT_A_TOKEN))[1]) == 1
