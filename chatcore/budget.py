@@ -16,7 +16,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Literal, NamedTuple
@@ -73,10 +73,16 @@ class Spent:
     spent: float
     estimated: bool  # some of what is counted is an estimate (tokens, or cost from prices)
     resets: datetime
+    ahead: float = 0.0  # what the call about to be made adds before its reply: its prompt, estimated
 
     @property
     def reached(self) -> bool:
-        return self.spent >= self.cap.limit
+        """Nothing is left, or the next call's prompt alone would pass the cap."""
+        return self.spent >= self.cap.limit or self.spent + self.ahead > self.cap.limit
+
+    @property
+    def passed_by_prompt(self) -> bool:
+        return self.spent < self.cap.limit < self.spent + self.ahead
 
     @property
     def left(self) -> float:
@@ -113,11 +119,25 @@ class Standing:
             return "Sorry, only this assistant's owners may use the model here: your messages are not sent to it."
         kind = "spending" if cap.unit == "usd" else "token"
         estimate = " (estimated)" if over.estimated else ""
+        if over.passed_by_prompt:
+            verb = "cost" if cap.unit == "usd" else "use"
+            return (
+                f"Sorry, this message would take you past your {cap.period} {kind} limit: "
+                f"{over.used(over.spent)} used of {cap.amount(cap.limit)}{estimate}, and sending it (with the "
+                f"conversation so far) would {verb} about {cap.amount(over.ahead)}. A shorter message, or /clear "
+                f"first, costs less. The limit resets {when(over.resets, self.now)}."
+            )
         return (
             f"Sorry, you've reached your {cap.period} {kind} limit: {over.used(over.spent)} used of "
             f"{cap.amount(cap.limit)}{estimate}. It resets {when(over.resets, self.now)}; until then "
             f"your messages are not sent to the model."
         )
+
+    def before(self, prompt: TurnStats) -> Standing:
+        """This standing with the call about to be made counted ahead: its prompt's tokens or cost."""
+        tokens, cost = prompt.usage.total_tokens, prompt.cost or 0.0
+        ahead = tuple(replace(s, ahead=tokens if s.cap.unit == "tokens" else cost) for s in self.spent)
+        return replace(self, spent=ahead)
 
     def lines(self) -> list[str]:
         """For /stats: what is left today and this month, or why there is no cap."""
@@ -316,10 +336,18 @@ class Budget:
             value, estimated = sum(s.cost for s in counted), any(s.cost_estimated for s in counted)
         return Spent(cap, value, estimated, day + timedelta(days=1) if cap.period is Period.DAY else next_month(month))
 
-    def check(self, payer: Payer) -> None:
-        """OverBudget if the payer may not make another model call now."""
-        if payer.exempt or not self.caps:
+    def binds(self, payer: Payer) -> bool:
+        """Whether any cap applies to the payer (none does to an owner, or with no cap set)."""
+        return not payer.exempt and bool(self.caps)
+
+    def check(self, payer: Payer, prompt: TurnStats | None = None) -> None:
+        """OverBudget if the payer may not make another model call now: nothing is left, or the call's
+        `prompt` (its estimated tokens and cost, known before it is sent) would pass a cap by itself.
+        So a cap is overshot only by what a reply adds (at most OPENAI_MAX_OUTPUT_TOKENS each)."""
+        if not self.binds(payer):
             return
         standing = self.standing(payer)
+        if prompt is not None:
+            standing = standing.before(prompt)
         if standing.reached is not None:
             raise OverBudget(standing)

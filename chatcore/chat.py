@@ -212,7 +212,7 @@ class Chat:
             "and open questions. Reply with the summary only.",
             kept=[Message("user", previous + transcript[-20_000:])],
         )
-        self._check_budget()
+        self._check_budget(summary_request, self.model)
         try:
             result = stream_turn(self.provider, summary_request, self.model, lambda _kind, _text: None)
         except Failure as exc:
@@ -459,7 +459,7 @@ class Chat:
             self._say_dropped(request)
             self._around_blind_model(request, attempt)
             self.last_request = request
-            self._check_budget()
+            self._check_budget(request, attempt.model)
             try:
                 result = stream_turn(self.provider, request, attempt.model, on_event, stream, cancel)
                 break
@@ -669,10 +669,14 @@ class Chat:
         self._window_full_yet(result, result.usage)
         self._account(result)
 
-    def _check_budget(self) -> None:
-        """Before a model call: OverBudget if the turn's payer has reached a cap."""
-        if self.budget is not None and self._payer is not None:
-            self.budget.check(self._payer)
+    def _check_budget(self, request: Request, model: str) -> None:
+        """Before a model call: OverBudget if the turn's payer has reached a cap, or would pass one with
+        this request's prompt alone (its size, and so its cost, is known before it is sent)."""
+        if self.budget is None or self._payer is None or not self.budget.binds(self._payer):
+            return
+        prompt = TurnResult(model=model, sent_messages=len(request.kept) + 1)
+        prompt.usage = self._usage(prompt, request)  # the prompt, estimated; no reply yet
+        self.budget.check(self._payer, self._stats_of(prompt)[0])
 
     def _account(self, result: TurnResult) -> None:
         """One request's usage and cost: counted in /stats and the payer's budget, saved with the

@@ -358,3 +358,25 @@ def test_owners_given_as_everyone_are_said_at_start_to_leave_no_one_capped():
         "TELEGRAM_ADMINS is *: everyone is an owner, so no one is capped; name the owners by user id or @username"
     )
     assert len(caps_in_force(settings_for(telegram_budget_daily="0.5", telegram_admins="150", **CENT_A_TOKEN))[1]) == 1
+
+
+def test_a_message_whose_prompt_alone_would_pass_the_cap_is_not_sent(server, store):
+    chat = budget_chat(server, store, telegram_budget_daily="5", telegram_budget_monthly_tokens="100000")
+    server.push(chat_reply("first answer", prompt_tokens=30, completion_tokens=10))  # $0.40
+    chat.send("first", quiet, payer=ADA)
+    with pytest.raises(OverBudget) as refused:  # ~2,000 tokens: $20 before a word of the reply, with $4.60 left
+        chat.send("word " * 2000, quiet, payer=ADA)
+    assert len(server.posts) == 1  # not sent: a cap is overshot by a reply, never by a prompt
+    assert [m.content for m in chat.conversation.history] == ["first", "first answer"]
+    note = str(refused.value)
+    assert note.startswith(
+        "Sorry, this message would take you past your daily spending limit: ~$0.4000 used of $5.0000 "
+        "(estimated), and sending it (with the conversation so far) would cost about $2"
+    )
+    assert "A shorter message, or /clear first, costs less. The limit resets at 00:00 UTC, in 14 h 0 min." in note
+    server.push(chat_reply("second answer", prompt_tokens=30, completion_tokens=10))
+    chat.send("a short one", quiet, payer=ADA)  # well within what is left: sent
+    assert len(server.posts) == 2
+    owner = Payer("150", exempt=True)
+    chat.send("word " * 2000, quiet, payer=owner)  # the owners are never capped, however long the message
+    assert len(server.posts) == 3

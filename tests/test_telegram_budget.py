@@ -151,10 +151,12 @@ def test_a_reported_cost_counts_exactly_and_an_estimate_is_labelled(bot, telegra
     assert "Left today: $0.4000 of $0.5000 · resets 00:00 UTC" in stats  # the provider's own figure
     assert "Left this month: $1.9000 of $2.0000" in stats
     model.push(chat_reply("no usage", usage="absent"))
-    telegram.send_text(124, "and without usage?")
+    telegram.send_text(124, "/clear")  # a short prompt: at a cent a token, the history alone would pass the cap
     final_texts(telegram, 124, 3)
+    telegram.send_text(124, "and without usage?")
+    assert final_texts(telegram, 124, 4)[3] == "no usage"
     telegram.send_text(124, "/stats")
-    stats = final_texts(telegram, 124, 4)[3]
+    stats = final_texts(telegram, 124, 5)[4]
     assert "Left today: ~$" in stats  # the estimated tokens are priced: an estimate, and labelled
     assert "(~ estimated)" in stats
 
@@ -289,3 +291,23 @@ def test_a_group_reply_cut_by_a_crash_and_past_the_cap_on_restart_becomes_the_no
     [shown] = telegram.sent_texts(GROUP)  # the half reply became the note: none is left behind
     assert shown.startswith("Sorry, you've reached your daily spending limit: $0.6000 used of $0.5000.")
     assert process.stop() == 0, process.stderr
+
+
+def test_a_long_paste_that_alone_would_pass_the_cap_is_not_sent_and_the_note_says_why(bot, telegram, model):
+    model.push(chat_reply("a cheap answer", prompt_tokens=10, completion_tokens=5))  # $0.15 of $0.50
+    telegram.send_text(133, "hi")
+    assert final_texts(telegram, 133) == ["a cheap answer"]
+    asked = len(model.posts)
+    telegram.send_text(133, "word " * 800)  # ~800 tokens: about $8 before a word of the reply
+    [_, note] = final_texts(telegram, 133, 2)
+    assert note.startswith(  # past both caps: the one that resets last is named
+        "Sorry, this message would take you past your monthly spending limit: ~$0.1500 used of $2.0000 "
+        "(estimated), and sending it (with the conversation so far) would cost about $"
+    )
+    assert "A shorter message, or /clear first, costs less. The limit resets on 1 " in note
+    assert len(model.posts) == asked
+    model.push(chat_reply("still answered", prompt_tokens=2, completion_tokens=2))
+    telegram.send_text(133, "/clear")
+    final_texts(telegram, 133, 3)
+    telegram.send_text(133, "ok")  # a short message on a fresh conversation fits in what is left ($0.35)
+    assert final_texts(telegram, 133, 4)[3] == "still answered"
