@@ -175,7 +175,7 @@ def when(resets: datetime, now: datetime, short: bool = False) -> str:
     """A reset time in words, in UTC: "at 00:00 UTC, in 3 h 12 min" or "on 1 January at 00:00 UTC"."""
     left = max(0, -int((now - resets).total_seconds() // 60))  # whole minutes, rounded up
     hours, minutes = divmod(left, 60)
-    wait = f"{hours // 24} days" if hours >= 48 else f"{hours} h {minutes} min" if hours else f"{minutes} min"
+    wait = f"{round(left / 1440)} days" if hours >= 48 else f"{hours} h {minutes} min" if hours else f"{minutes} min"
     if resets - now <= timedelta(days=1):
         return "00:00 UTC" if short else f"at 00:00 UTC, in {wait}"
     day = f"{resets.day} {resets:%B}"

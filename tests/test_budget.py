@@ -380,3 +380,12 @@ def test_a_message_whose_prompt_alone_would_pass_the_cap_is_not_sent(server, sto
     owner = Payer("150", exempt=True)
     chat.send("word " * 2000, quiet, payer=owner)  # the owners are never capped, however long the message
     assert len(server.posts) == 3
+
+
+def test_a_reset_days_away_is_said_in_days_rounded_to_the_nearest():
+    from chatcore.budget import when
+
+    resets = datetime(2026, 4, 1, tzinfo=UTC)
+    assert when(resets, datetime(2026, 3, 29, 0, 30, tzinfo=UTC)) == "on 1 April at 00:00 UTC, in 3 days"  # 71.5 h
+    assert when(resets, datetime(2026, 3, 29, 23, 0, tzinfo=UTC)) == "on 1 April at 00:00 UTC, in 2 days"  # 49 h
+    assert when(resets, datetime(2026, 3, 25, 13, 0, tzinfo=UTC)) == "on 1 April at 00:00 UTC, in 6 days"  # 6 d 11 h
