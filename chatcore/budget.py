@@ -13,7 +13,6 @@ answering at once). Days are UTC days, months calendar months in UTC. The spendi
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -288,6 +287,8 @@ class Budget:
         A row the database refuses (a full or failing disk, a lock held too long) is kept in memory and
         still counted, and written with the next call's: the call was made and paid for, so its reply
         is not lost for it, and the cap still holds."""
+        import sqlite3  # the store has loaded it already; importing the engine loads nothing
+
         usage = stats.usage
         row: SpendingRow = (
             payer.user,
