@@ -276,6 +276,7 @@ def test_a_group_reply_cut_by_a_crash_and_past_the_cap_on_restart_becomes_the_no
     update = telegram.send_text(GROUP, f"@{BOT_USER['username']} a long story", user_id=132, first_name="Di")
     telegram.wait_for(lambda: any(text.startswith("word word") for text in telegram.sent_texts(GROUP)))
     telegram.wait_for(lambda: confirmed(telegram, update))
+    telegram.wait_for(lambda: rows(tmp_path, "SELECT 1 FROM inbox WHERE reply_message IS NOT NULL"))
     process.process.kill()  # SIGKILL mid-reply: the group shows half a reply
     process.process.wait(10)
     with closing(sqlite3.connect(db)) as connection:  # meanwhile Di's other chats spent the day's cap
