@@ -998,10 +998,10 @@ class Assistant:
                     log.info("chat=%s an older message was edited: ignored", key[0])
                 else:
                     rows = [self.unfinished.pop(i) for i in update_ids if i in self.unfinished]
-                    over = await self.over_budget(bot, state, payer, reply_to)
+                    resume = next((self.resumed.pop(i) for i in update_ids if i in self.resumed), None)
+                    over = await self.over_budget(bot, state, payer, reply_to, resume)
                     if not (over and replaces is not None):  # an edit past the cap keeps the exchange it would redo
                         self.take_back(state, [replaces] if replaces is not None else rows)
-                    resume = next((self.resumed.pop(i) for i in update_ids if i in self.resumed), None)
                     prepared: tuple[str, list[Attachment]] | None = (text, [])
                     if over:
                         prepared = None
@@ -1012,15 +1012,21 @@ class Assistant:
                         await self.turn(bot, state, text, private, reply_to, update_ids, resume, attachments, payer)
         await self.settle(update_ids)
 
-    async def over_budget(self, bot: Any, state: ChatState, payer: Payer | None, reply_to: int | None) -> bool:
-        """True when the payer reached a spending cap: they were told which, and when it resets."""
+    async def over_budget(
+        self, bot: Any, state: ChatState, payer: Payer | None, reply_to: int | None, resume: int | None = None
+    ) -> bool:
+        """True when the payer reached a spending cap: they were told which, and when it resets (in the
+        message a crash left half a reply in, `resume`, so none is left behind)."""
         if payer is None:
             return False
         standing = await asyncio.to_thread(self.budget.standing, payer)
         if standing.reached is None:
             return False
         log.info("chat=%s user=%s spending cap reached: not sent to the model", state.key[0], payer.user)
-        await say(bot, state, standing.note(), reply_to)
+        if resume is None:
+            await say(bot, state, standing.note(), reply_to)
+        else:
+            await ReplyView(bot, state, False, reply_to, resume).finish(standing.note())
         return True
 
     def is_last_exchange(self, state: ChatState, row: int) -> bool:

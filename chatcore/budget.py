@@ -12,9 +12,10 @@ answering at once). Days are UTC days, months calendar months in UTC. The spendi
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Literal, NamedTuple
@@ -24,6 +25,13 @@ from .usage import TurnStats, Usage, format_money, turn_cost
 
 if TYPE_CHECKING:
     from .store import SessionStore
+
+log = logging.getLogger("chatbot.budget")
+SpendingRow = tuple[str, float, str, int, int, float | None, int]  # a row of the spending table, as inserted
+INSERT = (
+    "INSERT INTO spending (user, at, model, tokens, tokens_estimated, cost, cost_estimated) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 class Period(StrEnum):
@@ -64,10 +72,16 @@ class Spent:
     spent: float
     estimated: bool  # some of what is counted is an estimate (tokens, or cost from prices)
     resets: datetime
+    ahead: float = 0.0  # what the call about to be made adds before its reply: its prompt, estimated
 
     @property
     def reached(self) -> bool:
-        return self.spent >= self.cap.limit
+        """Nothing is left, or the next call's prompt alone would pass the cap."""
+        return self.spent >= self.cap.limit or self.spent + self.ahead > self.cap.limit
+
+    @property
+    def passed_by_prompt(self) -> bool:
+        return self.spent < self.cap.limit < self.spent + self.ahead
 
     @property
     def left(self) -> float:
@@ -92,7 +106,7 @@ class Standing:
         if self.exempt:
             return None
         reached = [s for s in self.spent if s.reached]
-        return max(reached, key=lambda s: s.resets) if reached else None
+        return max(reached, key=lambda s: (s.cap.limit == 0, s.resets)) if reached else None  # 0 never resets
 
     def note(self) -> str:
         """The polite note in place of a reply: which cap, what was spent, when it resets."""
@@ -100,13 +114,29 @@ class Standing:
         if over is None:
             return ""
         cap = over.cap
+        if cap.limit == 0:
+            return "Sorry, only this assistant's owners may use the model here: your messages are not sent to it."
         kind = "spending" if cap.unit == "usd" else "token"
         estimate = " (estimated)" if over.estimated else ""
+        if over.passed_by_prompt:
+            verb = "cost" if cap.unit == "usd" else "use"
+            return (
+                f"Sorry, this message would take you past your {cap.period} {kind} limit: "
+                f"{over.used(over.spent)} used of {cap.amount(cap.limit)}{estimate}, and sending it (with the "
+                f"conversation so far) would {verb} about {cap.amount(over.ahead)}. A shorter message, or /clear "
+                f"first, costs less. The limit resets {when(over.resets, self.now)}."
+            )
         return (
             f"Sorry, you've reached your {cap.period} {kind} limit: {over.used(over.spent)} used of "
             f"{cap.amount(cap.limit)}{estimate}. It resets {when(over.resets, self.now)}; until then "
             f"your messages are not sent to the model."
         )
+
+    def before(self, prompt: TurnStats) -> Standing:
+        """This standing with the call about to be made counted ahead: its prompt's tokens or cost."""
+        tokens, cost = prompt.usage.total_tokens, prompt.cost or 0.0
+        ahead = tuple(replace(s, ahead=tokens if s.cap.unit == "tokens" else cost) for s in self.spent)
+        return replace(self, spent=ahead)
 
     def lines(self) -> list[str]:
         """For /stats: what is left today and this month, or why there is no cap."""
@@ -117,6 +147,11 @@ class Standing:
         lines = []
         for spent in self.spent:
             period = "today" if spent.cap.period is Period.DAY else "this month"
+            if spent.cap.limit == 0:
+                lines.append(
+                    f"Left {period}: none: only the bot's owners may use the model (a cap of {spent.cap.amount(0)})"
+                )
+                continue
             estimate = " (~ estimated)" if spent.estimated else ""
             lines.append(
                 f"Left {period}: {spent.used(spent.left)} of {spent.cap.amount(spent.cap.limit)}{estimate}"
@@ -139,7 +174,7 @@ def when(resets: datetime, now: datetime, short: bool = False) -> str:
     """A reset time in words, in UTC: "at 00:00 UTC, in 3 h 12 min" or "on 1 January at 00:00 UTC"."""
     left = max(0, -int((now - resets).total_seconds() // 60))  # whole minutes, rounded up
     hours, minutes = divmod(left, 60)
-    wait = f"{hours // 24} days" if hours >= 48 else f"{hours} h {minutes} min" if hours else f"{minutes} min"
+    wait = f"{round(left / 1440)} days" if hours >= 48 else f"{hours} h {minutes} min" if hours else f"{minutes} min"
     if resets - now <= timedelta(days=1):
         return "00:00 UTC" if short else f"at 00:00 UTC, in {wait}"
     day = f"{resets.day} {resets:%B}"
@@ -201,6 +236,10 @@ def caps_in_force(settings: Settings) -> tuple[tuple[Cap, ...], list[str]]:
     if caps:
         listed = ", ".join(f"{cap.amount(cap.limit)} {cap.period}" for cap in caps)
         notes.insert(0, f"spending caps per user: {listed} (UTC days and months; TELEGRAM_ADMINS exempt)")
+    if caps and "*" in settings.telegram_admins:
+        notes.append(
+            "TELEGRAM_ADMINS is *: everyone is an owner, so no one is capped; name the owners by user id or @username"
+        )
     return caps, notes
 
 
@@ -213,6 +252,17 @@ class Sums(NamedTuple):
     cost_estimated: bool
     unpriced: int  # calls whose cost is unknown
 
+    def plus(self, row: SpendingRow) -> Sums:
+        """These sums and one more call (a row the database has not taken yet)."""
+        _user, _at, _model, tokens, tokens_estimated, cost, cost_estimated = row
+        return Sums(
+            self.tokens + tokens,
+            self.tokens_estimated or bool(tokens_estimated),
+            self.cost + (cost or 0.0),
+            self.cost_estimated or bool(cost_estimated),
+            self.unpriced + (cost is None),
+        )
+
 
 class Budget:
     """Per-user spending in the sessions database, and the caps it is held to. Thread-safe: it uses the
@@ -224,6 +274,7 @@ class Budget:
         """`clock`: seconds since the epoch (a test moves it across a day or a month)."""
         self.caps, self.notes = caps_in_force(settings)
         self.db, self.lock, self.clock = store.db, store.lock, clock
+        self.unsaved: list[SpendingRow] = []  # rows the database refused, oldest first: counted all the same
         with self.lock:
             previous = month_start(month_start(self.now()) - timedelta(days=1))
             self.db.execute("DELETE FROM spending WHERE at < ?", (previous.timestamp(),))
@@ -232,22 +283,30 @@ class Budget:
         return datetime.fromtimestamp(self.clock(), UTC)
 
     def record(self, payer: Payer, stats: TurnStats, reported: bool) -> None:
-        """One model call's usage and cost (reported by the provider, or else an estimate), counted at once."""
+        """One model call's usage and cost (reported by the provider, or else an estimate), counted at once.
+        A row the database refuses (a full or failing disk, a lock held too long) is kept in memory and
+        still counted, and written with the next call's: the call was made and paid for, so its reply
+        is not lost for it, and the cap still holds."""
+        import sqlite3  # the store has loaded it already; importing the engine loads nothing
+
         usage = stats.usage
+        row: SpendingRow = (
+            payer.user,
+            self.clock(),
+            stats.model,
+            usage.total_tokens,
+            int(usage.estimated),
+            stats.cost,
+            int(stats.cost is not None and not reported),
+        )
         with self.lock:
-            self.db.execute(
-                "INSERT INTO spending (user, at, model, tokens, tokens_estimated, cost, cost_estimated) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    payer.user,
-                    self.clock(),
-                    stats.model,
-                    usage.total_tokens,
-                    int(usage.estimated),
-                    stats.cost,
-                    int(stats.cost is not None and not reported),
-                ),
-            )
+            self.unsaved.append(row)
+            try:
+                while self.unsaved:
+                    self.db.execute(INSERT, self.unsaved[0])
+                    self.unsaved.pop(0)
+            except sqlite3.Error as exc:
+                log.warning("spending not saved (%s): counted in memory, written with the next call", exc)
 
     def standing(self, payer: Payer) -> Standing:
         """What the payer has spent against each cap, and has left."""
@@ -259,7 +318,11 @@ class Budget:
                 "SUM(cost IS NULL) FROM spending WHERE user = ? AND at >= ? GROUP BY at >= ?",
                 (day.timestamp(), payer.user, month.timestamp(), day.timestamp()),
             ).fetchall()
+            unsaved = [row for row in self.unsaved if row[0] == payer.user and row[1] >= month.timestamp()]
         sums = {bool(today): Sums(*row) for today, *row in rows}
+        for row in unsaved:
+            today = row[1] >= day.timestamp()
+            sums[today] = sums.get(today, Sums(0, False, 0.0, False, 0)).plus(row)
         spent = tuple(self._spent(cap, sums, day, month) for cap in self.caps)
         return Standing(payer.exempt, spent, sum(s.unpriced for s in sums.values()), now)
 
@@ -274,10 +337,18 @@ class Budget:
             value, estimated = sum(s.cost for s in counted), any(s.cost_estimated for s in counted)
         return Spent(cap, value, estimated, day + timedelta(days=1) if cap.period is Period.DAY else next_month(month))
 
-    def check(self, payer: Payer) -> None:
-        """OverBudget if the payer may not make another model call now."""
-        if payer.exempt or not self.caps:
+    def binds(self, payer: Payer) -> bool:
+        """Whether any cap applies to the payer (none does to an owner, or with no cap set)."""
+        return not payer.exempt and bool(self.caps)
+
+    def check(self, payer: Payer, prompt: TurnStats | None = None) -> None:
+        """OverBudget if the payer may not make another model call now: nothing is left, or the call's
+        `prompt` (its estimated tokens and cost, known before it is sent) would pass a cap by itself.
+        So a cap is overshot only by what a reply adds (at most OPENAI_MAX_OUTPUT_TOKENS each)."""
+        if not self.binds(payer):
             return
         standing = self.standing(payer)
+        if prompt is not None:
+            standing = standing.before(prompt)
         if standing.reached is not None:
             raise OverBudget(standing)

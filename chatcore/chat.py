@@ -220,7 +220,7 @@ class Chat:
             "and open questions. Reply with the summary only.",
             kept=[Message("user", previous + transcript[-20_000:])],
         )
-        self._check_budget()
+        self._check_budget(summary_request, self.model)
         try:
             result = stream_turn(self.provider, summary_request, self.model, lambda _kind, _text: None)
         except Failure as exc:
@@ -507,12 +507,13 @@ class Chat:
             self._say_dropped(request)
             self._around_blind_model(request, attempt)
             self.last_request = request
-            self._check_budget()
+            self._check_budget(request, attempt.model)
             try:
                 result = stream_turn(self.provider, request, attempt.model, on_event, stream, cancel)
                 break
             except Failure as failure:
                 self.log(attempt.model, failure.status or "error", None, failure.latency, None, failure.kind)
+                self._charge_unanswered(failure, request, attempt.model)
                 failure = self._as_overflow(failure, request, attempt)
                 if self._images_refused(failure, request, attempt):
                     continue
@@ -726,23 +727,46 @@ class Chat:
         self._window_full_yet(result, result.usage)
         self._account(result)
 
-    def _check_budget(self) -> None:
-        """Before a model call: OverBudget if the turn's payer has reached a cap."""
-        if self.budget is not None and self._payer is not None:
-            self.budget.check(self._payer)
+    def _check_budget(self, request: Request, model: str) -> None:
+        """Before a model call: OverBudget if the turn's payer has reached a cap, or would pass one with
+        this request's prompt alone (its size, and so its cost, is known before it is sent)."""
+        if self.budget is None or self._payer is None or not self.budget.binds(self._payer):
+            return
+        prompt = TurnResult(model=model, sent_messages=len(request.kept) + 1)
+        prompt.usage = self._usage(prompt, request)  # the prompt, estimated; no reply yet
+        self.budget.check(self._payer, self._stats_of(prompt)[0])
 
     def _account(self, result: TurnResult) -> None:
         """One request's usage and cost: counted in /stats and the payer's budget, saved with the
         session, logged."""
-        usage = result.usage or Usage(estimated=True)
-        cost, source = turn_cost(usage, self.settings, result.model) if self.wants_cost else (None, "")
-        stats = TurnStats(result.model, usage, cost, result.ttft, result.latency, result.sent_messages)
-        if self.budget is not None and self._payer is not None:
-            self.budget.record(self._payer, stats, reported=source == "provider")
+        stats, source = self._stats_of(result)
+        self._charge(stats, source)
+        usage, cost = stats.usage, stats.cost
         self.requests.append(stats)
         self.session.add_usage(stats, result.finish_reason)
         status = "interrupted" if result.interrupted else (result.failure.kind if result.failure else "ok")
         self.log(result.model, 200, result.ttft, result.latency, usage, None if status == "ok" else status, cost)
+
+    def _stats_of(self, result: TurnResult) -> tuple[TurnStats, str]:
+        """A request's figures, and where its cost came from ("provider", "settings", ... or "")."""
+        usage = result.usage or Usage(estimated=True)
+        cost, source = turn_cost(usage, self.settings, result.model) if self.wants_cost else (None, "")
+        return TurnStats(result.model, usage, cost, result.ttft, result.latency, result.sent_messages), source
+
+    def _charge(self, stats: TurnStats, source: str) -> None:
+        """Count a model call for the turn's payer, when the chat has a budget."""
+        if self.budget is not None and self._payer is not None:
+            self.budget.record(self._payer, stats, reported=source == "provider")
+
+    def _charge_unanswered(self, failure: Failure, request: Request, model: str) -> None:
+        """A request the server had and did not answer in time (a deadline, a stalled stream) may be
+        billed all the same: the payer's budget counts its prompt, estimated, as for a /cancel. One
+        the server refused (an error status) or never got (no connection) costs nothing."""
+        if failure.kind not in ("deadline", "stall"):
+            return
+        result = TurnResult(model=model, latency=failure.latency or 0.0, sent_messages=len(request.kept) + 1)
+        result.usage = self._usage(result, request)
+        self._charge(*self._stats_of(result))
 
     def _window_full_yet(self, result: TurnResult, usage: Usage) -> None:
         """A "length" finish well below the output limit: the context window ran out, not the limit.

@@ -6,6 +6,7 @@ what is missing from what a server says (`serverinfo`) -> check the key.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -31,20 +32,19 @@ def _parse_bool(value: str) -> bool:
 
 
 def _number(kind: type, low: float | None = None, high: float | None = None) -> Callable[[str], Any]:
+    expected = f"expected {'an integer' if kind is int else 'a number'}" + (
+        f" from {low} to {high}" if high is not None else f" >= {low}" if low is not None else ""
+    )
+
     def parse(value: str) -> Any:
         try:
             number = kind(value.strip())
         except ValueError:
             number = None
-        if number is None:
-            raise ValueError(
-                f"expected {'an integer' if kind is int else 'a number'}"
-                + (f" from {low} to {high}" if high is not None else f" >= {low}" if low is not None else "")
-            )
-        if number != number or (low is not None and number < low) or (high is not None and number > high):
-            if high is None:
-                raise ValueError(f"expected a number >= {low}")
-            raise ValueError(f"expected a number from {low} to {high}")
+        if number is None or not math.isfinite(number):  # nan and inf too: "no limit" is unset, not infinity
+            raise ValueError(expected)
+        if (low is not None and number < low) or (high is not None and number > high):
+            raise ValueError(expected)
         return number
 
     return parse

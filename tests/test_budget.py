@@ -11,10 +11,11 @@ from datetime import UTC, datetime
 
 import pytest
 from conftest import cancel_once_asked
-from server import chat_reply
+from server import chat_reply, error_status
 
 from chatcore.budget import Budget, OverBudget, Payer, caps_in_force
 from chatcore.chat import Chat
+from chatcore.provider import Failure
 from chatcore.settings import resolve_settings
 from chatcore.store import SessionStore
 from chatcore.turn import Cancel
@@ -292,3 +293,99 @@ def test_a_cloud_model_missing_from_the_price_table_is_said_once_at_start():
     assert caps_in_force(known)[1] == [
         "spending caps per user: $1.0000 daily (UTC days and months; TELEGRAM_ADMINS exempt)"
     ]
+
+
+def test_a_cap_of_0_says_only_the_owners_may_use_the_model_never_that_it_resets(store):
+    budget = Budget(
+        settings_for(telegram_budget_daily="5", telegram_budget_monthly="0", **CENT_A_TOKEN),
+        store,
+        Clock("2026-05-05 10:00"),
+    )
+    standing = budget.standing(ADA)  # nothing spent, and still no call may go
+    assert standing.reached is not None
+    note = standing.note()
+    assert note == "Sorry, only this assistant's owners may use the model here: your messages are not sent to it."
+    assert "resets" not in note
+    assert standing.lines() == [
+        "Left today: $5.0000 of $5.0000 · resets 00:00 UTC",
+        "Left this month: none: only the bot's owners may use the model (a cap of $0)",
+    ]
+    spend(budget, 6.0)  # the daily cap reached too, and it resets sooner: the cap of 0 still decides
+    assert budget.standing(ADA).note() == note
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("telegram_budget_daily", "inf", "expected a number >= 0"),  # "no cap" is unset, not infinity
+        ("telegram_budget_monthly", "1e999", "expected a number >= 0"),
+        ("telegram_budget_daily", "nan", "expected a number >= 0"),
+        ("telegram_budget_daily_tokens", "-5", "expected an integer >= 0"),
+    ],
+)
+def test_a_cap_that_is_not_a_finite_amount_is_refused_in_one_line(name, value, expected):
+    from chatcore.settings import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        resolve_settings({"base_url": "http://127.0.0.1:9/v1", "model": "test-model"}, {name.upper(): value}, {})
+    assert str(refused.value).startswith(f"{name.upper()}={value!r} is not valid")
+    assert expected in str(refused.value)
+    assert "\n" not in str(refused.value)
+
+
+def test_a_request_that_ran_out_of_time_is_counted_like_a_stopped_one(server, store):
+    chat = budget_chat(server, store, telegram_budget_daily="100", first_token_timeout="0.5")
+    late = chat_reply("too late", prompt_tokens=40, completion_tokens=10)
+    late.header_delay = 2.0  # the server has the prompt, and is still on it when the deadline comes
+    server.push(late)
+    with pytest.raises(Failure) as failed:
+        chat.send("a question for a slow server", quiet, payer=ADA)
+    assert failed.value.kind == "deadline"
+    [(user, tokens, tokens_estimated, cost, cost_estimated)] = spending_rows(store)
+    assert (user, tokens_estimated, cost_estimated) == ("101", 1, 1)  # its prompt, estimated, as for a /cancel
+    assert tokens > 0
+    assert cost == pytest.approx(tokens * 0.01)
+    server.push(error_status(500, "the provider is down"))  # refused outright: nothing was done, nothing counted
+    with pytest.raises(Failure):
+        chat.send("and now?", quiet, payer=ADA)
+    assert len(spending_rows(store)) == 1
+
+
+def test_owners_given_as_everyone_are_said_at_start_to_leave_no_one_capped():
+    caps, notes = caps_in_force(settings_for(telegram_budget_daily="0.5", telegram_admins="*", **CENT_A_TOKEN))
+    assert [(c.unit, c.limit) for c in caps] == [("usd", 0.5)]
+    assert notes[-1] == (
+        "TELEGRAM_ADMINS is *: everyone is an owner, so no one is capped; name the owners by user id or @username"
+    )
+    assert len(caps_in_force(settings_for(telegram_budget_daily="0.5", telegram_admins="150", **CENT_A_TOKEN))[1]) == 1
+
+
+def test_a_message_whose_prompt_alone_would_pass_the_cap_is_not_sent(server, store):
+    chat = budget_chat(server, store, telegram_budget_daily="5", telegram_budget_monthly_tokens="100000")
+    server.push(chat_reply("first answer", prompt_tokens=30, completion_tokens=10))  # $0.40
+    chat.send("first", quiet, payer=ADA)
+    with pytest.raises(OverBudget) as refused:  # ~2,000 tokens: $20 before a word of the reply, with $4.60 left
+        chat.send("word " * 2000, quiet, payer=ADA)
+    assert len(server.posts) == 1  # not sent: a cap is overshot by a reply, never by a prompt
+    assert [m.content for m in chat.conversation.history] == ["first", "first answer"]
+    note = str(refused.value)
+    assert note.startswith(
+        "Sorry, this message would take you past your daily spending limit: ~$0.4000 used of $5.0000 "
+        "(estimated), and sending it (with the conversation so far) would cost about $2"
+    )
+    assert "A shorter message, or /clear first, costs less. The limit resets at 00:00 UTC, in 14 h 0 min." in note
+    server.push(chat_reply("second answer", prompt_tokens=30, completion_tokens=10))
+    chat.send("a short one", quiet, payer=ADA)  # well within what is left: sent
+    assert len(server.posts) == 2
+    owner = Payer("150", exempt=True)
+    chat.send("word " * 2000, quiet, payer=owner)  # the owners are never capped, however long the message
+    assert len(server.posts) == 3
+
+
+def test_a_reset_days_away_is_said_in_days_rounded_to_the_nearest():
+    from chatcore.budget import when
+
+    resets = datetime(2026, 4, 1, tzinfo=UTC)
+    assert when(resets, datetime(2026, 3, 29, 0, 30, tzinfo=UTC)) == "on 1 April at 00:00 UTC, in 3 days"  # 71.5 h
+    assert when(resets, datetime(2026, 3, 29, 23, 0, tzinfo=UTC)) == "on 1 April at 00:00 UTC, in 2 days"  # 49 h
+    assert when(resets, datetime(2026, 3, 25, 13, 0, tzinfo=UTC)) == "on 1 April at 00:00 UTC, in 6 days"  # 6 d 11 h

@@ -5,6 +5,7 @@ file. Prices are configured at a cent a token, so a reply of 40 + 10 tokens cost
 from __future__ import annotations
 
 import sqlite3
+import time
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 
@@ -150,10 +151,12 @@ def test_a_reported_cost_counts_exactly_and_an_estimate_is_labelled(bot, telegra
     assert "Left today: $0.4000 of $0.5000 · resets 00:00 UTC" in stats  # the provider's own figure
     assert "Left this month: $1.9000 of $2.0000" in stats
     model.push(chat_reply("no usage", usage="absent"))
-    telegram.send_text(124, "and without usage?")
+    telegram.send_text(124, "/clear")  # a short prompt: at a cent a token, the history alone would pass the cap
     final_texts(telegram, 124, 3)
+    telegram.send_text(124, "and without usage?")
+    assert final_texts(telegram, 124, 4)[3] == "no usage"
     telegram.send_text(124, "/stats")
-    stats = final_texts(telegram, 124, 4)[3]
+    stats = final_texts(telegram, 124, 5)[4]
     assert "Left today: ~$" in stats  # the estimated tokens are priced: an estimate, and labelled
     assert "(~ estimated)" in stats
 
@@ -228,3 +231,84 @@ def test_a_dollar_cap_without_prices_is_no_cap_and_the_log_says_so_once(tmp_path
     said = [line for line in process.lines if "no spending cap" in line]
     assert len(said) == 1
     assert "TELEGRAM_BUDGET_DAILY is in USD, and prices at 127.0.0.1" in said[0]
+
+
+def test_a_spending_row_the_database_refuses_still_delivers_the_paid_reply_and_still_counts(tmp_path, fakes):
+    telegram, model = fakes
+    db = tmp_path / "telegram.db"
+    process = started(telegram, BotProcess(bot_env(tmp_path / "h", telegram, model, TELEGRAM_DB=str(db), **PRICED)))
+    with closing(sqlite3.connect(db)) as connection:  # the table refuses every row, as a failing disk would
+        connection.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON spending BEGIN SELECT RAISE(FAIL, 'disk I/O error'); END"
+        )
+        connection.commit()
+    model.push(half_a_dollar("the paid answer"))
+    telegram.send_text(131, "first")
+    assert final_texts(telegram, 131) == ["the paid answer"]  # the call was made and paid for: it is shown
+    telegram.send_text(131, "second")
+    [_, note] = final_texts(telegram, 131, 2)
+    assert "daily spending limit: ~$0.5000 used of $0.5000" in note  # counted all the same, in memory
+    assert len(model.posts) == 1
+    with closing(sqlite3.connect(db)) as connection:  # the database takes rows again
+        connection.execute("DROP TRIGGER refuse")
+        connection.commit()
+    model.push(half_a_dollar("the owner's answer"))
+    telegram.send_text(OWNER, "a call of anyone's")
+    assert final_texts(telegram, OWNER) == ["the owner's answer"]
+    assert process.stop() == 0, process.stderr
+    with closing(sqlite3.connect(db)) as connection:  # what was kept in memory was written with the next call
+        saved = connection.execute("SELECT user, tokens FROM spending ORDER BY id").fetchall()
+    assert saved == [("131", 50), (str(OWNER), 50)]
+    said = [line for line in process.lines if "spending not saved" in line]
+    assert len(said) == 1
+    assert "disk I/O error" in said[0]
+    assert "Traceback" not in process.stderr
+
+
+def test_a_group_reply_cut_by_a_crash_and_past_the_cap_on_restart_becomes_the_note(tmp_path, fakes):
+    from test_telegram_delivery import confirmed
+
+    telegram, model = fakes
+    db = tmp_path / "telegram.db"
+    env = bot_env(tmp_path / "h", telegram, model, TELEGRAM_DB=str(db), **PRICED)
+    process = started(telegram, BotProcess(env))
+    model.push(chat_reply("word " * 300, size=5, delay=0.05))
+    update = telegram.send_text(GROUP, f"@{BOT_USER['username']} a long story", user_id=132, first_name="Di")
+    telegram.wait_for(lambda: any(text.startswith("word word") for text in telegram.sent_texts(GROUP)))
+    telegram.wait_for(lambda: confirmed(telegram, update))
+    telegram.wait_for(lambda: rows(tmp_path, "SELECT 1 FROM inbox WHERE reply_message IS NOT NULL"))
+    process.process.kill()  # SIGKILL mid-reply: the group shows half a reply
+    process.process.wait(10)
+    with closing(sqlite3.connect(db)) as connection:  # meanwhile Di's other chats spent the day's cap
+        connection.execute(
+            "INSERT INTO spending (user, at, model, tokens, tokens_estimated, cost, cost_estimated) "
+            "VALUES ('132', ?, 'test-model', 60, 0, 0.6, 0)",
+            (datetime.now(UTC).timestamp(),),
+        )
+        connection.commit()
+    process = started(telegram, BotProcess(env))
+    telegram.wait_for(lambda: any("spending limit" in text for text in telegram.sent_texts(GROUP)))
+    time.sleep(1.0)
+    [shown] = telegram.sent_texts(GROUP)  # the half reply became the note: none is left behind
+    assert shown.startswith("Sorry, you've reached your daily spending limit: $0.6000 used of $0.5000.")
+    assert process.stop() == 0, process.stderr
+
+
+def test_a_long_paste_that_alone_would_pass_the_cap_is_not_sent_and_the_note_says_why(bot, telegram, model):
+    model.push(chat_reply("a cheap answer", prompt_tokens=10, completion_tokens=5))  # $0.15 of $0.50
+    telegram.send_text(133, "hi")
+    assert final_texts(telegram, 133) == ["a cheap answer"]
+    asked = len(model.posts)
+    telegram.send_text(133, "word " * 800)  # ~800 tokens: about $8 before a word of the reply
+    [_, note] = final_texts(telegram, 133, 2)
+    assert note.startswith(  # past both caps: the one that resets last is named
+        "Sorry, this message would take you past your monthly spending limit: ~$0.1500 used of $2.0000 "
+        "(estimated), and sending it (with the conversation so far) would cost about $"
+    )
+    assert "A shorter message, or /clear first, costs less. The limit resets on 1 " in note
+    assert len(model.posts) == asked
+    model.push(chat_reply("still answered", prompt_tokens=2, completion_tokens=2))
+    telegram.send_text(133, "/clear")
+    final_texts(telegram, 133, 3)
+    telegram.send_text(133, "ok")  # a short message on a fresh conversation fits in what is left ($0.35)
+    assert final_texts(telegram, 133, 4)[3] == "still answered"
