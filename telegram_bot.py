@@ -783,6 +783,7 @@ def take_turn(
     on_added: Callable[[int | None], None],
     attachments: list[Attachment],
     payer: Payer | None = None,
+    replaces: int | None = None,
 ) -> TurnResult:
     """In a worker thread: one turn of the engine's. A message an earlier run left without a reply is
     answered through the inbox's replay, so one still dangling here is dropped, never merged into this
@@ -796,6 +797,7 @@ def take_turn(
         attachments=attachments,
         on_added=lambda message: on_added(message.row_id),
         payer=payer,
+        in_place_of=replaces,
     )
 
 
@@ -1000,8 +1002,7 @@ class Assistant:
                     rows = [self.unfinished.pop(i) for i in update_ids if i in self.unfinished]
                     resume = next((self.resumed.pop(i) for i in update_ids if i in self.resumed), None)
                     over = await self.over_budget(bot, state, payer, reply_to, resume)
-                    if not (over and replaces is not None):  # an edit past the cap keeps the exchange it would redo
-                        self.take_back(state, [replaces] if replaces is not None else rows)
+                    self.take_back(state, rows)  # an edit's own exchange: the engine's, put back if the redo fails
                     prepared: tuple[str, list[Attachment]] | None = (text, [])
                     if over:
                         prepared = None
@@ -1009,7 +1010,18 @@ class Assistant:
                         prepared = await prepare(state)
                     if prepared is not None:
                         text, attachments = prepared
-                        await self.turn(bot, state, text, private, reply_to, update_ids, resume, attachments, payer)
+                        await self.turn(
+                            bot,
+                            state,
+                            text,
+                            private,
+                            reply_to,
+                            update_ids,
+                            resume,
+                            attachments,
+                            payer,
+                            replaces=replaces,
+                        )
         await self.settle(update_ids)
 
     async def over_budget(
@@ -1046,10 +1058,12 @@ class Assistant:
         attachments: list[Attachment] | None = None,
         payer: Payer | None = None,
         retrying: bool = False,
+        replaces: int | None = None,
     ) -> None:
         """The model call in a worker thread, followed in the chat; a turn always finishes (or is
         cancelled and awaited) before the conversation's next one starts. `retrying`: the last reply
-        again (`resume` is then the old reply's message, replaced only once the new one has text)."""
+        again (`resume` is then the old reply's message, replaced only once the new one has text).
+        `replaces`: the history row of an edited message, whose exchange this turn redoes."""
         cancel = state.cancel = Cancel()
         buffer = ReplyBuffer()
         view = ReplyView(
@@ -1076,6 +1090,7 @@ class Assistant:
                 lambda row: self.inbox.started(update_ids, row),
                 attachments or [],
                 payer,
+                replaces,
             )
         )
         try:

@@ -129,7 +129,7 @@ class Chat:
         self._window_asked = False
         self._use_model(self.model)
         self._partial: Message | None = None  # the reply as checkpointed so far, while it streams
-        self._replacing: Message | None = None  # the reply a /retry replaces, until the new one has text
+        self._replacing: list[Message] = []  # what a /retry or an edit's redo replaces, until the new reply has text
         self.blind_models: set[str] = set()  # models that refused images, for the rest of the session
 
     @property
@@ -251,10 +251,13 @@ class Chat:
         attachments: Sequence[Attachment] = (),
         on_added: Callable[[Message], None] | None = None,
         payer: Payer | None = None,
+        in_place_of: int | None = None,
     ) -> TurnResult:
         """Add the user's message (with any attachments) and answer it. `on_added` hears of the
         message once it is saved, before the request (the Telegram front-end ties it to the updates
         it answers). `payer`: whom the turn's model calls are counted for, with the chat's budget.
+        `in_place_of`: the history row of a message the user edited: its exchange is taken out and
+        this one takes its place; a redo that fails, is refused or comes back empty puts it back.
 
         Whatever ends the turn without a reply (a Failure, PromptTooLarge, Ctrl-C while the request
         is prepared, a bug) takes the message back out: the history never keeps a message that got
@@ -263,10 +266,32 @@ class Chat:
         nothing is added and nothing is sent. OverBudget (the payer reached a cap) is raised before
         any model call, and the message is taken back out."""
         attached = self.ready_attachments(attachments)
-        message = self._add_user(text, attached)
-        if on_added is not None:
-            on_added(message)
-        return self._answer(on_event, stream, cancel, payer)
+        replaced = self.take_back({in_place_of}) if in_place_of is not None else []
+        try:
+            message = self._add_user(text, attached)
+            if on_added is not None:
+                on_added(message)
+            result = self._answer(on_event, stream, cancel, payer)
+        except BaseException:
+            self._put_back(replaced, on_added)
+            raise
+        if not result.reply:
+            self._put_back(replaced, on_added)
+        return result
+
+    def _put_back(self, exchange: list[Message], on_added: Callable[[Message], None] | None) -> None:
+        """An edit's redo that got no reply: the exchange it was to replace comes back, saved anew
+        (`on_added` hears of its user message: the edited message is that one again)."""
+        if not exchange:
+            return
+        history = self.conversation.history
+        if history and history[-1].role == "user" and all(history[-1] is not m for m in exchange):
+            self.session.delete([history.pop()])  # the edited message, answered with nothing: the old one stands
+        for message in exchange:
+            history.append(message)
+            self.session.add(message)
+        if on_added is not None and exchange[0].role == "user":
+            on_added(exchange[0])
 
     def ready_attachments(self, attachments: Sequence[Attachment]) -> list[Attachment]:
         """The attachments as they will be sent: checked against the limits and the model, voice
@@ -324,7 +349,7 @@ class Chat:
         history = self.conversation.history
         if not history:
             raise Refused("nothing to retry yet")
-        self._replacing = history.pop() if history[-1].role == "assistant" else None
+        self._replacing = [history.pop()] if history[-1].role == "assistant" else []
         try:
             result = self.respond(on_event, stream, cancel, payer)
         except BaseException:
@@ -334,17 +359,17 @@ class Chat:
         return result
 
     def _settle_retry(self, replaced: bool) -> None:
-        old, self._replacing = self._replacing, None
-        if old is None:
+        old, self._replacing = self._replacing, []
+        if not old:
             return
         if replaced:
-            self.session.delete([old])
+            self.session.delete(old)
             return
         history = self.conversation.history
         if history and history[-1].status is Status.UNANSWERED:  # the empty retry does not count
             history[-1].status = Status.COMPLETE
             self.session.update(history[-1])
-        history.append(old)  # never deleted on disk
+        history.extend(old)  # never deleted on disk
 
     def undo(self) -> list[Message]:
         """Remove the last exchange (the last user message and what followed it); returns it."""
@@ -697,9 +722,9 @@ class Chat:
                     if self._partial is None:
                         self._partial = Message("assistant", "".join(parts), Status.INCOMPLETE)
                         self.session.add(self._partial)
-                        if self._replacing is not None:  # /retry: the new reply has begun, on disk too
-                            self.session.delete([self._replacing])
-                            self._replacing = None
+                        if self._replacing:  # /retry, an edit: the new reply has begun, on disk too
+                            self.session.delete(self._replacing)
+                            self._replacing = []
                     else:
                         self._partial.content = "".join(parts)
                         self.session.update(self._partial)

@@ -312,3 +312,18 @@ def test_a_long_paste_that_alone_would_pass_the_cap_is_not_sent_and_the_note_say
     final_texts(telegram, 133, 3)
     telegram.send_text(133, "ok")  # a short message on a fresh conversation fits in what is left ($0.35)
     assert final_texts(telegram, 133, 4)[3] == "still answered"
+
+
+def test_an_edit_into_a_paste_the_cap_refuses_keeps_the_exchange_it_would_have_redone(bot, telegram, model, home):
+    model.push(chat_reply("a cheap answer", prompt_tokens=10, completion_tokens=5))  # $0.15 of $0.50
+    update = telegram.send_text(134, "the question")
+    final_texts(telegram, 134)
+    asked = len(model.posts)
+    telegram.edit(update, "word " * 800)  # the early check passes; the prompt alone would pass the cap
+    [_, note] = final_texts(telegram, 134, 2)
+    assert "would take you past" in note
+    assert len(model.posts) == asked
+    history = rows(
+        home, "SELECT m.content FROM messages m JOIN sessions s ON s.id = m.session_id WHERE s.name = ?", "telegram-134"
+    )
+    assert history == [("the question",), ("a cheap answer",)]

@@ -185,6 +185,33 @@ def test_editing_the_last_message_redoes_its_reply_and_older_edits_are_ignored(b
     assert "Messages kept: 4" in final_texts(telegram, 109, 3)[2]
 
 
+def test_an_edit_whose_redo_fails_keeps_the_exchange_and_a_second_edit_redoes_it(bot, telegram, model):
+    from server import error_status
+
+    model.push(chat_reply("Paris."))
+    question = telegram.send_text(117, "capital of France?")
+    final_texts(telegram, 117)
+    model.push(error_status(500, "boom"))
+    telegram.edit(question, "capital of Italy?")
+    [_, failure] = final_texts(telegram, 117, 2)
+    assert "trouble" in failure
+    telegram.send_text(117, "/stats")
+    assert "Messages kept: 2" in final_texts(telegram, 117, 3)[2]  # the question and its answer, still there
+    model.push(chat_reply("Rome."))
+    telegram.edit(question, "capital of Italy, please?")  # the same message, edited again: redone in place
+    telegram.wait_for(lambda: "Rome." in telegram.sent_texts(117))
+    sent = model.posts[-1].body["messages"]
+    assert [m["content"] for m in sent[1:]] == ["capital of Italy, please?"]  # the old exchange, replaced once
+    model.push(chat_reply("Next."))
+    telegram.send_text(117, "and Spain?")
+    final_texts(telegram, 117, 5)
+    assert [m["content"] for m in model.posts[-1].body["messages"][1:]] == [
+        "capital of Italy, please?",
+        "Rome.",
+        "and Spain?",
+    ]
+
+
 # -- 9: replies to someone else's message ----------------------------------------------------
 
 
