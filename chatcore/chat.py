@@ -129,6 +129,7 @@ class Chat:
         self._window_asked = False
         self._use_model(self.model)
         self._partial: Message | None = None  # the reply as checkpointed so far, while it streams
+        self._unsaved = ""  # why a checkpoint of the reply streaming could not be saved (said once it ends)
         self._replacing: list[Message] = []  # what a /retry or an edit's redo replaces, until the new reply has text
         self.blind_models: set[str] = set()  # models that refused images, for the rest of the session
 
@@ -719,23 +720,35 @@ class Chat:
                 now = time.monotonic()
                 if now - saved_at[0] >= self.CHECKPOINT_SECONDS:
                     saved_at[0] = now
-                    if self._partial is None:
-                        self._partial = Message("assistant", "".join(parts), Status.INCOMPLETE)
-                        self.session.add(self._partial)
-                        if self._replacing:  # /retry, an edit: the new reply has begun, on disk too
-                            self.session.delete(self._replacing)
-                            self._replacing = []
-                    else:
-                        self._partial.content = "".join(parts)
-                        self.session.update(self._partial)
+                    self._checkpoint("".join(parts))
 
         return on_event_saving
+
+    def _checkpoint(self, text: str) -> None:
+        """Save the reply so far. A database that refuses (another program holding it past the busy
+        timeout) costs this checkpoint only: the reply streams on, and the next one (or its end) saves."""
+        try:
+            if self._partial is None:
+                partial = Message("assistant", text, Status.INCOMPLETE)
+                self.session.add(partial)
+                self._partial = partial
+                if self._replacing:  # /retry: the new reply has begun, on disk too
+                    self.session.delete(self._replacing)
+                    self._replacing = []
+            else:
+                self._partial.content = text
+                self.session.update(self._partial)
+        except StoreError as exc:
+            self._unsaved = str(exc)
 
     # -- after the reply -----------------------------------------------------------
 
     def record(self, result: TurnResult, request: Request) -> None:
         """Append the reply (partial replies marked) and account for usage and cost."""
         partial, self._partial = self._partial, None
+        if self._unsaved:
+            self.notify(f"the reply could not be saved while it streamed ({self._unsaved}); saving it now")
+            self._unsaved = ""
         history = self.conversation.history
         if result.reply:
             reply = Message("assistant", result.reply, result.status)

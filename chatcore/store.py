@@ -115,7 +115,10 @@ def writes(method: F) -> F:
         if self.readonly:
             raise StoreError(self.readonly_note)
         with self.lock:
-            return method(self, *args, **kwargs)
+            try:
+                return method(self, *args, **kwargs)
+            except self.sqlite3.Error as exc:  # locked by another program past the busy timeout, disk full
+                raise StoreError(f"cannot save to {self.path}: {exc}") from exc
 
     return checked  # type: ignore[return-value]
 

@@ -540,3 +540,21 @@ def test_the_repl_says_a_resumed_session_keeps_its_own_model(run, spawn, server,
     assert server.posts[-1].body["model"] == "session-model"
     child.sendcontrol("d")
     child.expect(pexpect.EOF)
+
+
+def test_a_checkpoint_the_database_refuses_does_not_cost_the_reply(run, server, db):
+    assert run("--db", db, "--session", "busy", "hi").returncode == 0
+    with closing(sqlite3.connect(db)) as connection:  # the partial saves fail, as when another program holds the file
+        connection.execute(
+            "CREATE TRIGGER refuse_partial BEFORE INSERT ON messages WHEN NEW.flags = 'cut short' "
+            "BEGIN SELECT RAISE(ABORT, 'database is locked'); END"
+        )
+        connection.commit()
+    reply = "steady words " * 40
+    server.push(chat_reply(reply, size=6, delay=0.02))  # ~1.7 s: past several checkpoints
+    result = run("--db", db, "--session", "busy", "tell me more")
+    assert_clean(result)
+    assert result.returncode == 0, result.err
+    assert result.out.strip() == reply.strip()
+    assert "could not be saved while it streamed" in result.err
+    assert saved(db, "busy")[-2:] == [("user", "tell me more", ""), ("assistant", reply, "")]
