@@ -274,11 +274,29 @@ def dim_lines(text: str, width: int) -> list[str]:
     return lines
 
 
+# Plain prose: a text in which Markdown finds nothing but one paragraph. No character that can open
+# inline markup (emphasis, code, links, HTML, entities, escapes, strikethrough, tables), no blank line,
+# no hard line break (trailing spaces), no whitespace but spaces and newlines, and no line that starts
+# with a space, ASCII punctuation (lists, quotes, headings, fences, setext underlines, rules) or an
+# ordered list's number. Anything else goes through the Markdown parser.
+NOT_PROSE = re.compile(r"[\\`*_\[\]<>&|~]|[^\S \n]| \n|\n\n|(?:^|\n)(?:[ -/:-@\[-`{-~]|\d+[.)](?:[ \n]|$))")
+
+
+def prose(markdown_text: str) -> str | None:
+    """The one paragraph's text as rich lays it out (soft line breaks as spaces), if the Markdown is
+    plain prose; None when it holds anything the Markdown parser must read."""
+    text = markdown_text.strip("\n").rstrip(" ")
+    if NOT_PROSE.search(text):
+        return None
+    return text.replace("\n", " ")
+
+
 class MarkdownRenderer:
     """Markdown text -> ANSI lines, with rich, as printing the whole reply at once would show them.
 
     Its input has had its control characters made visible already (`visible_controls`): what it
-    returns holds only rich's own escape sequences.
+    returns holds only rich's own escape sequences. Plain prose (most of a reply) skips the Markdown
+    parse: it is wrapped as rich wraps a paragraph, which is the cost of a frame of the live region.
     """
 
     def __init__(self, console: Console, code_theme: str = "monokai") -> None:
@@ -290,6 +308,21 @@ class MarkdownRenderer:
 
     def render(self, markdown_text: str, width: int) -> tuple[list[str], bool]:
         """ANSI lines for a Markdown text, and whether rich would put a blank line after it."""
+        paragraph = prose(markdown_text)
+        if paragraph is not None:
+            return self.paragraph_lines(paragraph, width), True  # a paragraph asks for a blank line after it
+        return self.markdown_lines(markdown_text, width)
+
+    def paragraph_lines(self, paragraph: str, width: int) -> list[str]:
+        """A paragraph of plain text as rich's Markdown shows it: wrapped word by word (cell-aware,
+        long words folded), left-justified, no trailing spaces, no styles."""
+        from rich.text import Text
+
+        lines = Text(paragraph).wrap(self._capture_console(width), width, justify="left", overflow="fold")
+        return [line.plain.rstrip(" ") for line in lines] if paragraph else []
+
+    def markdown_lines(self, markdown_text: str, width: int) -> tuple[list[str], bool]:
+        """ANSI lines for any Markdown text, parsed and printed by rich."""
         from rich.markdown import Markdown, UnknownElement
 
         capture = self._capture_console(width)
