@@ -274,21 +274,22 @@ def dim_lines(text: str, width: int) -> list[str]:
     return lines
 
 
-# Plain prose: a text in which Markdown finds nothing but one paragraph. No character that can open
-# inline markup (emphasis, code, links, HTML, entities, escapes, strikethrough, tables), no blank line,
-# no hard line break (trailing spaces), no whitespace but spaces and newlines, and no line that starts
-# with a space, ASCII punctuation (lists, quotes, headings, fences, setext underlines, rules) or an
-# ordered list's number. Anything else goes through the Markdown parser.
-NOT_PROSE = re.compile(r"[\\`*_\[\]<>&|~]|[^\S \n]| \n|\n\n|(?:^|\n)(?:[ -/:-@\[-`{-~]|\d+[.)](?:[ \n]|$))")
+# Plain prose: paragraphs of text in which Markdown finds nothing else. No character that can open
+# inline markup (emphasis, code, links, HTML, entities, escapes, strikethrough, tables), no hard line
+# break (trailing spaces), no whitespace but spaces and newlines, and no line that starts with a space
+# (a blank line of spaces, indented code), ASCII punctuation (lists, quotes, headings, fences, setext
+# underlines, rules) or an ordered list's number. Anything else goes through the Markdown parser.
+NOT_PROSE = re.compile(r"[\\`*_\[\]<>&|~]|[^\S \n]| \n|(?:^|\n)(?:[ -/:-@\[-`{-~]|\d+[.)](?:[ \n]|$))")
+BLANK_LINES = re.compile(r"\n\n+")
 
 
-def prose(markdown_text: str) -> str | None:
-    """The one paragraph's text as rich lays it out (soft line breaks as spaces), if the Markdown is
+def prose(markdown_text: str) -> list[str] | None:
+    """The paragraphs' texts as rich lays them out (soft line breaks as spaces), if the Markdown is
     plain prose; None when it holds anything the Markdown parser must read."""
-    text = markdown_text.strip("\n").rstrip(" ")
+    text = markdown_text.lstrip("\n").rstrip(" \n")
     if NOT_PROSE.search(text):
         return None
-    return text.replace("\n", " ")
+    return [paragraph.replace("\n", " ") for paragraph in BLANK_LINES.split(text)] if text else []
 
 
 class MarkdownRenderer:
@@ -308,10 +309,15 @@ class MarkdownRenderer:
 
     def render(self, markdown_text: str, width: int) -> tuple[list[str], bool]:
         """ANSI lines for a Markdown text, and whether rich would put a blank line after it."""
-        paragraph = prose(markdown_text)
-        if paragraph is not None:
-            return self.paragraph_lines(paragraph, width), True  # a paragraph asks for a blank line after it
-        return self.markdown_lines(markdown_text, width)
+        paragraphs = prose(markdown_text)
+        if paragraphs is None:
+            return self.markdown_lines(markdown_text, width)
+        lines: list[str] = []
+        for paragraph in paragraphs:
+            if lines:
+                lines.append("")  # rich's blank line between two paragraphs
+            lines += self.paragraph_lines(paragraph, width)
+        return lines, True  # a paragraph asks for a blank line after it
 
     def paragraph_lines(self, paragraph: str, width: int) -> list[str]:
         """A paragraph of plain text as rich's Markdown shows it: wrapped word by word (cell-aware,
@@ -319,7 +325,7 @@ class MarkdownRenderer:
         from rich.text import Text
 
         lines = Text(paragraph).wrap(self._capture_console(width), width, justify="left", overflow="fold")
-        return [line.plain.rstrip(" ") for line in lines] if paragraph else []
+        return [line.plain.rstrip(" ") for line in lines]
 
     def markdown_lines(self, markdown_text: str, width: int) -> tuple[list[str], bool]:
         """ANSI lines for any Markdown text, parsed and printed by rich."""

@@ -313,23 +313,31 @@ def test_control_characters_made_visible_stay_visible_through_rendering():
 PROSE_WORDS = ["the", "model", "Streams", "2024", "1.5", "e.g.", "don't", 'say "so"', "an (aside)", "50%", "a/b",
                "x=1", "C++", "well-known", "a #tag", "user@host", "ends.", "what?", "v1.2)", "élan", "日本語のテキスト", "👍", "😀😀", "e\u0301",
                "Ω", "␛c␇", "⟨U+202E⟩", "a" * 37, "深" * 30]  # fmt: skip
-MARKUP = ["*", "_", "`", "[", "]", "<", ">", "&amp;", "\\", "|", "~~", "- ", "+ ", "1. ", "2) ", "# ", "> ",
+MARKUP = ["*", "_", "`", "*em*", "__strong__", "`code`", "[", "]", "<", ">", "&amp;", "\\", "|", "~~", "- ", "+ ", "1. ", "2) ", "# ", "> ",
           "    ", "   ", "  \n", " \n", "\n\n", "\n", "\t", "\u00a0", "===", "---", "***", "```", "!", ":"]  # fmt: skip
 
 
 def prose_texts() -> st.SearchStrategy[str]:
-    """Paragraphs of plain prose: words, spaces, single line breaks, maybe a trailing space or newline."""
+    """Paragraphs of plain prose: words, spaces, line breaks and blank lines, maybe a trailing space or newline."""
     word = st.sampled_from(PROSE_WORDS)
-    gap = st.sampled_from([" ", " ", " ", "  ", "\n"])
-    return st.tuples(st.lists(st.tuples(word, gap), min_size=1, max_size=60), st.sampled_from(["", " ", "\n"])).map(
+    gap = st.sampled_from([" ", " ", " ", "  ", "\n", "\n\n", "\n\n\n"])
+    ending = st.sampled_from(["", " ", "\n", "\n\n", "  "])
+    return st.tuples(st.lists(st.tuples(word, gap), min_size=1, max_size=60), ending).map(
         lambda pair: "".join(w + g for w, g in pair[0]).rstrip() + pair[1]
     )
 
 
 def any_texts() -> st.SearchStrategy[str]:
-    """Prose with Markdown's characters mixed in anywhere: some are prose still, most are not."""
-    piece = st.one_of(st.sampled_from(PROSE_WORDS), st.sampled_from(MARKUP), st.sampled_from([" ", "\n"]))
-    return st.lists(piece, min_size=1, max_size=40).map("".join)
+    """Prose with one to three of Markdown's constructs put in anywhere: a few are prose still, most are not."""
+
+    def insert(text: str, marks: list[tuple[str, int]]) -> str:
+        for mark, where in marks:
+            at = where % (len(text) + 1)
+            text = text[:at] + mark + text[at:]
+        return text
+
+    marks = st.lists(st.tuples(st.sampled_from(MARKUP), st.integers(0, 10_000)), min_size=1, max_size=3)
+    return st.builds(insert, prose_texts(), marks)
 
 
 @hsettings(max_examples=400, deadline=None)
@@ -350,7 +358,7 @@ def test_every_text_renders_as_the_markdown_parse_shows_it(text, width):
 @pytest.mark.parametrize(
     "text",
     ["a *b*", "a _b_", "use `x`", "[a](b)", "a <b>", "a &amp; b", "a\\*", "a | b", "~~a~~", "- a", "1. a",
-     "# a", "> a", "    code", "a  \nb", "a\n\nb", "a\n===", "a\n---", "***", "a\tb", "a\u00a0b"],
+     "# a", "> a", "    code", "a  \nb", "a\n\n    b", "a\n \nb", "a\n===", "a\n---", "***", "a\tb", "a\u00a0b"],
 )  # fmt: skip
 def test_markdown_is_not_taken_for_prose(text):
     assert prose(text) is None
