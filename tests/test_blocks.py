@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from rich.console import Console
 from test_markdown import CORPUS
 
-from terminal_render import BlockSplitter, LiveRegion, MarkdownRenderer, closes_fence, prose
+from chatcore.blocks import BlockSplitter, closes_fence
+from terminal_render import LiveRegion, MarkdownRenderer, prose
 
 
 def split(pieces: list[str]) -> tuple[list[str], str]:
