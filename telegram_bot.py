@@ -52,7 +52,7 @@ from chatcore.settings import ConfigError, Settings, check_credentials, load_set
 from chatcore.store import SessionStore, StoreError
 from chatcore.streams import TEXT
 from chatcore.turn import Cancel, Outcome, TurnResult
-from telegram_render import Part, split_message, to_telegram, utf16_len
+from telegram_render import Drafts, Part, split_message, to_telegram, utf16_len
 
 if TYPE_CHECKING:  # telegram is imported where first used: start-up (and --help) stays fast
     from telegram import Message, Update
@@ -350,6 +350,7 @@ class ReplyView:
         self.reply_to = reply_to
         self.message_id: int | None = resume  # the streamed message, in edit mode
         self.shown = ""
+        self.drafts = Drafts()  # the reply so far, converted a finished block at a time
 
     def _reply_parameters(self, reply_to: int | None) -> Any:
         from telegram import ReplyParameters
@@ -382,7 +383,7 @@ class ReplyView:
 
     async def update(self, text: str) -> None:
         """Show the reply so far, formatted: its last message-sized part if it is already long."""
-        part = split_message(to_telegram(text))[-1]  # `text` is not blank: there is at least one part
+        part = self.drafts.part(text)  # the last message-sized part; `text` is not blank
         if self.mode == "draft":
             await self.line.send(functools.partial(self._draft, part=part), essential=False, counts=False)
         elif self.message_id is None:
