@@ -7,6 +7,7 @@ exactly that. Offsets and lengths are in UTF-16 code units, as Telegram counts t
 
 from __future__ import annotations
 
+import itertools
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -45,7 +46,9 @@ def to_telegram(markdown: str) -> Part:
 def converted(markdown: str) -> Part | None:
     """The model's Markdown as Telegram text and entities; None if the converter fails or shows nothing."""
     used = set(markdown)
-    free = [chr(code) for code in range(0xE000, 0xF8FF) if chr(code) not in used][:2]
+    # the first two private-use characters the text does not hold (found lazily: a list of all 6,400
+    # was 11% of the bot's CPU with 50 chats streaming)
+    free = list(itertools.islice((char for char in map(chr, range(0xE000, 0xF8FF)) if char not in used), 2))
     keep = {"<": free[0], "&": free[1]}
     back = {value: key for key, value in keep.items()}
     protected = LITERAL.sub(lambda match: keep[match.group()], markdown)
