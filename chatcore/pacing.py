@@ -36,30 +36,25 @@ READ_EVERY = 0.05
 
 
 def paced_http_client() -> httpx2.Client:
-    """The HTTP client the SDK would build for itself (its limits, redirects, closed when dropped),
-    on a transport whose connections can be paced."""
+    """The HTTP client the SDK would build for itself (its limits, redirects, proxies from the
+    environment, closed when dropped), its direct connections paced (proxied ones read as usual)."""
     import httpx2
 
     class HttpClient(httpx2.Client):
+        def __init__(self, **options: Any) -> None:
+            super().__init__(**options)
+            pool: Any = getattr(self._transport, "_pool", None)  # no public way to give it a network backend
+            backend = getattr(pool, "_network_backend", None)
+            if backend is not None:
+                pool._network_backend = PacedBackend(backend)
+
         def __del__(self) -> None:  # as the SDK's own: a client dropped with its Provider closes its pool
             with contextlib.suppress(Exception):
                 if not self.is_closed:
                     self.close()
 
     limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=100)  # the SDK's defaults
-    return HttpClient(transport=paced_transport(limits), limits=limits, follow_redirects=True)
-
-
-def paced_transport(limits: httpx2.Limits) -> httpx2.HTTPTransport:
-    """An HTTP transport whose connections can be paced (they read as usual until `pace` says)."""
-    import httpx2
-
-    transport = httpx2.HTTPTransport(limits=limits)
-    pool: Any = getattr(transport, "_pool", None)  # no public way to give HTTPTransport a network backend
-    backend = getattr(pool, "_network_backend", None)
-    if backend is not None:
-        pool._network_backend = PacedBackend(backend)
-    return transport
+    return HttpClient(limits=limits, follow_redirects=True)
 
 
 def pace(response: Any, on: bool) -> None:

@@ -139,3 +139,18 @@ def test_a_cancel_ends_a_paced_wait_and_keeps_what_arrived(server, chat):
     assert result.interrupted
     assert result.reply
     assert text.startswith(result.reply)
+
+
+def test_a_proxy_from_the_environment_is_still_used(server, env, monkeypatch):
+    # the paced client is the SDK's own: HTTP_PROXY still routes the request (the model's host does not
+    # even resolve; the test server answers as the proxy)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.port}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    given = {"context_tokens": "8192"}
+    settings = resolve_settings(given, {**env, "OPENAI_BASE_URL": "http://model.invalid/v1", "OPENAI_MODEL": "m"}, {})
+    server.push(chat_reply("through the proxy"))
+    assert Chat(settings, lambda _text: None).send("go", lambda _kind, _text: None).reply == "through the proxy"
+    assert server.posts[-1].path.startswith("http://model.invalid/")
