@@ -202,7 +202,6 @@ class Drafts:
     """
 
     def __init__(self, limit: int = MESSAGE_LIMIT) -> None:
-
         self.limit = limit
         self.blocks = BlockSplitter()
         self.fed = 0  # characters of the reply given to the splitter so far
@@ -214,8 +213,8 @@ class Drafts:
 
     def part(self, text: str) -> Part:
         """What a draft of `text` (the reply so far: the text given last time, and more) shows."""
-        fresh, self.fed = text[self.fed :], len(text)
-        if not self.whole and any(mark in fresh for mark in ("]:", "\r")):
+        fresh, seen, self.fed = text[self.fed :], text[max(0, self.fed - 1) :], len(text)
+        if not self.whole and any(mark in seen for mark in ("]:", "\r")):  # a mark may straddle two chunks
             self.whole = True
         if not self.whole:
             for block in self.blocks.feed(fresh):

@@ -264,6 +264,7 @@ class Turn:
                     cancel.watch(response)
                 self.consume(response)
             finally:
+                pace(response, False)  # the connection goes back to the pool as it came
                 response.close()
             self.stopped_yet()
             if result.finish_reason is None:
@@ -312,35 +313,32 @@ class Turn:
     def consume(self, response: Any) -> None:
         result, parts, on_event, cancel = self.result, self.parts, self.on_event, self.cancel
         settings = self.settings
-        try:
-            for event in events_from_response(response, settings.api):
-                if cancel is not None and cancel.is_set():  # inline: this runs for every chunk
-                    raise Cancelled
-                # event[0] each time rather than a local: mypy narrows the tuple's type only this way
-                if event[0] is TEXT:
-                    if result.ttft is None:
-                        self.first_token(response)
-                    parts.append(event[1])
-                    on_event(TEXT, event[1])
-                elif event[0] is REASONING:
-                    if result.ttft is None:
-                        self.first_token(response)
-                    result.reasoning_chars += len(event[1])
-                    on_event(REASONING, event[1])
-                elif event[0] is USAGE:
-                    result.usage = event[1]
-                elif event[0] is FINISH:
-                    result.finish_reason = event[1]
-                    pace(response, False)  # what follows the finish (usage, the end) is read at once
-                elif event[0] is ERROR:
-                    raise self.stream_error(event[1], event[2])
-                now = time.monotonic()
-                if now > self.done_by:
-                    raise Deadline(f"stopped after {settings.total_timeout:g}s (--total-timeout)")
-                if result.ttft is None and now > self.first_token_by:
-                    raise Deadline(f"no reply after {settings.first_token_timeout:g}s (--first-token-timeout)")
-        finally:
-            pace(response, False)  # the connection goes back to the pool as it came
+        for event in events_from_response(response, settings.api):
+            if cancel is not None and cancel.is_set():  # inline: this runs for every chunk
+                raise Cancelled
+            # event[0] each time rather than a local: mypy narrows the tuple's type only this way
+            if event[0] is TEXT:
+                if result.ttft is None:
+                    self.first_token(response)
+                parts.append(event[1])
+                on_event(TEXT, event[1])
+            elif event[0] is REASONING:
+                if result.ttft is None:
+                    self.first_token(response)
+                result.reasoning_chars += len(event[1])
+                on_event(REASONING, event[1])
+            elif event[0] is USAGE:
+                result.usage = event[1]
+            elif event[0] is FINISH:
+                result.finish_reason = event[1]
+                pace(response, False)  # what follows the finish (usage, the end) is read at once
+            elif event[0] is ERROR:
+                raise self.stream_error(event[1], event[2])
+            now = time.monotonic()
+            if now > self.done_by:
+                raise Deadline(f"stopped after {settings.total_timeout:g}s (--total-timeout)")
+            if result.ttft is None and now > self.first_token_by:
+                raise Deadline(f"no reply after {settings.first_token_timeout:g}s (--first-token-timeout)")
 
     def first_token(self, response: Any) -> None:
         """The reply has begun: its time to first token, and the reads spaced out from now on."""

@@ -69,6 +69,8 @@ DRAFT_BLOCKS = [
     "    indented code",
     "Math $x^2$ costs $10.49 (~$11.20).",
     "||a spoiler|| and ~~struck~~ text.",
+    "See [the reference][ref] defined below.",
+    "[ref]: https://example.com/ref\nText right after a definition.",
 ]
 
 
