@@ -312,7 +312,7 @@ def test_control_characters_made_visible_stay_visible_through_rendering():
 # Words as models write them, and the characters Markdown reads: the paragraph path must agree with
 # rich's whole Markdown rendering on every one of these, whichever path a text takes.
 PROSE_WORDS = ["the", "model", "Streams", "2024", "1.5", "e.g.", "don't", 'say "so"', "an (aside)", "50%", "a/b",
-               "x=1", "C++", "well-known", "a #tag", "user@host", "ends.", "what?", "v1.2)", "élan", "日本語のテキスト", "👍", "😀😀", "e\u0301",
+               "x=1", "C++", "well-known", "a #tag", "user@host", "ends.", "what?", "v1.2)", "see https://example.com/a?b=c", "élan", "日本語のテキスト", "👍", "😀😀", "e\u0301",
                "Ω", "␛c␇", "⟨U+202E⟩", "a" * 37, "深" * 30]  # fmt: skip
 MARKUP = ["*", "_", "`", "*em*", "__strong__", "`code`", "[", "]", "<", ">", "&amp;", "\\", "|", "~~", "- ", "+ ", "1. ", "2) ", "# ", "> ",
           "    ", "   ", "  \n", " \n", "\n\n", "\n", "\t", "\u00a0", "===", "---", "***", "```", "!", ":"]  # fmt: skip
