@@ -65,7 +65,7 @@ from telegram_choices import (
     retry_keyboard,
     role_keyboard,
 )
-from telegram_render import Part, split_message, to_telegram, utf16_len
+from telegram_render import Drafts, Part, split_message, to_telegram, utf16_len
 from telegram_rich import (
     Capability,
     RichRefused,
@@ -393,6 +393,7 @@ class ReplyView:
         self.message_id: int | None = resume  # the streamed message, in edit mode
         self.shown = ""
         self.last_sent: int | None = None  # the finished reply's last message
+        self.drafts = Drafts()  # the reply so far, converted a finished block at a time
 
     def _reply_parameters(self, reply_to: int | None) -> Any:
         from telegram import ReplyParameters
@@ -453,7 +454,7 @@ class ReplyView:
             if self.mode == "rich":
                 self.shown = text
                 return
-        part = split_message(to_telegram(text))[-1]  # `text` is not blank: there is at least one part
+        part = self.drafts.part(text)  # the last message-sized part; `text` is not blank
         if self.mode == "draft":
             await self.line.send(functools.partial(self._draft, part=part), essential=False, counts=False)
         elif self.message_id is None:

@@ -1,7 +1,7 @@
 """Terminal rendering: plain text byte for byte, or Markdown committed block by block with a small live tail.
 
 The Markdown view is three parts, each with one job, composed by `MarkdownView`:
-`BlockSplitter` (streamed text -> finished blocks and the open tail; pure text, no terminal),
+`BlockSplitter` (`chatcore.blocks`: streamed text -> finished blocks and the open tail; pure text),
 `MarkdownRenderer` (a block -> ANSI lines, with rich) and `LiveRegion` (the lines redrawn in
 place below the scrollback: cursor arithmetic only).
 """
@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal, Protocol, TypeVar, cast
 
+from chatcore.blocks import BlockSplitter
 from chatcore.streams import REASONING, TEXT
 
 if TYPE_CHECKING:
@@ -141,92 +142,7 @@ class PlainView:
     abort = finish
 
 
-# -- Markdown, 1: splitting the stream into blocks (pure text) ---------------------------
-
-FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
-LIST_ITEM = re.compile(r"^ {0,3}(?:[-*+]|\d{1,9}[.)])(?:\s|$)")
-HEADING = re.compile(r"^ {0,3}#{1,6}(\s|$)")
-
-
-def closes_fence(marker: str, line: str) -> bool:
-    """Whether `line` closes a code block opened by `marker`: the same character, at least as many, nothing else."""
-    fence = FENCE.match(line)
-    return bool(
-        fence
-        and fence.group(1)[0] == marker[0]
-        and len(fence.group(1)) >= len(marker)
-        and not line.strip().strip(marker[0])
-    )
-
-
-class BlockSplitter:
-    """Streamed Markdown in, finished blocks out: pure text, no terminal.
-
-    A block is finished only when the Markdown says so: a blank line outside a code fence
-    (and not inside a list that continues), a closing fence, or a heading line. Only complete
-    lines are read, so a chunk may end anywhere, even inside a fence marker. What is not finished
-    is `pending`, the open tail; `fence` is its open fence marker while inside a code block.
-    """
-
-    def __init__(self) -> None:
-        self.pending = ""  # text received but not yet part of a finished block
-        self.fence: str | None = None  # the open fence marker, when inside a code block
-        self._scanned = 0  # offset in `pending` of the first line not yet read
-        self._blank_at: int | None = None  # offset after a blank line that may end the block
-
-    def feed(self, text: str) -> tuple[str, ...]:
-        """Add a chunk; return the blocks it finished, oldest first (each with the blank lines after it)."""
-        pending, self.pending = self.pending, ""
-        pending += text  # with the only reference held here, CPython appends in place: no copy per chunk
-        self.pending = pending
-        return self._scan() if "\n" in text else ()
-
-    def close(self) -> tuple[str, ...]:
-        """The text has ended: the open tail is the last block, if it holds anything. Starts afresh."""
-        rest = self.pending
-        self.pending, self.fence, self._scanned, self._blank_at = "", None, 0, None
-        return (rest,) if rest.strip() else ()
-
-    def _scan(self) -> tuple[str, ...]:
-        """Read the complete lines not yet read, cutting off each block they finish."""
-        blocks: list[str] = []
-        while (end := self.pending.find("\n", self._scanned)) >= 0:
-            start, self._scanned = self._scanned, end + 1
-            line = self.pending[start:end]
-            if self.fence is not None:
-                if closes_fence(self.fence, line):
-                    self.fence = None
-                    self._cut(self._scanned, blocks)
-                continue
-            if not line.strip():
-                if self.pending[:start].strip():
-                    self._blank_at = self._scanned  # the block ends here unless the next line carries it on
-                continue
-            if self._blank_at is not None:
-                if not self._continues(line):
-                    start -= self._blank_at
-                    self._cut(self._blank_at, blocks)
-                self._blank_at = None
-            opening = FENCE.match(line)
-            if opening:
-                self.fence = opening.group(1)
-            elif HEADING.match(line) and not self.pending[:start].strip():
-                self._cut(self._scanned, blocks)  # a heading is a block of its own
-        return tuple(blocks)
-
-    def _continues(self, line: str) -> bool:
-        """After a blank line, whether `line` carries the block on: indented, or the next item of a list."""
-        if line[:1] in (" ", "\t"):
-            return True
-        return LIST_ITEM.match(line) is not None and LIST_ITEM.match(self.pending.lstrip("\n")) is not None
-
-    def _cut(self, upto: int, blocks: list[str]) -> None:
-        """Cut pending[:upto] off as a finished block (kept only if it holds more than blank lines)."""
-        block, self.pending = self.pending[:upto], self.pending[upto:]
-        self._scanned -= upto
-        self._blank_at = None
-        if block.strip():
-            blocks.append(block)
+# -- Markdown, 1: splitting the stream into blocks: chatcore.blocks (pure text, shared with Telegram) --
 
 
 # -- Markdown, 2: rendering text into terminal lines (rich) -------------------------------
@@ -274,11 +190,30 @@ def dim_lines(text: str, width: int) -> list[str]:
     return lines
 
 
+# Plain prose: paragraphs of text in which Markdown finds nothing else. No character that can open
+# inline markup (emphasis, code, links, HTML, entities, escapes, strikethrough, tables), no hard line
+# break (trailing spaces), no whitespace but spaces and newlines, and no line that starts with a space
+# (a blank line of spaces, indented code), ASCII punctuation (lists, quotes, headings, fences, setext
+# underlines, rules) or an ordered list's number. Anything else goes through the Markdown parser.
+NOT_PROSE = re.compile(r"[\\`*_\[\]<>&|~]|[^\S \n]| \n|(?:^|\n)(?:[ -/:-@\[-`{-~]|\d+[.)](?:[ \n]|$))")
+BLANK_LINES = re.compile(r"\n\n+")
+
+
+def prose(markdown_text: str) -> list[str] | None:
+    """The paragraphs' texts as rich lays them out (soft line breaks as spaces), if the Markdown is
+    plain prose; None when it holds anything the Markdown parser must read."""
+    text = markdown_text.lstrip("\n").rstrip(" \n")
+    if NOT_PROSE.search(text):
+        return None
+    return [paragraph.replace("\n", " ") for paragraph in BLANK_LINES.split(text)] if text else []
+
+
 class MarkdownRenderer:
     """Markdown text -> ANSI lines, with rich, as printing the whole reply at once would show them.
 
     Its input has had its control characters made visible already (`visible_controls`): what it
-    returns holds only rich's own escape sequences.
+    returns holds only rich's own escape sequences. Plain prose (most of a reply) skips the Markdown
+    parse: it is wrapped as rich wraps a paragraph, which is the cost of a frame of the live region.
     """
 
     def __init__(self, console: Console, code_theme: str = "monokai") -> None:
@@ -290,6 +225,26 @@ class MarkdownRenderer:
 
     def render(self, markdown_text: str, width: int) -> tuple[list[str], bool]:
         """ANSI lines for a Markdown text, and whether rich would put a blank line after it."""
+        paragraphs = prose(markdown_text)
+        if paragraphs is None:
+            return self.markdown_lines(markdown_text, width)
+        lines: list[str] = []
+        for paragraph in paragraphs:
+            if lines:
+                lines.append("")  # rich's blank line between two paragraphs
+            lines += self.paragraph_lines(paragraph, width)
+        return lines, True  # a paragraph asks for a blank line after it
+
+    def paragraph_lines(self, paragraph: str, width: int) -> list[str]:
+        """A paragraph of plain text as rich's Markdown shows it: wrapped word by word (cell-aware,
+        long words folded), left-justified, no trailing spaces, no styles."""
+        from rich.text import Text
+
+        lines = Text(paragraph).wrap(self._capture_console(width), width, justify="left", overflow="fold")
+        return [line.plain.rstrip(" ") for line in lines]
+
+    def markdown_lines(self, markdown_text: str, width: int) -> tuple[list[str], bool]:
+        """ANSI lines for any Markdown text, parsed and printed by rich."""
         from rich.markdown import Markdown, UnknownElement
 
         capture = self._capture_console(width)

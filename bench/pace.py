@@ -6,7 +6,9 @@ up for it. Each process streams the same paced reply from the local test server;
 and again before it ends, so start-up and exit are left out. Side by side in one run, alternately:
 ours piped, ours drawing Markdown on a real pseudo-terminal, a plain httpx `iter_lines` +
 `json.loads` loop (the floor every Python client pays) and the raw SDK loop over typed chunks.
-A second table row: how long after the server's last byte the process has exited.
+Then how long after the server's last byte the process has exited (short replies, more runs), from a
+server that sends each write at once (TCP_NODELAY, as production servers do) and from one with Nagle's
+algorithm (as llama.cpp's server), which a reader that reads less often acknowledges less often.
 """
 
 from __future__ import annotations
@@ -42,12 +44,12 @@ def process_cpu_ns(pid: int) -> int:
     return total
 
 
-def paced_reply() -> Any:
+def paced_reply(chunks: int = CHUNKS) -> Any:
     from server import chat_reply
 
     # paragraphs of 45 words, as model replies come: a chunk is a word or a word and a line break
-    words = "".join(f"word{n % 50}" + ("\n\n" if n % 45 == 44 else " ") for n in range(CHUNKS))
-    return chat_reply(words, pieces=CHUNKS, delay=1 / CHUNKS_PER_SECOND)
+    words = "".join(f"word{n % 50}" + ("\n\n" if n % 45 == 44 else " ") for n in range(chunks))
+    return chat_reply(words, pieces=chunks, delay=1 / CHUNKS_PER_SECOND)
 
 
 def start_piped(argv: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[bytes], Callable[[], None]]:
@@ -90,23 +92,33 @@ def start_on_terminal(argv: list[str], env: dict[str, str]) -> tuple[subprocess.
 
 
 def measure(
-    server: Any, start: Callable[[], tuple[subprocess.Popen[bytes], Callable[[], None]]]
+    server: Any,
+    start: Callable[[], tuple[subprocess.Popen[bytes], Callable[[], None]]],
+    chunks: int = CHUNKS,
+    sample: bool = True,
 ) -> tuple[float, float]:
-    """(share of one core while streaming, seconds from the server's last byte to the process's exit)."""
-    server.push(paced_reply())
+    """(share of one core while streaming, seconds from the server's last byte to the process's exit);
+    with `sample` False, a short reply and the exit only (the share is 0)."""
+    server.push(paced_reply(chunks))
     posts, finished = len(server.posts), len(server.finished)
     process, finish = start()
     while len(server.posts) == posts:
         if process.poll() is not None:
             raise RuntimeError(f"exited {process.returncode} before asking")
         time.sleep(0.005)
-    asked = time.monotonic()
-    time.sleep(SAMPLE_FROM)
-    cpu0, t0 = process_cpu_ns(process.pid), time.monotonic()
-    time.sleep(max(0.0, asked + SAMPLE_TO - time.monotonic()))
-    cpu1, t1 = process_cpu_ns(process.pid), time.monotonic()
-    process.wait(60)
+    cpu0 = cpu1 = t0 = 0
+    t1 = 1.0
+    if sample:
+        asked = time.monotonic()
+        time.sleep(SAMPLE_FROM)
+        cpu0, t0 = process_cpu_ns(process.pid), time.monotonic()
+        time.sleep(max(0.0, asked + SAMPLE_TO - time.monotonic()))
+        cpu1, t1 = process_cpu_ns(process.pid), time.monotonic()
+    watchdog = threading.Timer(60, process.kill)
+    watchdog.start()
+    process.wait()  # blocking: a wait with a timeout polls (every 50 ms at worst) and blurs the exit time
     exited = time.monotonic()
+    watchdog.cancel()
     finish()
     if process.returncode != 0:
         raise RuntimeError(f"exited {process.returncode}")
@@ -118,6 +130,8 @@ def main(row: Callable[..., None], server: Any, env: dict[str, str], runs: int) 
     import statistics
 
     base = server.base_url
+    # stdout buffered as it is for users (a test runner's PYTHONUNBUFFERED would make every write a system call)
+    env = {name: value for name, value in env.items() if name != "PYTHONUNBUFFERED"}
     contenders: dict[str, Callable[[], tuple[subprocess.Popen[bytes], Callable[[], None]]]] = {
         "floor": lambda: start_piped([PY, str(ROOT / "bench" / "httpx_floor.py"), base], env),
         "sdk": lambda: start_piped([PY, str(ROOT / "bench" / "floor.py"), base, "chat"], env),
@@ -131,6 +145,18 @@ def main(row: Callable[..., None], server: Any, env: dict[str, str], runs: int) 
             share, exit_after = measure(server, start)
             shares[name].append(share)
             exits[name].append(exit_after)
+    # The exit, from short replies (1 s) and more of them: where the last read falls is a matter of chance.
+    for _ in range(3 * runs):
+        for name in ("floor", "piped", "terminal"):
+            exits[name].append(measure(server, contenders[name], CHUNKS_PER_SECOND, sample=False)[1])
+    # The same from a server that holds small writes until the last is acknowledged (Nagle's algorithm, as
+    # llama.cpp's does): a paced reader acknowledges only when it reads, so the end waits for that read.
+    nagle: dict[str, list[float]] = {"floor": [], "piped": []}
+    server.nagle = True
+    for _ in range(3 * runs):
+        for name, values in nagle.items():
+            values.append(measure(server, contenders[name], CHUNKS_PER_SECOND, sample=False)[1])
+    server.nagle = False
     median = {name: statistics.median(values) for name, values in shares.items()}
     floor = median["floor"]
     pace = f"{CHUNKS_PER_SECOND} chunks/s"
@@ -168,3 +194,11 @@ def main(row: Callable[..., None], server: Any, env: dict[str, str], runs: int) 
             "<= 50 ms",
             after <= 50,
         )
+    row(
+        "exit after the last byte, one-shot piped, server with Nagle's algorithm (ms)",
+        f"{statistics.median(nagle['piped']) * 1000:.0f}",
+        f"{statistics.median(nagle['floor']) * 1000:.0f} (httpx floor)",
+        "-",
+        "(reference)",
+        True,
+    )

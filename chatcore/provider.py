@@ -197,6 +197,8 @@ class Provider:
         import httpx2
         from openai import OpenAI
 
+        from .pacing import paced_http_client
+
         settings = self.settings
         headers = {}
         if settings.app_url and settings.app_name:
@@ -227,6 +229,7 @@ class Provider:
             max_retries=settings.retries,
             timeout=httpx2.Timeout(settings.timeout, connect=min(settings.timeout, 10.0)),
             default_headers=headers or None,
+            http_client=paced_http_client(),  # the SDK's own client, its reads spaced out while a reply streams
         )
 
     def request_params(self, request: Request, model: str, stream: bool = True) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import Any
 
 from .conversation import Request, Status
 from .log import one_line, redact
+from .pacing import pace
 from .provider import Failure, Provider, describe_exception, events_from_response, is_context_error
 from .streams import ERROR, FINISH, REASONING, TEXT, USAGE, Event
 from .usage import Usage
@@ -263,6 +264,7 @@ class Turn:
                     cancel.watch(response)
                 self.consume(response)
             finally:
+                pace(response, False)  # the connection goes back to the pool as it came
                 response.close()
             self.stopped_yet()
             if result.finish_reason is None:
@@ -317,18 +319,19 @@ class Turn:
             # event[0] each time rather than a local: mypy narrows the tuple's type only this way
             if event[0] is TEXT:
                 if result.ttft is None:
-                    result.ttft = time.monotonic() - self.started
+                    self.first_token(response)
                 parts.append(event[1])
                 on_event(TEXT, event[1])
             elif event[0] is REASONING:
                 if result.ttft is None:
-                    result.ttft = time.monotonic() - self.started
+                    self.first_token(response)
                 result.reasoning_chars += len(event[1])
                 on_event(REASONING, event[1])
             elif event[0] is USAGE:
                 result.usage = event[1]
             elif event[0] is FINISH:
                 result.finish_reason = event[1]
+                pace(response, False)  # what follows the finish (usage, the end) is read at once
             elif event[0] is ERROR:
                 raise self.stream_error(event[1], event[2])
             now = time.monotonic()
@@ -336,6 +339,11 @@ class Turn:
                 raise Deadline(f"stopped after {settings.total_timeout:g}s (--total-timeout)")
             if result.ttft is None and now > self.first_token_by:
                 raise Deadline(f"no reply after {settings.first_token_timeout:g}s (--first-token-timeout)")
+
+    def first_token(self, response: Any) -> None:
+        """The reply has begun: its time to first token, and the reads spaced out from now on."""
+        self.result.ttft = time.monotonic() - self.started
+        pace(response, True)
 
     def stream_error(self, code: str | None, message: str) -> Failure:
         if code == "not_a_stream":

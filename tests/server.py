@@ -391,10 +391,17 @@ class FakeServer:
         self.transcript: str | None = "Hello from a voice note."
         self.transcriptions: list[dict[str, Any]] = []  # the model, file name and size of each request
         self.transcription_status = 200  # another status: answered with an error of that status
+        # Each write sent at once (TCP_NODELAY), as production servers do (nginx, uvicorn, Go's); True: small
+        # writes held until the last is acknowledged (Nagle's algorithm), as llama.cpp's server does.
+        self.nagle = False
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                self.disable_nagle_algorithm = not server.nagle
+                super().setup()
 
             def log_message(self, *args: Any) -> None:
                 pass

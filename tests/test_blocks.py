@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from rich.console import Console
 from test_markdown import CORPUS
 
-from terminal_render import BlockSplitter, LiveRegion, MarkdownRenderer, closes_fence
+from chatcore.blocks import BlockSplitter, closes_fence
+from terminal_render import LiveRegion, MarkdownRenderer, prose
 
 
 def split(pieces: list[str]) -> tuple[list[str], str]:
@@ -304,3 +305,68 @@ def test_control_characters_made_visible_stay_visible_through_rendering():
 
     lines, _ = renderer().render(visible_controls("title\x1b]0;pwned\x07 end"), 80)
     assert lines == ["title␛]0;pwned␇ end"]
+
+
+# -- plain prose: wrapped without the Markdown parse, exactly as the parse would show it ----------
+
+# Words as models write them, and the characters Markdown reads: the paragraph path must agree with
+# rich's whole Markdown rendering on every one of these, whichever path a text takes.
+PROSE_WORDS = ["the", "model", "Streams", "2024", "1.5", "e.g.", "don't", 'say "so"', "an (aside)", "50%", "a/b",
+               "x=1", "C++", "well-known", "a #tag", "user@host", "ends.", "what?", "v1.2)", "see https://example.com/a?b=c", "élan", "日本語のテキスト", "👍", "😀😀", "e\u0301",
+               "Ω", "␛c␇", "⟨U+202E⟩", "a" * 37, "深" * 30]  # fmt: skip
+MARKUP = ["*", "_", "`", "*em*", "__strong__", "`code`", "[", "]", "<", ">", "&amp;", "\\", "|", "~~", "- ", "+ ", "1. ", "2) ", "# ", "> ",
+          "    ", "   ", "  \n", " \n", "\n\n", "\n", "\t", "\u00a0", "===", "---", "***", "```", "!", ":"]  # fmt: skip
+
+
+def prose_texts() -> st.SearchStrategy[str]:
+    """Paragraphs of plain prose: words, spaces, line breaks and blank lines, maybe a trailing space or newline."""
+    word = st.sampled_from(PROSE_WORDS)
+    gap = st.sampled_from([" ", " ", " ", "  ", "\n", "\n\n", "\n\n\n"])
+    ending = st.sampled_from(["", " ", "\n", "\n\n", "  "])
+    return st.tuples(st.lists(st.tuples(word, gap), min_size=1, max_size=60), ending).map(
+        lambda pair: "".join(w + g for w, g in pair[0]).rstrip() + pair[1]
+    )
+
+
+def any_texts() -> st.SearchStrategy[str]:
+    """Prose with one to three of Markdown's constructs put in anywhere: a few are prose still, most are not."""
+
+    def insert(text: str, marks: list[tuple[str, int]]) -> str:
+        for mark, where in marks:
+            at = where % (len(text) + 1)
+            text = text[:at] + mark + text[at:]
+        return text
+
+    marks = st.lists(st.tuples(st.sampled_from(MARKUP), st.integers(0, 10_000)), min_size=1, max_size=3)
+    return st.builds(insert, prose_texts(), marks)
+
+
+@hsettings(max_examples=400, deadline=None)
+@given(text=prose_texts(), width=st.integers(20, 130))
+def test_plain_prose_is_wrapped_exactly_as_the_markdown_parse_shows_it(text, width):
+    render = renderer()
+    assert prose(text) is not None  # it takes the cheap path...
+    assert render.render(text, width) == render.markdown_lines(text, width)  # ...and shows the same lines
+
+
+@hsettings(max_examples=600, deadline=None)
+@given(text=any_texts(), width=st.integers(20, 130))
+def test_every_text_renders_as_the_markdown_parse_shows_it(text, width):
+    render = renderer()
+    assert render.render(text, width) == render.markdown_lines(text, width)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["a *b*", "a _b_", "use `x`", "[a](b)", "a <b>", "a &amp; b", "a\\*", "a | b", "~~a~~", "- a", "1. a",
+     "# a", "> a", "    code", "a  \nb", "a\n\n    b", "a\n \nb", "a\n===", "a\n---", "***", "a\tb", "a\u00a0b"],
+)  # fmt: skip
+def test_markdown_is_not_taken_for_prose(text):
+    assert prose(text) is None
+
+
+def test_the_paragraph_path_keeps_colours_out_of_prose_and_folds_long_words():
+    render = MarkdownRenderer(Console(file=io.StringIO(), width=30, force_terminal=True, color_system="truecolor"))
+    text = "A paragraph with " + "x" * 45 + " in it and 日本語のテキスト at the end of the line"
+    assert render.render(text, 30) == render.markdown_lines(text, 30)
+    assert all(len(line) <= 30 and "\x1b" not in line for line in render.render(text, 30)[0])
