@@ -64,6 +64,7 @@ from telegram_choices import (
     parse_press,
     retry_keyboard,
     role_keyboard,
+    role_of_data,
 )
 from telegram_render import Part, split_message, to_telegram, utf16_len
 from telegram_rich import (
@@ -1340,14 +1341,23 @@ async def reply_text(update: Update, context: ContextTypes.DEFAULT_TYPE, text: s
     line = assistant.line(key[0])
     state = assistant.chats.get(key)
 
-    async def send(chat: int) -> Any:
-        return await context.bot.send_message(chat, text, reply_markup=reply_markup, **in_thread(key[1]))
+    pieces = [part.text for part in split_message(Part(text))]  # a long /system is several messages
+
+    def sender(piece: str, markup: Any) -> Callable[[int], Awaitable[Any]]:
+        async def send(chat: int) -> Any:
+            return await context.bot.send_message(chat, piece, reply_markup=markup, **in_thread(key[1]))
+
+        return send
+
+    async def send_all() -> None:
+        for index, piece in enumerate(pieces):
+            await line.send(sender(piece, reply_markup if index == len(pieces) - 1 else None), essential=True)
 
     if state is None:  # a stranger, or a chat that has not talked yet: no history is loaded for it
-        await line.send(send, essential=True)
+        await send_all()
         return
     async with state.answers:
-        await line.send(send, essential=True)
+        await send_all()
 
 
 async def on_start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -1559,7 +1569,7 @@ async def on_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
             context.bot, state, message.message_id, model_text(assistant, state.chat.model, True), buttons
         )
         return
-    role = assistant.roles.get(press.value)
+    role = role_of_data(assistant.roles, press.value)
     if role is None:
         await answer_press(query, "That role is no longer offered here.")
         return

@@ -1,0 +1,338 @@
+"""Attacks on #22 and #23 from what the README promises: the 🔄 button and /retry pressed in odd
+moments, forged callback data, long or odd instructions, roles.toml with unicode names, rich replies
+at and past Telegram's limits, and a server that loses rich messages mid-process.
+
+One real bot process with rich messages (the fake Bot API with `rich = True`) serves the module;
+each test uses chats of its own.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from server import chat_reply
+from telegram_server import BOT_USER, FakeTelegram
+from test_telegram import BotProcess, bot_env, final_texts, started
+from test_telegram_choices import answered, last_message
+
+from telegram_choices import role_data
+
+AT = f"@{BOT_USER['username']}"
+CYRILLIC_ROLE = "п" * 32  # 32 letters, as the README allows: 64 bytes of UTF-8
+CJK_ROLE = "海盗"
+ROLES_TOML = f"""
+["{CYRILLIC_ROLE}"]
+system = "Отвечай по-русски."
+
+["{CJK_ROLE}"]
+system = "像海盗一样回答。"
+model = "not-offered-model"
+temperature = 1.1
+"""
+GROUP = -1000600
+
+
+@pytest.fixture(scope="module")
+def bot(telegram, model, tmp_path_factory):
+    home = tmp_path_factory.mktemp("telegram-attacks-home")
+    roles = home / "roles.toml"
+    roles.write_text(ROLES_TOML, encoding="utf-8")
+    model.models = ["test-model", "other-model"]
+    telegram.rich = True
+    env = bot_env(
+        home,
+        telegram,
+        model,
+        TELEGRAM_MODELS="other-model",
+        TELEGRAM_ADMINS="@boss",
+        TELEGRAM_RATE_LIMIT="60",
+        CHATBOT_ROLES=str(roles),
+    )
+    env["TELEGRAM_ALLOWED_USERS"] = ",".join([*(str(n) for n in range(200, 260)), str(GROUP)])
+    process = started(telegram, BotProcess(env))
+    yield process
+    assert process.stop() == 0, process.stderr
+    assert "Traceback" not in process.stderr, process.stderr
+
+
+@pytest.fixture(autouse=True)
+def fresh_queue(model, telegram):
+    model.queue.clear()
+    telegram.rich = True
+    yield
+    model.queue.clear()
+    telegram.rich = True
+
+
+def ask(telegram: FakeTelegram, model, chat: int, text: str, reply: str, count: int = 1, **fields) -> list[str]:
+    model.push(chat_reply(reply))
+    posts = len(model.posts)
+    telegram.send_text(chat, text, **fields)
+    texts = final_texts(telegram, chat, count)
+    telegram.wait_for(lambda: len(model.posts) > posts)
+    return texts
+
+
+def history(model) -> list[tuple[str, str]]:
+    return [(m["role"], m["content"]) for m in model.posts[-1].body["messages"]]
+
+
+# -- /system ----------------------------------------------------------------------------------
+
+
+def test_long_instructions_are_set_and_shown_whole(bot, telegram, model):
+    chat = 200
+    text = ("Answer as a careful engineer would. " * 300)[:10_000].strip()
+    telegram.send_text(chat, f"/system {text}")
+    assert final_texts(telegram, chat)[0].startswith("Instructions set")
+    telegram.send_text(chat, "/system")  # over one message's 4096 characters: shown in several
+    shown = "".join(final_texts(telegram, chat, 5)[1:])  # the header line, then three parts
+    assert text.replace(" ", "") in shown.replace(" ", "").replace("\n", "")
+
+
+def test_instructions_with_markdown_and_html_are_shown_as_written(bot, telegram, model):
+    chat = 201
+    text = "Use <b>bold</b> & *stars* and `code`, _under_ [link](x)"
+    telegram.send_text(chat, f"/system {text}")
+    final_texts(telegram, chat)
+    telegram.send_text(chat, "/system")
+    shown = final_texts(telegram, chat, 2)[1]
+    assert text in shown
+
+
+# -- roles.toml with unicode names ---------------------------------------------------------------
+
+
+def test_role_buttons_work_with_unicode_role_names(bot, telegram, model):
+    chat = 202
+    telegram.send_text(chat, "/role")
+    [listing] = final_texts(telegram, chat)
+    assert listing.startswith("Role: default.")
+    buttons = last_message(telegram, chat).buttons()
+    labels = [label for label, _ in buttons]
+    assert CYRILLIC_ROLE in labels
+    assert CJK_ROLE in labels
+    keyboard = last_message(telegram, chat)
+    data = dict(buttons)[CYRILLIC_ROLE]
+    press = telegram.press(keyboard.message_id, data)
+    assert answered(telegram, press).startswith(f"Role is now {CYRILLIC_ROLE}")
+
+
+def test_a_role_whose_model_is_not_offered_keeps_the_model_and_says_so(bot, telegram, model):
+    chat = 203
+    telegram.send_text(chat, f"/role {CJK_ROLE}")
+    [said] = final_texts(telegram, chat)
+    assert said.startswith(f"Role is now {CJK_ROLE}")
+    assert "not-offered-model" in said
+    model.push(chat_reply("arr"))
+    telegram.send_text(chat, "hello")
+    final_texts(telegram, chat, 2)
+    post = model.posts[-1].body
+    assert post["model"] == "test-model"
+    assert post["temperature"] == 1.1
+    assert post["messages"][0]["content"] == "像海盗一样回答。"
+
+
+# -- 🔄 and /retry at odd moments -----------------------------------------------------------------
+
+
+def test_retry_button_pressed_after_new_does_not_regenerate(bot, telegram, model):
+    chat = 204
+    ask(telegram, model, chat, "question one", "answer one")
+    reply = last_message(telegram, chat)
+    [(_, data)] = reply.buttons()
+    telegram.send_text(chat, "/new")
+    final_texts(telegram, chat, 2)
+    posts = len(model.posts)
+    press = telegram.press(reply.message_id, data)
+    note = answered(telegram, press)
+    assert note is not None
+    time.sleep(0.5)
+    assert len(model.posts) == posts
+    assert telegram.sent_texts(chat)[0] == "answer one"
+
+
+def test_forged_retry_data_for_another_chats_reply_does_nothing_there(bot, telegram, model):
+    victim, attacker = 205, 206
+    ask(telegram, model, victim, "my private question", "victim answer")
+    [(_, victim_data)] = last_message(telegram, victim).buttons()
+    ask(telegram, model, attacker, "hello", "attacker answer")
+    attacker_reply = last_message(telegram, attacker)
+    posts = len(model.posts)
+    press = telegram.press(attacker_reply.message_id, victim_data)
+    answered(telegram, press)
+    time.sleep(0.8)
+    assert telegram.sent_texts(victim) == ["victim answer"]
+    assert telegram.sent_texts(attacker) == ["attacker answer"]
+    assert all("my private question" not in str(p.body) for p in model.posts[posts:])
+
+
+@pytest.mark.parametrize(
+    "data",
+    ["retry:", "retry:-1", "retry:abc", "retry:99999999999999999999999999999999", "model:", "role:", "", ":", "x" * 64],
+)
+def test_forged_callback_data_is_answered_and_changes_nothing(bot, telegram, model, data):
+    chat = 207
+    if not telegram.sent_texts(chat):
+        ask(telegram, model, chat, "hi", "first")
+    reply = last_message(telegram, chat)
+    posts = len(model.posts)
+    press = telegram.press(reply.message_id, data)
+    assert answered(telegram, press)
+    time.sleep(0.3)
+    assert len(model.posts) == posts
+
+
+def test_retry_while_a_reply_streams_waits_and_keeps_one_reply(bot, telegram, model):
+    chat = 208
+    model.push(chat_reply("slow " * 100, size=5, delay=0.03))
+    telegram.send_text(chat, "talk slowly")
+    telegram.wait_for(lambda: telegram.calls_to("sendRichMessageDraft", chat))
+    model.push(chat_reply("regenerated"))
+    telegram.send_text(chat, "/retry")
+    telegram.wait_for(lambda: "regenerated" in " ".join(telegram.sent_texts(chat)), timeout=20)
+    time.sleep(0.8)
+    model.push(chat_reply("next"))
+    telegram.send_text(chat, "next question")
+    telegram.wait_for(lambda: "next" in telegram.sent_texts(chat))
+    roles = [r for r, _ in history(model)]
+    assert roles == ["system", "user", "assistant", "user"]
+    assert history(model)[2][1] == "regenerated"
+
+
+def test_retry_button_on_a_stopped_reply_regenerates_it(bot, telegram, model):
+    chat = 209
+    model.push(chat_reply("word " * 400, size=5, delay=0.05))
+    telegram.send_text(chat, "talk")
+    draft = telegram.wait_for(
+        lambda: next(
+            (
+                c
+                for c in telegram.calls_to("sendRichMessageDraft", chat)
+                if "word word" in c.params["rich_message"].get("markdown", "")
+            ),
+            None,
+        )
+    )
+    telegram.stop_generation(chat, draft.params["draft_id"])
+    telegram.stop_generation(chat, draft.params["draft_id"])  # twice
+    [stopped] = final_texts(telegram, chat)
+    assert stopped.endswith("⏹ Stopped.")
+    reply = last_message(telegram, chat)
+    [(label, data)] = reply.buttons()
+    assert label == "🔄"
+    model.push(chat_reply("whole answer"))
+    press = telegram.press(reply.message_id, data)
+    assert answered(telegram, press) == "Writing it again…"
+    telegram.wait_for(lambda: telegram.sent_texts(chat) == ["whole answer"])
+
+
+def test_retry_of_a_reply_in_several_rich_messages_leaves_one_reply(bot, telegram, model):
+    chat = 210
+    long_reply = "\n\n".join(f"Paragraph {n}: " + "lorem ipsum dolor " * 60 for n in range(70))  # ~75k chars
+    model.push(chat_reply(long_reply, size=3000))
+    telegram.send_text(chat, "a very long one")
+    telegram.wait_for(lambda: "Paragraph 69" in "".join(telegram.sent_texts(chat)), timeout=30)
+    time.sleep(1.0)
+    parts = len(telegram.sent_texts(chat))
+    assert parts >= 3
+    reply = last_message(telegram, chat)
+    [(_, data)] = reply.buttons()
+    model.push(chat_reply("short now"))
+    press = telegram.press(reply.message_id, data)
+    answered(telegram, press)
+    telegram.wait_for(lambda: "short now" in telegram.sent_texts(chat), timeout=20)
+    model.push(chat_reply("ok"))
+    telegram.send_text(chat, "thanks")
+    telegram.wait_for(lambda: "ok" in telegram.sent_texts(chat))
+    assert [r for r, _ in history(model)] == ["system", "user", "assistant", "user"]
+    assert history(model)[2][1] == "short now"
+
+
+def test_retry_in_a_group_by_a_non_admin_member_is_allowed(bot, telegram, model):
+    ask(telegram, model, GROUP, f"{AT} hi", "group answer", user_id=300)
+    reply = last_message(telegram, GROUP)
+    [(_, data)] = reply.buttons()
+    model.push(chat_reply("group again"))
+    press = telegram.press(reply.message_id, data, user_id=301)
+    assert answered(telegram, press) == "Writing it again…"
+    telegram.wait_for(lambda: telegram.sent_texts(GROUP) == ["group again"])
+
+
+def test_role_button_forged_for_a_role_that_does_not_exist(bot, telegram, model):
+    chat = 211
+    telegram.send_text(chat, "/role")
+    final_texts(telegram, chat)
+    keyboard = last_message(telegram, chat)
+    press = telegram.press(keyboard.message_id, role_data("nope"))
+    note = answered(telegram, press)
+    assert note
+    assert "nope" not in (note or "") or "no" in (note or "").lower()
+
+
+# -- rich replies at the limits, and a server that changes ------------------------------------------
+
+
+def test_a_100000_character_rich_reply_with_specials_arrives_whole(bot, telegram, model):
+    chat = 212
+    lines = [f"- item {n}: a < b & c costs $5 and <tag> &amp; done" for n in range(1800)]
+    reply = "\n".join(lines)
+    assert len(reply) >= 90_000
+    model.push(chat_reply(reply, size=4000))
+    telegram.send_text(chat, "list")
+    telegram.wait_for(lambda: "item 1799" in "".join(telegram.sent_texts(chat)), timeout=40)
+    time.sleep(1.0)
+    shown = "\n".join(telegram.sent_texts(chat))
+    for n in range(1800):
+        assert shown.count(f"item {n}: a < b & c costs $5 and <tag> &amp; done") == 1, n
+
+
+def test_a_nested_list_twenty_deep_arrives(bot, telegram, model):
+    chat = 213
+    reply = "\n".join("  " * depth + f"- level {depth}" for depth in range(20))
+    model.push(chat_reply(reply))
+    telegram.send_text(chat, "nest")
+    [shown] = final_texts(telegram, chat)
+    for depth in range(20):
+        assert f"level {depth}" in shown
+
+
+def test_a_40_column_table_arrives_with_every_cell(bot, telegram, model):
+    chat = 214
+    head = "| " + " | ".join(f"c{c}" for c in range(40)) + " |"
+    rule = "|" + "---|" * 40
+    rows = ["| " + " | ".join(f"r{r}c{c}" for c in range(40)) + " |" for r in range(5)]
+    model.push(chat_reply("\n".join([head, rule, *rows])))
+    telegram.send_text(chat, "wide table")
+    shown = "".join(final_texts(telegram, chat))
+    for r in range(5):
+        for c in range(40):
+            assert f"r{r}c{c}" in shown
+
+
+def test_a_429_in_the_middle_of_a_rich_reply_arrives_once(bot, telegram, model):
+    chat = 215
+    long_reply = "\n\n".join(f"Para {n}: " + "alpha beta gamma " * 80 for n in range(60))
+    model.push(chat_reply(long_reply, size=3000))
+    telegram.send_text(chat, "long")
+    telegram.wait_for(lambda: len(telegram.rich_sent(chat)) >= 1, timeout=20)
+    telegram.fail("sendRichMessage", 429, "Too Many Requests: retry after 1", chat_id=chat, retry_after=1)
+    telegram.wait_for(lambda: "Para 59" in "".join(telegram.sent_texts(chat)), timeout=30)
+    time.sleep(1.0)
+    shown = "\n".join(telegram.sent_texts(chat))
+    for n in range(60):
+        assert shown.count(f"Para {n}:") == 1, n
+    assert not telegram.violations
+
+
+def test_server_losing_rich_messages_mid_process_still_answers_once(bot, telegram, model):
+    chat = 216
+    ask(telegram, model, chat, "first", "rich first")
+    assert telegram.rich_sent(chat)
+    telegram.rich = False
+    model.push(chat_reply("after the downgrade " * 20, size=10, delay=0.02))
+    telegram.send_text(chat, "second")
+    telegram.wait_for(lambda: len(telegram.sent_texts(chat)) >= 2, timeout=20)
+    time.sleep(1.0)
+    assert telegram.sent_texts(chat) == ["rich first", ("after the downgrade " * 20).strip()]
