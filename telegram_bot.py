@@ -577,11 +577,13 @@ class ReplyView:
         except Exception as exc:
             if edit_id is not None and "not modified" in getattr(exc, "message", "").lower():
                 self.message_id = self.reply_to = None
+                self.last_sent = edit_id
                 return True  # the message already shows this part (an earlier try whose answer was lost)
             if self._refused(exc, chat_id, edit_id):
                 return await self._post_rich(chat_id, part, reply_markup)  # the streamed message is gone
             raise
         self.message_id = self.reply_to = None  # the parts after the first are new messages of their own
+        self.last_sent = result.get("message_id") if isinstance(result, dict) else edit_id  # where 🔄 goes
         return result
 
     def _refused(self, exc: Exception, chat_id: int, edit_id: int | None) -> bool:

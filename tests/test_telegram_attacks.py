@@ -8,6 +8,7 @@ each test uses chats of its own.
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
@@ -336,3 +337,71 @@ def test_server_losing_rich_messages_mid_process_still_answers_once(bot, telegra
     telegram.wait_for(lambda: len(telegram.sent_texts(chat)) >= 2, timeout=20)
     time.sleep(1.0)
     assert telegram.sent_texts(chat) == ["rich first", ("after the downgrade " * 20).strip()]
+
+
+def test_new_while_a_reply_streams_leaves_nothing_of_the_old_conversation(bot, telegram, model):
+    chat = 217
+    model.push(chat_reply("secret words " * 80, size=5, delay=0.03))
+    telegram.send_text(chat, "my secret question")
+    telegram.wait_for(lambda: "secret words" in str(telegram.calls_to("sendRichMessageDraft", chat)))
+    telegram.send_text(chat, "/new")
+    telegram.wait_for(lambda: any(t.startswith("New conversation") for t in telegram.sent_texts(chat)), timeout=20)
+    model.push(chat_reply("fresh"))
+    telegram.send_text(chat, "a new topic")
+    telegram.wait_for(lambda: "fresh" in telegram.sent_texts(chat), timeout=20)
+    assert [r for r, _ in history(model)] == ["system", "user"]
+    assert "secret" not in str(history(model))
+
+
+def test_retry_twice_in_a_row_keeps_one_reply(bot, telegram, model):
+    chat = 218
+    ask(telegram, model, chat, "q", "one")
+    model.push(chat_reply("two", size=1, delay=0.1))
+    model.push(chat_reply("three", size=1, delay=0.1))
+    telegram.send_text(chat, "/retry")
+    telegram.send_text(chat, "/retry")
+    telegram.wait_for(lambda: telegram.sent_texts(chat) == ["three"], timeout=20)
+    time.sleep(0.5)
+    assert telegram.sent_texts(chat) == ["three"]
+    model.push(chat_reply("four"))
+    telegram.send_text(chat, "next")
+    telegram.wait_for(lambda: "four" in telegram.sent_texts(chat))
+    assert [r for r, _ in history(model)] == ["system", "user", "assistant", "user"]
+    assert history(model)[2][1] == "three"
+
+
+def test_retry_of_a_reply_an_admin_deleted_comes_as_a_new_message(bot, telegram, model):
+    chat = 219
+    ask(telegram, model, chat, "q", "to be deleted")
+    reply = last_message(telegram, chat)
+    telegram.delete(reply.message_id)
+    model.push(chat_reply("again"))
+    telegram.send_text(chat, "/retry")
+    telegram.wait_for(lambda: telegram.sent_texts(chat) == ["again"], timeout=20)
+
+
+def test_a_long_system_pasted_in_client_split_parts_is_one_instruction(bot, telegram, model):
+    chat = 220
+    text = " ".join(f"rule{n}." for n in range(1500))  # ~10,000 characters: the client sends three messages
+    command = f"/system {text}"
+    cuts = [0, 4096, 8192, len(command)]
+    posts = len(model.posts)
+    for start, end in itertools.pairwise(cuts):
+        telegram.send_text(chat, command[start:end])
+    telegram.wait_for(lambda: telegram.sent_texts(chat), timeout=20)
+    time.sleep(3.0)
+    assert len(model.posts) == posts  # no part of the instructions went to the model as a message
+    model.push(chat_reply("ok"))
+    telegram.send_text(chat, "hello")
+    telegram.wait_for(lambda: "ok" in telegram.sent_texts(chat), timeout=20)
+    assert model.posts[-1].body["messages"][0]["content"] == text
+
+
+def test_one_retry_command_in_a_rich_chat_edits_in_place(bot, telegram, model):
+    chat = 221
+    ask(telegram, model, chat, "q", "one")
+    model.push(chat_reply("two", size=1, delay=0.1))
+    telegram.send_text(chat, "/retry")
+    telegram.wait_for(lambda: "two" in telegram.sent_texts(chat), timeout=20)
+    time.sleep(0.5)
+    assert telegram.sent_texts(chat) == ["two"]
