@@ -1475,6 +1475,10 @@ async def on_system(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         where = "this chat's own (/system reset goes back to the default)" if own else "the default"
         await reply_text(update, context, f"Instructions ({where}):\n{chat.conversation.system}")
         return
+    if utf16_len(message.text or "") >= PASTE_PART:  # long instructions the client split: the rest follows
+        paste = await rest_of_paste(assistant, key, sender_of(message).id, text, [update.update_id])
+        text = "\n".join(paste.texts)
+        await assistant.settle(paste.update_ids[1:])
     if await refused_change(update, context):
         return
 
@@ -1878,6 +1882,17 @@ class Album:
                 return
 
 
+async def rest_of_paste(assistant: Assistant, key: Key, sender: int, text: str, update_ids: list[int]) -> Paste:
+    """A long message's later parts (a paste the client split), gathered behind its first part."""
+    state = assistant.state(key)
+    paste = state.paste = Paste(sender, [text], update_ids)
+    try:
+        await paste.gather()
+    finally:
+        state.paste = None
+    return paste
+
+
 async def on_message(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """A message (text, or files with their caption) for the assistant: one turn, in order with the
     conversation's others; the parts of a long paste the client split, and the photos of an album,
@@ -1942,11 +1957,7 @@ async def on_message(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
         return
     text = compose(message, raw, assistant)
     if utf16_len(raw) >= PASTE_PART:
-        state = assistant.state(key)
-        paste = state.paste = Paste(sender.id, [text], update_ids)
-        await paste.gather()
-        state.paste = None
-        text = "\n".join(paste.texts)
+        text = "\n".join((await rest_of_paste(assistant, key, sender.id, text, update_ids)).texts)
     await assistant.answer(
         context.bot, key, text, private, reply_to, update_ids, payer=payer_of(message, assistant.settings)
     )
