@@ -1172,9 +1172,16 @@ class Assistant:
         history = state.chat.conversation.history
         if not history or history[-1].role != "assistant":
             return None
-        if len(split_message(to_telegram(history[-1].content))) != 1:
+        if self.messages_for(history[-1].content) != 1:
             return None
         return pressed if pressed is not None else state.reply_message
+
+    def messages_for(self, reply: str) -> int:
+        """How many messages a finished reply takes: rich ones while the server has them (32,768
+        characters each), else text ones (4,096)."""
+        if self.rich.messages:
+            return len(split_rich(reply))
+        return len(split_message(to_telegram(reply)))
 
     async def change(self, key: Key, change: Callable[[Chat], str]) -> str:
         """A change of a chat's settings, in order with its turns (after the reply in progress) and off

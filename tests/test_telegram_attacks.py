@@ -405,3 +405,135 @@ def test_one_retry_command_in_a_rich_chat_edits_in_place(bot, telegram, model):
     telegram.wait_for(lambda: "two" in telegram.sent_texts(chat), timeout=20)
     time.sleep(0.5)
     assert telegram.sent_texts(chat) == ["two"]
+
+
+# -- crashes and restarts, on the rich path ------------------------------------------------------
+
+
+def rich_bot(tmp_path, fakes) -> tuple[FakeTelegram, object, dict[str, str], BotProcess]:
+    telegram, model = fakes
+    telegram.rich = True
+    env = bot_env(tmp_path / "h", telegram, model, TELEGRAM_DB=str(tmp_path / "telegram.db"))
+    env["TELEGRAM_ALLOWED_USERS"] = f"101,102,{GROUP}"
+    return telegram, model, env, started(telegram, BotProcess(env))
+
+
+def test_a_rich_retry_killed_mid_reply_is_answered_once_after_the_restart(tmp_path, fakes):
+    telegram, model, env, process = rich_bot(tmp_path, fakes)
+    model.push(chat_reply("first answer"))
+    telegram.send_text(101, "a question")
+    final_texts(telegram, 101)
+    reply = last_message(telegram, 101)
+    model.push(chat_reply("partial " * 300, size=5, delay=0.05))
+    telegram.press(reply.message_id, reply.buttons()[0][1])
+    telegram.wait_for(lambda: "partial partial" in str(telegram.calls_to("sendRichMessageDraft", 101)))
+    time.sleep(0.8)  # a checkpoint of the new reply is on disk
+    process.process.kill()
+    process.process.wait(10)
+    model.queue.clear()
+    model.push(chat_reply("regenerated after the crash"))
+    process = started(telegram, BotProcess(env))
+    telegram.wait_for(lambda: telegram.sent_texts(101) == ["regenerated after the crash"], timeout=20)
+    time.sleep(0.8)
+    assert telegram.sent_texts(101) == ["regenerated after the crash"]
+    assert last_message(telegram, 101).rich is not None
+    assert [m["role"] for m in model.posts[-1].body["messages"]] == ["system", "user"]
+    assert process.stop() == 0
+    assert "Traceback" not in process.stderr
+
+
+def test_the_retry_button_works_after_a_restart_and_stop_from_before_it_changes_nothing(tmp_path, fakes):
+    telegram, model, env, process = rich_bot(tmp_path, fakes)
+    model.push(chat_reply("before the restart"))
+    telegram.send_text(102, "a question")
+    final_texts(telegram, 102)
+    old_draft = telegram.calls_to("sendRichMessageDraft", 102)[0].params["draft_id"]
+    assert process.stop() == 0
+    process = started(telegram, BotProcess(env))
+    reply = last_message(telegram, 102)
+    model.push(chat_reply("word " * 200, size=5, delay=0.03))
+    press = telegram.press(reply.message_id, reply.buttons()[0][1])
+    assert answered(telegram, press) == "Writing it again…"
+    telegram.wait_for(lambda: "word word" in str(telegram.calls_to("sendRichMessageDraft", 102)[1:]))
+    telegram.stop_generation(102, old_draft)  # a Stop under the draft of before the restart
+    telegram.wait_for(lambda: telegram.sent_texts(102) == [("word " * 200).strip()], timeout=20)
+    model.push(chat_reply("fine"))
+    telegram.send_text(102, "next")
+    telegram.wait_for(lambda: "fine" in telegram.sent_texts(102))
+    assert [m["role"] for m in model.posts[-1].body["messages"]] == ["system", "user", "assistant", "user"]
+    assert process.stop() == 0
+    assert "Traceback" not in process.stderr
+
+
+def test_a_group_rich_reply_killed_mid_stream_is_regenerated_into_its_message(tmp_path, fakes):
+    telegram, model, env, process = rich_bot(tmp_path, fakes)
+    model.push(chat_reply("half " * 400, size=10, delay=0.05))
+    telegram.send_text(GROUP, f"{AT} long one please")
+    telegram.wait_for(lambda: "half half" in "".join(telegram.sent_texts(GROUP)), timeout=20)
+    time.sleep(0.6)
+    process.process.kill()
+    process.process.wait(10)
+    model.queue.clear()
+    model.push(chat_reply("| a | b |\n|---|---|\n| whole | answer |"))
+    process = started(telegram, BotProcess(env))
+    telegram.wait_for(lambda: "whole | answer" in "".join(telegram.sent_texts(GROUP)), timeout=20)
+    time.sleep(0.8)
+    assert telegram.sent_texts(GROUP) == ["a | b\nwhole | answer"]
+    assert process.stop() == 0
+    assert "Traceback" not in process.stderr
+
+
+def test_stop_in_a_private_chats_topic_is_matched_to_its_topic(bot, telegram, model):
+    chat = 222
+    model.push(chat_reply("topic words " * 200, size=5, delay=0.03))
+    telegram.send_text(chat, "talk in topic 5", thread_id=5)
+    draft = telegram.wait_for(
+        lambda: next(
+            (c for c in telegram.calls_to("sendRichMessageDraft", chat) if "topic words" in str(c.params)), None
+        )
+    )
+    assert draft.thread_id == 5
+    telegram.stop_generation(chat, draft.params["draft_id"])  # no topic: another conversation's Stop
+    time.sleep(0.5)
+    telegram.stop_generation(chat, draft.params["draft_id"], thread_id=5)
+    [reply] = final_texts(telegram, chat)
+    assert reply.endswith("⏹ Stopped.")
+
+
+@pytest.mark.parametrize("kind", ["inaccessible", "inline"])
+def test_a_press_on_an_inaccessible_or_inline_message_is_answered_without_a_traceback(bot, telegram, model, kind):
+    chat = 223
+    ask(telegram, model, chat, "q", "an answer")
+    reply = last_message(telegram, chat)
+    [(_, data)] = reply.buttons()
+    query: dict = {
+        "id": f"forged-{kind}",
+        "from": {"id": chat, "is_bot": False, "first_name": "Ada"},
+        "chat_instance": str(chat),
+        "data": data,
+    }
+    if kind == "inaccessible":  # a message older than 48 hours: Telegram sends only its chat and id
+        query["message"] = {"chat": {"id": chat, "type": "private"}, "message_id": reply.message_id, "date": 0}
+    else:
+        query["inline_message_id"] = "AAAA"
+    with telegram.condition:
+        telegram.pending_queries.add(query["id"])
+    lines = len(bot.lines)
+    telegram.push({"callback_query": query})
+    telegram.wait_for(lambda: query["id"] in telegram.answers or "Traceback" in "".join(bot.lines[lines:]))
+    assert "Traceback" not in "".join(bot.lines[lines:])
+
+
+def test_retry_of_a_5000_character_rich_reply_one_message_is_edited_in_place(bot, telegram, model):
+    chat = 224
+    long_reply = "\n\n".join(f"Paragraph {n}: " + "lorem ipsum " * 40 for n in range(10))  # one rich message
+    assert 4096 < len(long_reply) < 32_768
+    ask(telegram, model, chat, "q", long_reply)
+    assert len(telegram.sent_texts(chat)) == 1
+    reply = last_message(telegram, chat)
+    model.push(chat_reply("shorter"))
+    press = telegram.press(reply.message_id, reply.buttons()[0][1])
+    answered(telegram, press)
+    telegram.wait_for(lambda: "shorter" in telegram.sent_texts(chat), timeout=20)
+    time.sleep(0.5)
+    assert telegram.sent_texts(chat) == ["shorter"]
