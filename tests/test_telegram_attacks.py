@@ -537,3 +537,82 @@ def test_retry_of_a_5000_character_rich_reply_one_message_is_edited_in_place(bot
     telegram.wait_for(lambda: "shorter" in telegram.sent_texts(chat), timeout=20)
     time.sleep(0.5)
     assert telegram.sent_texts(chat) == ["shorter"]
+
+
+def test_every_press_of_a_flood_of_presses_is_answered(bot, telegram, model):
+    chat = 225
+    ask(telegram, model, chat, "q", "old")
+    old = last_message(telegram, chat)
+    [(_, data)] = old.buttons()
+    ask(telegram, model, chat, "q2", "new", count=2)
+    posts = len(model.posts)
+    presses = [telegram.press(old.message_id, data) for _ in range(70)]  # past the 60 a minute
+    telegram.wait_for(lambda: all(p["callback_query"]["id"] in telegram.answers for p in presses), timeout=30)
+    assert len(model.posts) == posts
+
+
+def test_new_while_a_retry_streams_leaves_nothing_of_the_old_conversation(bot, telegram, model):
+    chat = 226
+    ask(telegram, model, chat, "my secret question", "secret answer")
+    reply = last_message(telegram, chat)
+    model.push(chat_reply("secret again " * 80, size=5, delay=0.03))
+    telegram.press(reply.message_id, reply.buttons()[0][1])
+    telegram.wait_for(lambda: "secret again" in str(telegram.calls_to("sendRichMessageDraft", chat)))
+    telegram.send_text(chat, "/new")
+    telegram.wait_for(lambda: any(t.startswith("New conversation") for t in telegram.sent_texts(chat)), timeout=20)
+    model.push(chat_reply("fresh"))
+    telegram.send_text(chat, "a new topic")
+    telegram.wait_for(lambda: "fresh" in telegram.sent_texts(chat), timeout=20)
+    assert [r for r, _ in history(model)] == ["system", "user"]
+    assert "secret" not in str(history(model))
+
+
+def test_new_while_a_group_reply_streams_leaves_nothing(bot, telegram, model):
+    group = GROUP
+    telegram.make_admin(group, 310)
+    model.push(chat_reply("group secret " * 80, size=5, delay=0.03))
+    telegram.send_text(group, f"{AT} my group secret", user_id=310)
+    telegram.wait_for(lambda: "group secret" in "".join(telegram.sent_texts(group)), timeout=20)
+    telegram.send_text(group, "/new", user_id=310)
+    telegram.wait_for(lambda: any(t.startswith("New conversation") for t in telegram.sent_texts(group)), timeout=20)
+    model.push(chat_reply("fresh in group"))
+    telegram.send_text(group, f"{AT} new topic", user_id=310)
+    telegram.wait_for(lambda: "fresh in group" in telegram.sent_texts(group), timeout=20)
+    assert [r for r, _ in history(model)] == ["system", "user"]
+
+
+def test_stop_while_thinking_closes_the_request_and_answers(bot, telegram, model):
+    chat = 227
+    model.push(chat_reply("never shown", keepalives=100))
+    disconnects = len(model.disconnects)
+    telegram.send_text(chat, "think hard")
+    draft = telegram.wait_for(lambda: telegram.calls_to("sendRichMessageDraft", chat))[0]
+    telegram.wait_for(lambda: model.posts and "think hard" in str(model.posts[-1].body))
+    telegram.stop_generation(chat, draft.params["draft_id"])
+    [said] = final_texts(telegram, chat)
+    assert said.startswith("⏹ Stopped")
+    telegram.wait_for(lambda: len(model.disconnects) > disconnects)
+    model.queue.clear()
+    model.push(chat_reply("next one"))
+    telegram.send_text(chat, "again")
+    telegram.wait_for(lambda: "next one" in telegram.sent_texts(chat))
+    roles = [r for r, _ in history(model)]
+    assert roles in (["system", "user"], ["system", "user", "assistant", "user"])
+
+
+@pytest.mark.parametrize("how", ["press", "command"])
+def test_a_failed_rich_retry_keeps_the_old_reply_in_the_chat(bot, telegram, model, how):
+    from server import error_status
+
+    chat = 228 if how == "press" else 229
+    ask(telegram, model, chat, "question", "keep me")
+    reply = last_message(telegram, chat)
+    model.push(error_status(500, "boom"))
+    if how == "press":
+        telegram.press(reply.message_id, reply.buttons()[0][1])
+    else:
+        telegram.send_text(chat, "/retry")
+    texts = final_texts(telegram, chat, 2)
+    assert texts[0] == "keep me"
+    assert "having trouble" in texts[1]
+    assert reply.buttons()  # the old reply keeps its 🔄
