@@ -326,18 +326,6 @@ def test_a_429_in_the_middle_of_a_rich_reply_arrives_once(bot, telegram, model):
     assert not telegram.violations
 
 
-def test_server_losing_rich_messages_mid_process_still_answers_once(bot, telegram, model):
-    chat = 216
-    ask(telegram, model, chat, "first", "rich first")
-    assert telegram.rich_sent(chat)
-    telegram.rich = False
-    model.push(chat_reply("after the downgrade " * 20, size=10, delay=0.02))
-    telegram.send_text(chat, "second")
-    telegram.wait_for(lambda: len(telegram.sent_texts(chat)) >= 2, timeout=20)
-    time.sleep(1.0)
-    assert telegram.sent_texts(chat) == ["rich first", ("after the downgrade " * 20).strip()]
-
-
 def test_new_while_a_reply_streams_leaves_nothing_of_the_old_conversation(bot, telegram, model):
     chat = 217
     model.push(chat_reply("secret words " * 80, size=5, delay=0.03))
@@ -616,3 +604,25 @@ def test_a_failed_rich_retry_keeps_the_old_reply_in_the_chat(bot, telegram, mode
     assert texts[0] == "keep me"
     assert "having trouble" in texts[1]
     assert reply.buttons()  # the old reply keeps its 🔄
+
+
+def test_server_losing_rich_messages_mid_process_still_answers_once(tmp_path, fakes):
+    telegram, model, _env, process = rich_bot(tmp_path, fakes)
+    chat = 101
+    model.push(chat_reply("rich first"))
+    telegram.send_text(chat, "first")
+    final_texts(telegram, chat)
+    assert telegram.rich_sent(chat)
+    telegram.rich = False  # the Bot API server is replaced by an older one
+    model.push(chat_reply("after the downgrade " * 20, size=10, delay=0.02))
+    telegram.send_text(chat, "second")
+    telegram.wait_for(lambda: len(telegram.sent_texts(chat)) >= 2, timeout=20)
+    time.sleep(1.0)
+    assert telegram.sent_texts(chat) == ["rich first", ("after the downgrade " * 20).strip()]
+    model.push(chat_reply("group after the downgrade " * 20, size=10, delay=0.05))
+    telegram.send_text(GROUP, f"{AT} and here?")
+    telegram.wait_for(lambda: "downgrade group" in "".join(telegram.sent_texts(GROUP)), timeout=20)
+    time.sleep(1.0)
+    assert telegram.sent_texts(GROUP) == [("group after the downgrade " * 20).strip()]
+    assert process.stop() == 0
+    assert "Traceback" not in process.stderr
