@@ -626,3 +626,16 @@ def test_server_losing_rich_messages_mid_process_still_answers_once(tmp_path, fa
     assert telegram.sent_texts(GROUP) == [("group after the downgrade " * 20).strip()]
     assert process.stop() == 0
     assert "Traceback" not in process.stderr
+
+
+@pytest.mark.parametrize(
+    ("chat", "reply", "shown"),
+    [(230, "```\n```", None), (231, "---", None), (232, "<br>", "<br>"), (233, "&nbsp;&lt;", "&nbsp;&lt;")],
+)
+def test_odd_tiny_replies_arrive(bot, telegram, model, chat, reply, shown):
+    model.push(chat_reply(reply))
+    telegram.send_text(chat, "say something odd")
+    [text] = final_texts(telegram, chat)
+    assert text.strip()
+    if shown is not None:
+        assert text == shown
