@@ -53,6 +53,7 @@ from chatcore.roles import DEFAULT, Role, RolesError, current_role, find_role, l
 from chatcore.settings import ConfigError, Settings, check_credentials, load_settings
 from chatcore.store import SessionStore, StoreError
 from chatcore.streams import TEXT
+from chatcore.tokens import estimate_tokens
 from chatcore.turn import Cancel, Outcome, TurnResult
 from telegram_choices import (
     CHANGERS,
@@ -1090,10 +1091,7 @@ class Assistant:
             await view.finish(exc.standing.note())
             return
         except PromptTooLarge as exc:
-            await view.finish(
-                f"Your message is too long for this model: {exc.tokens:,} tokens, with room "
-                f"for {exc.budget:,}. Please shorten it."
-            )
+            await view.finish(too_large_note(exc, state.chat.conversation.system))
             return
         except Failure as failure:
             log.info("chat=%s model request failed: %s", state.key[0], redact(str(failure), self.settings.api_key))
@@ -1223,6 +1221,18 @@ class Assistant:
 # ---------------------------------------------------------------------------
 # The handlers: each decides, the library does polling, retries and shutdown
 # ---------------------------------------------------------------------------
+
+
+def too_large_note(exc: PromptTooLarge, system: str) -> str:
+    """What to shorten when a request does not fit: the message, or this chat's instructions when
+    they are most of it (a long /system leaves no room, however short the message)."""
+    if 2 * estimate_tokens(system) < exc.tokens:
+        return f"Your message is too long for this model: {exc.tokens:,} tokens, with room for {exc.budget:,}. Please shorten it."
+    return (
+        f"This chat's instructions are too long for this model: with your message they are {exc.tokens:,} "
+        f"tokens, with room for {exc.budget:,}. Shorten them (/system TEXT) or go back to the default "
+        "(/system reset)."
+    )
 
 
 def assistant_of(context: ContextTypes.DEFAULT_TYPE) -> Assistant:

@@ -639,3 +639,45 @@ def test_odd_tiny_replies_arrive(bot, telegram, model, chat, reply, shown):
     assert text.strip()
     if shown is not None:
         assert text == shown
+
+
+def test_a_retry_command_killed_mid_reply_is_answered_once_after_the_restart(tmp_path, fakes):
+    telegram, model, env, process = rich_bot(tmp_path, fakes)
+    model.push(chat_reply("first answer"))
+    telegram.send_text(101, "a question")
+    final_texts(telegram, 101)
+    model.push(chat_reply("partial " * 300, size=5, delay=0.05))
+    telegram.send_text(101, "/retry")
+    telegram.wait_for(lambda: "partial partial" in str(telegram.calls_to("sendRichMessageDraft", 101)))
+    time.sleep(0.8)  # a checkpoint of the new reply is on disk
+    process.process.kill()
+    process.process.wait(10)
+    model.queue.clear()
+    model.push(chat_reply("regenerated after the crash"))
+    posts = len(model.posts)
+    process = started(telegram, BotProcess(env))
+    telegram.wait_for(lambda: "regenerated after the crash" in telegram.sent_texts(101), timeout=20)
+    time.sleep(1.0)
+    assert telegram.sent_texts(101).count("regenerated after the crash") == 1
+    assert len(model.posts) == posts + 1
+    assert [m["role"] for m in model.posts[-1].body["messages"]] == ["system", "user"]
+    assert process.stop() == 0
+    assert "Traceback" not in process.stderr
+
+
+def test_instructions_too_large_for_the_window_are_said_plainly(bot, telegram, model):
+    chat = 234
+    text = "Follow this rule carefully. " * 1400  # ~40,000 characters: more than the 8,192-token window
+    telegram.send_text(chat, f"/system {text}")
+    final_texts(telegram, chat)
+    posts = len(model.posts)
+    telegram.send_text(chat, "hi")
+    said = final_texts(telegram, chat, 2)[1]
+    assert len(model.posts) == posts
+    assert said.startswith("This chat's instructions are too long for this model")
+    assert "/system reset" in said
+    telegram.send_text(chat, "/system reset")
+    final_texts(telegram, chat, 3)
+    telegram.send_text(chat, text)  # now the message is what does not fit
+    assert final_texts(telegram, chat, 4)[3].startswith("Your message is too long for this model")
+    assert len(model.posts) == posts
