@@ -681,3 +681,26 @@ def test_instructions_too_large_for_the_window_are_said_plainly(bot, telegram, m
     telegram.send_text(chat, text)  # now the message is what does not fit
     assert final_texts(telegram, chat, 4)[3].startswith("Your message is too long for this model")
     assert len(model.posts) == posts
+
+
+def test_sigterm_mid_retry_stops_it_cleanly_and_the_restart_does_not_redo_it(tmp_path, fakes):
+    telegram, model, env, process = rich_bot(tmp_path, fakes)
+    model.push(chat_reply("first answer"))
+    telegram.send_text(101, "a question")
+    final_texts(telegram, 101)
+    reply = last_message(telegram, 101)
+    model.push(chat_reply("partial " * 300, size=5, delay=0.05))
+    telegram.press(reply.message_id, reply.buttons()[0][1])
+    telegram.wait_for(lambda: "partial partial" in str(telegram.calls_to("sendRichMessageDraft", 101)))
+    assert process.stop() == 0
+    shown = telegram.sent_texts(101)
+    assert len(shown) == 1
+    assert shown[0].startswith("partial")
+    assert shown[0].endswith("⏹ Stopped.")
+    posts = len(model.posts)
+    process = started(telegram, BotProcess(env))
+    time.sleep(2.0)
+    assert len(model.posts) == posts  # the stopped retry is not written a third time
+    assert telegram.sent_texts(101) == shown
+    assert process.stop() == 0
+    assert "Traceback" not in process.stderr
