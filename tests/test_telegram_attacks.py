@@ -534,7 +534,10 @@ def test_every_press_of_a_flood_of_presses_is_answered(bot, telegram, model):
     [(_, data)] = old.buttons()
     ask(telegram, model, chat, "q2", "new", count=2)
     posts = len(model.posts)
-    presses = [telegram.press(old.message_id, data) for _ in range(70)]  # past the 60 a minute
+    presses = []
+    for _ in range(70):  # past the 60 a minute, a few a tenth of a second (a burst of 70 at once is more
+        presses.append(telegram.press(old.message_id, data))  # than the fake's listen backlog takes)
+        time.sleep(0.03)
     telegram.wait_for(lambda: all(p["callback_query"]["id"] in telegram.answers for p in presses), timeout=30)
     assert len(model.posts) == posts
 
@@ -704,3 +707,27 @@ def test_sigterm_mid_retry_stops_it_cleanly_and_the_restart_does_not_redo_it(tmp
     assert telegram.sent_texts(101) == shown
     assert process.stop() == 0
     assert "Traceback" not in process.stderr
+
+
+def test_a_429_on_a_rich_draft_holds_the_chat_and_the_reply_still_arrives(bot, telegram, model):
+    chat = 235
+    telegram.fail("sendRichMessageDraft", 429, "Too Many Requests: retry after 2", chat_id=chat, retry_after=2)
+    model.push(chat_reply("drafted " * 100, size=5, delay=0.01))
+    telegram.send_text(chat, "go")
+    [shown] = final_texts(telegram, chat, timeout=20)
+    assert shown == ("drafted " * 100).strip()
+    assert not [c for c in telegram.violations if c.chat_id == chat]
+
+
+def test_a_reply_refused_as_rich_keeps_its_retry_button_on_the_entities_path(bot, telegram, model):
+    chat = 236
+    telegram.fail("sendRichMessage", 400, "Bad Request: can't parse rich message", chat_id=chat)
+    ask(telegram, model, chat, "q", "plain **after all**")
+    reply = last_message(telegram, chat)
+    assert reply.rich is None
+    [(label, data)] = reply.buttons()
+    assert label == "🔄"
+    model.push(chat_reply("rich this time"))
+    press = telegram.press(reply.message_id, data)
+    assert answered(telegram, press) == "Writing it again…"
+    telegram.wait_for(lambda: telegram.sent_texts(chat) == ["rich this time"], timeout=20)
