@@ -53,6 +53,7 @@ from chatcore.roles import DEFAULT, Role, RolesError, current_role, find_role, l
 from chatcore.settings import ConfigError, Settings, check_credentials, load_settings
 from chatcore.store import SessionStore, StoreError
 from chatcore.streams import TEXT
+from chatcore.tokens import estimate_tokens
 from chatcore.turn import Cancel, Outcome, TurnResult
 from telegram_choices import (
     CHANGERS,
@@ -64,6 +65,7 @@ from telegram_choices import (
     parse_press,
     retry_keyboard,
     role_keyboard,
+    role_of_data,
 )
 from telegram_render import Drafts, Part, split_message, to_telegram, utf16_len
 from telegram_rich import (
@@ -577,11 +579,13 @@ class ReplyView:
         except Exception as exc:
             if edit_id is not None and "not modified" in getattr(exc, "message", "").lower():
                 self.message_id = self.reply_to = None
+                self.last_sent = edit_id
                 return True  # the message already shows this part (an earlier try whose answer was lost)
             if self._refused(exc, chat_id, edit_id):
                 return await self._post_rich(chat_id, part, reply_markup)  # the streamed message is gone
             raise
         self.message_id = self.reply_to = None  # the parts after the first are new messages of their own
+        self.last_sent = result.get("message_id") if isinstance(result, dict) else edit_id  # where 🔄 goes
         return result
 
     def _refused(self, exc: Exception, chat_id: int, edit_id: int | None) -> bool:
@@ -1109,10 +1113,7 @@ class Assistant:
             await view.finish(exc.standing.note())
             return
         except PromptTooLarge as exc:
-            await view.finish(
-                f"Your message is too long for this model: {exc.tokens:,} tokens, with room "
-                f"for {exc.budget:,}. Please shorten it."
-            )
+            await view.finish(too_large_note(exc, state.chat.conversation.system))
             return
         except Failure as failure:
             log.info("chat=%s model request failed: %s", state.key[0], redact(str(failure), self.settings.api_key))
@@ -1191,9 +1192,16 @@ class Assistant:
         history = state.chat.conversation.history
         if not history or history[-1].role != "assistant":
             return None
-        if len(split_message(to_telegram(history[-1].content))) != 1:
+        if self.messages_for(history[-1].content) != 1:
             return None
         return pressed if pressed is not None else state.reply_message
+
+    def messages_for(self, reply: str) -> int:
+        """How many messages a finished reply takes: rich ones while the server has them (32,768
+        characters each), else text ones (4,096)."""
+        if self.rich.messages:
+            return len(split_rich(reply))
+        return len(split_message(to_telegram(reply)))
 
     async def change(self, key: Key, change: Callable[[Chat], str]) -> str:
         """A change of a chat's settings, in order with its turns (after the reply in progress) and off
@@ -1235,6 +1243,18 @@ class Assistant:
 # ---------------------------------------------------------------------------
 # The handlers: each decides, the library does polling, retries and shutdown
 # ---------------------------------------------------------------------------
+
+
+def too_large_note(exc: PromptTooLarge, system: str) -> str:
+    """What to shorten when a request does not fit: the message, or this chat's instructions when
+    they are most of it (a long /system leaves no room, however short the message)."""
+    if 2 * estimate_tokens(system) < exc.tokens:
+        return f"Your message is too long for this model: {exc.tokens:,} tokens, with room for {exc.budget:,}. Please shorten it."
+    return (
+        f"This chat's instructions are too long for this model: with your message they are {exc.tokens:,} "
+        f"tokens, with room for {exc.budget:,}. Shorten them (/system TEXT) or go back to the default "
+        "(/system reset)."
+    )
 
 
 def assistant_of(context: ContextTypes.DEFAULT_TYPE) -> Assistant:
@@ -1362,14 +1382,23 @@ async def reply_text(update: Update, context: ContextTypes.DEFAULT_TYPE, text: s
     line = assistant.line(key[0])
     state = assistant.chats.get(key)
 
-    async def send(chat: int) -> Any:
-        return await context.bot.send_message(chat, text, reply_markup=reply_markup, **in_thread(key[1]))
+    pieces = [part.text for part in split_message(Part(text))]  # a long /system is several messages
+
+    def sender(piece: str, markup: Any) -> Callable[[int], Awaitable[Any]]:
+        async def send(chat: int) -> Any:
+            return await context.bot.send_message(chat, piece, reply_markup=markup, **in_thread(key[1]))
+
+        return send
+
+    async def send_all() -> None:
+        for index, piece in enumerate(pieces):
+            await line.send(sender(piece, reply_markup if index == len(pieces) - 1 else None), essential=True)
 
     if state is None:  # a stranger, or a chat that has not talked yet: no history is loaded for it
-        await line.send(send, essential=True)
+        await send_all()
         return
     async with state.answers:
-        await line.send(send, essential=True)
+        await send_all()
 
 
 async def on_start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -1485,6 +1514,10 @@ async def on_system(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         where = "this chat's own (/system reset goes back to the default)" if own else "the default"
         await reply_text(update, context, f"Instructions ({where}):\n{chat.conversation.system}")
         return
+    if utf16_len(message.text or "") >= PASTE_PART:  # long instructions the client split: the rest follows
+        paste = await rest_of_paste(assistant, key, sender_of(message).id, text, [update.update_id])
+        text = "\n".join(paste.texts)
+        await assistant.settle(paste.update_ids[1:])
     if await refused_change(update, context):
         return
 
@@ -1581,7 +1614,7 @@ async def on_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
             context.bot, state, message.message_id, model_text(assistant, state.chat.model, True), buttons
         )
         return
-    role = assistant.roles.get(press.value)
+    role = role_of_data(assistant.roles, press.value)
     if role is None:
         await answer_press(query, "That role is no longer offered here.")
         return
@@ -1888,6 +1921,17 @@ class Album:
                 return
 
 
+async def rest_of_paste(assistant: Assistant, key: Key, sender: int, text: str, update_ids: list[int]) -> Paste:
+    """A long message's later parts (a paste the client split), gathered behind its first part."""
+    state = assistant.state(key)
+    paste = state.paste = Paste(sender, [text], update_ids)
+    try:
+        await paste.gather()
+    finally:
+        state.paste = None
+    return paste
+
+
 async def on_message(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """A message (text, or files with their caption) for the assistant: one turn, in order with the
     conversation's others; the parts of a long paste the client split, and the photos of an album,
@@ -1952,11 +1996,7 @@ async def on_message(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
         return
     text = compose(message, raw, assistant)
     if utf16_len(raw) >= PASTE_PART:
-        state = assistant.state(key)
-        paste = state.paste = Paste(sender.id, [text], update_ids)
-        await paste.gather()
-        state.paste = None
-        text = "\n".join(paste.texts)
+        text = "\n".join((await rest_of_paste(assistant, key, sender.id, text, update_ids)).texts)
     await assistant.answer(
         context.bot, key, text, private, reply_to, update_ids, payer=payer_of(message, assistant.settings)
     )

@@ -59,7 +59,17 @@ def model_data(model: str) -> str:
 
 
 def role_data(role: str) -> str:
-    return f"role:{role}"
+    """A role by its name, or by a hash of it when the name is too long for the data (32 Cyrillic
+    letters are 64 bytes)."""
+    data = f"role:{role}"
+    return data if len(data.encode()) <= CALLBACK_LIMIT else f"role:#{model_token(role)}"
+
+
+def role_of_data(roles: dict[str, Role], value: str) -> Role | None:
+    """The role a role button stands for (None: no longer offered)."""
+    if not value.startswith("#"):
+        return roles.get(value)
+    return next((role for name, role in roles.items() if model_token(name) == value[1:]), None)
 
 
 def retry_data(row_id: int) -> str:

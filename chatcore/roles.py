@@ -24,7 +24,7 @@ from typing import Any
 from .settings import ConfigError, Settings
 
 DEFAULT = "default"  # the configured prompt, model and temperature: what /role default goes back to
-NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")  # short enough for a Telegram button's callback data
+NAME = re.compile(r"[\w-]{1,32}")  # letters of any alphabet (a quoted TOML key), digits, - and _
 KEYS = ("system", "model", "temperature")
 
 
@@ -133,7 +133,7 @@ def checked_role(name: str, table: Any, text: str, path: str) -> Role:
     if not isinstance(table, dict):
         raise fail(f'not a table: write it as [{name}] with system = "..." under it')
     if not NAME.fullmatch(name):
-        raise fail("a role name is 1 to 32 letters, digits, - or _")
+        raise fail("a role name is 1 to 32 letters (of any alphabet), digits, - or _")
     if name == DEFAULT:
         raise fail("'default' is reserved (the configured system prompt): pick another name")
     for key in table:
