@@ -458,7 +458,10 @@ class MarkdownView:
             return code_tail_lines(self.blocks.pending, width, max(self.max_live, height - 2))
         source = tail_lines(self.blocks.pending, self.max_live)[-4000:]  # enough to fill the region, bounded
         if source.strip():
-            return self.renderer.render(source, width)[0]
+            lines = self.renderer.render(source, width)[0]
+            if source is self.blocks.pending and self.renderer.previous_new_line and lines and lines[0]:
+                return ["", *lines]  # the blank line the block will be committed after: nothing moves then
+            return lines
         if self.reasoning:
             return dim_lines(self.reasoning, width)
         if self.reasoning_chars and not self.show_reasoning and not self.wrote_text:

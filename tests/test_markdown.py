@@ -213,3 +213,23 @@ def test_resize_mid_reply_does_not_corrupt(monkeypatch):
     # Every paragraph and list item appears exactly once.
     for needle in ("Title", "A paragraph under the title.", "Section", "first item", "After the list."):
         assert text.count(needle) == 1, needle
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("First paragraph.", "Second paragraph."), ("# Title", "Some **bold** text."), ("- a list", "after it")],
+)
+def test_the_live_block_stands_where_it_will_be_committed(first, second):
+    """The blank line rich puts between two blocks shows while the second one streams: nothing moves
+    down a row when it is committed."""
+    out = TerminalOut()
+    view = MarkdownView(out, console(), fps=1000.0)
+    frames = []
+    for piece in (f"{first}\n\n", f"{second}\n\n", "Third"):
+        view.on_event(TEXT, piece)
+        frames.append(out.lines())
+    view.finish()
+    final = out.lines()
+    for frame in frames:  # every row shown while streaming is where the finished reply has it
+        assert frame[:-1] == final[: len(frame) - 1]
+        assert final[len(frame) - 1].startswith(frame[-1])
