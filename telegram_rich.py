@@ -106,6 +106,7 @@ class Unit:
     kind: str  # "text", "table" or "fence"
     lines: list[str]
     measured: int | None = None  # chars(), once computed
+    alone: tuple[str, str | None] | None = None  # escaped(text, None), once computed
 
     @property
     def text(self) -> str:
@@ -113,8 +114,16 @@ class Unit:
 
     def chars(self) -> int:
         if self.measured is None:
-            self.measured = utf16_len(rich_markdown(self.text))
+            self.measured = utf16_len(self.escaped(None)[0])
         return self.measured
+
+    def escaped(self, fence: str | None) -> tuple[str, str | None]:
+        """`escaped(self.text, fence)`; outside a fence (as measured), computed once."""
+        if fence is not None:
+            return escaped(self.text, fence)
+        if self.alone is None:
+            self.alone = escaped(self.text, None)
+        return self.alone
 
     def blocks(self) -> int:
         """Blocks Telegram counts for it ("all blocks, list items and table rows"), over- rather than
@@ -364,7 +373,7 @@ class OpenPart:
     def add(self, unit: Unit) -> None:
         if self.packer.add(unit) is not None:
             self.shown, self.fence = [], None
-        markdown, self.fence = escaped(unit.text, self.fence)
+        markdown, self.fence = unit.escaped(self.fence)
         self.shown.append(markdown)
 
     def copy(self) -> OpenPart:
