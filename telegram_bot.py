@@ -70,11 +70,11 @@ from telegram_choices import (
 from telegram_render import Drafts, Part, split_message, to_telegram, utf16_len
 from telegram_rich import (
     Capability,
+    RichDrafts,
     RichRefused,
     Stop,
     Stops,
     draft_call,
-    draft_message,
     final_message,
     is_missing,
     rich_edit,
@@ -396,6 +396,7 @@ class ReplyView:
         self.shown = ""
         self.last_sent: int | None = None  # the finished reply's last message
         self.drafts = Drafts()  # the reply so far, converted a finished block at a time
+        self.rich_drafts = RichDrafts()  # the same, as rich drafts: the settled units converted once
 
     def _reply_parameters(self, reply_to: int | None) -> Any:
         from telegram import ReplyParameters
@@ -451,7 +452,9 @@ class ReplyView:
         """Show the reply so far, formatted: its last message-sized part if it is already long."""
         if self.mode == "rich":
             await self.line.send(
-                functools.partial(self._rich_draft, rich_message=draft_message(text)), essential=False, counts=False
+                functools.partial(self._rich_draft, rich_message=self.rich_drafts.message(text)),
+                essential=False,
+                counts=False,
             )
             if self.mode == "rich":
                 self.shown = text

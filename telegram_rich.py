@@ -73,8 +73,13 @@ def escape_line(line: str) -> str:
 def rich_markdown(markdown: str) -> str:
     """The model's Markdown as `rich_message.markdown`: as written, but for escapes that make `<` and
     `&` show as themselves; fenced code is left exactly as it is."""
+    return escaped(markdown, None)[0]
+
+
+def escaped(markdown: str, fence: str | None) -> tuple[str, str | None]:
+    """`rich_markdown` of a stretch of text that starts inside `fence` (None: outside any), and the
+    fence still open after it: stretches converted one after another join as the whole would."""
     lines: list[str] = []
-    fence: str | None = None
     for line in markdown.split("\n"):
         match = FENCE.match(line)
         if fence is not None:
@@ -86,7 +91,7 @@ def rich_markdown(markdown: str) -> str:
             lines.append(line)
         else:
             lines.append(escape_line(line))
-    return "\n".join(lines)
+    return "\n".join(lines), fence
 
 
 # ---------------------------------------------------------------------------
@@ -101,6 +106,7 @@ class Unit:
     kind: str  # "text", "table" or "fence"
     lines: list[str]
     measured: int | None = None  # chars(), once computed
+    alone: tuple[str, str | None] | None = None  # escaped(text, None), once computed
 
     @property
     def text(self) -> str:
@@ -108,8 +114,16 @@ class Unit:
 
     def chars(self) -> int:
         if self.measured is None:
-            self.measured = utf16_len(rich_markdown(self.text))
+            self.measured = utf16_len(self.escaped(None)[0])
         return self.measured
+
+    def escaped(self, fence: str | None) -> tuple[str, str | None]:
+        """`escaped(self.text, fence)`; outside a fence (as measured), computed once."""
+        if fence is not None:
+            return escaped(self.text, fence)
+        if self.alone is None:
+            self.alone = escaped(self.text, None)
+        return self.alone
 
     def blocks(self) -> int:
         """Blocks Telegram counts for it ("all blocks, list items and table rows"), over- rather than
@@ -149,8 +163,13 @@ def starts_table(lines: list[str], index: int) -> bool:
 
 def units_of(markdown: str) -> list[Unit]:
     """The reply's units, in order (blank lines between them are where it may be split)."""
-    units: list[Unit] = []
-    lines = markdown.split("\n")
+    return [unit for _start, unit in scan(markdown.split("\n"))]
+
+
+def scan(lines: list[str]) -> list[tuple[int, Unit]]:
+    """The units of these lines, each with the index of its first line. Where a unit starts depends
+    only on the lines before it and the one after its first line: from there the scan can restart."""
+    units: list[tuple[int, Unit]] = []
     index = 0
     while index < len(lines):
         line = lines[index]
@@ -164,13 +183,13 @@ def units_of(markdown: str) -> list[Unit]:
                 if close and close.group(1).startswith(fence.group(1)) and not close.group(2).strip():
                     break
                 end += 1
-            units.append(Unit("fence", lines[index : end + 1]))
+            units.append((index, Unit("fence", lines[index : end + 1])))
             index = end + 1
         elif starts_table(lines, index):
             end = index + 2
             while end < len(lines) and lines[end].strip() and "|" in lines[end]:
                 end += 1
-            units.append(Unit("table", lines[index:end]))
+            units.append((index, Unit("table", lines[index:end])))
             index = end
         else:
             end = index + 1
@@ -178,7 +197,7 @@ def units_of(markdown: str) -> list[Unit]:
                 end < len(lines) and lines[end].strip() and not FENCE.match(lines[end]) and not starts_table(lines, end)
             ):
                 end += 1
-            units.append(Unit("text", lines[index:end]))
+            units.append((index, Unit("text", lines[index:end])))
             index = end
     return units
 
@@ -274,22 +293,46 @@ def cut_unit(unit: Unit, chars: int, blocks: int) -> list[Unit]:
     return pack("text", [], lines, chars, blocks)
 
 
+class Packer:
+    """Units into rich messages as `split_rich` packs them, one at a time: a part closes when the
+    next unit would take it over the limits."""
+
+    def __init__(self, chars: int = RICH_CHARS, blocks: int = BLOCK_BUDGET) -> None:
+        self.chars, self.blocks = chars, blocks
+        self.current: list[Unit] = []  # the open part's units
+        self.size = self.count = 0  # its characters and blocks
+
+    def add(self, unit: Unit) -> list[Unit] | None:
+        """Add the next unit; the part it closes (the units before it), if it starts a new one."""
+        unit_chars, unit_blocks = unit.chars(), unit.blocks()
+        closed = None
+        if self.current and (self.size + 2 + unit_chars > self.chars or self.count + unit_blocks > self.blocks):
+            closed, self.current, self.size, self.count = self.current, [], 0, 0
+        self.current.append(unit)
+        self.size += unit_chars + (2 if self.size else 0)
+        self.count += unit_blocks
+        return closed
+
+    def copy(self) -> Packer:
+        packer = Packer(self.chars, self.blocks)
+        packer.current, packer.size, packer.count = list(self.current), self.size, self.count
+        return packer
+
+
+def joined(units: list[Unit]) -> str:
+    return "\n\n".join(unit.text for unit in units)
+
+
 def split_rich(markdown: str, chars: int = RICH_CHARS, blocks: int = BLOCK_BUDGET) -> list[str]:
     """The reply as the Markdown of rich messages that each fit Telegram's limits, cut only between
     units (paragraphs, lists, tables, fences) unless one is too big for a message of its own."""
     parts: list[str] = []
-    current: list[Unit] = []
-    size = count = 0
+    packer = Packer(chars, blocks)
     for unit in (piece for whole in units_of(markdown) for piece in cut_unit(whole, chars, blocks)):
-        unit_chars, unit_blocks = unit.chars(), unit.blocks()
-        if current and (size + 2 + unit_chars > chars or count + unit_blocks > blocks):
-            parts.append("\n\n".join(u.text for u in current))
-            current, size, count = [], 0, 0
-        current.append(unit)
-        size += unit_chars + (2 if size else 0)
-        count += unit_blocks
-    if current:
-        parts.append("\n\n".join(u.text for u in current))
+        if (closed := packer.add(unit)) is not None:
+            parts.append(joined(closed))
+    if packer.current:
+        parts.append(joined(packer.current))
     return parts
 
 
@@ -316,6 +359,80 @@ def draft_message(text: str) -> dict[str, Any]:
     """`rich_message` of a draft: the reply so far (its last message-sized part if it is long)."""
     parts = split_rich(text)
     return final_message(parts[-1] if parts else text)
+
+
+class OpenPart:
+    """The part being filled, as a draft shows it: its units packed, and each converted (`escaped`)
+    in the fence context the units before it leave, so converting a unit once is enough."""
+
+    def __init__(self, chars: int, blocks: int) -> None:
+        self.packer = Packer(chars, blocks)
+        self.shown: list[str] = []  # the open part's units as rich_message.markdown
+        self.fence: str | None = None  # the fence still open after them
+
+    def add(self, unit: Unit) -> None:
+        if self.packer.add(unit) is not None:
+            self.shown, self.fence = [], None
+        markdown, self.fence = unit.escaped(self.fence)
+        self.shown.append(markdown)
+
+    def copy(self) -> OpenPart:
+        part = OpenPart(self.packer.chars, self.packer.blocks)
+        part.packer, part.shown, part.fence = self.packer.copy(), list(self.shown), self.fence
+        return part
+
+
+def restart(units: list[tuple[int, Unit]], lines: int) -> int:
+    """The last of these units whose start is settled in a text of `lines` lines (the last one may
+    still grow): its first line and the one after it are whole. 0 if none is (only blank lines,
+    which nothing changes, come before the first unit)."""
+    settled = [k for k, (start, _unit) in enumerate(units) if start + 2 < lines]
+    return settled[-1] if settled else 0
+
+
+class RichDrafts:
+    """`draft_message` of a streaming reply, draft after draft, at the cost of what is new: exactly
+    `draft_message(text)`, but the units settled before the last unit boundary are scanned, cut,
+    packed and converted once, and only the tail after it again for each draft.
+
+    A unit starts where the scan reaches it from the lines before it and the one after its first
+    line; once those are whole lines (text after them has come), nothing later moves that start, so
+    the units before it are settled. Within one unit (a long code block, a paragraph without a blank
+    line) the cost still grows with that unit. A text that does not extend the last one starts over.
+    """
+
+    def __init__(self, chars: int = RICH_CHARS, blocks: int = BLOCK_BUDGET) -> None:
+        self.chars, self.blocks = chars, blocks
+        self._start_over()
+
+    def _start_over(self) -> None:
+        self.seen = ""  # the text of the last draft
+        self.offset = 0  # where its unsettled tail starts: the first line of a unit, in `seen`
+        self.settled = OpenPart(self.chars, self.blocks)  # the open part, with the settled units only
+
+    def message(self, text: str) -> dict[str, Any]:
+        """`rich_message` of a draft of `text`, the reply so far."""
+        if not text.startswith(self.seen):
+            self._start_over()
+        self.seen = text
+        lines = text[self.offset :].split("\n")
+        units = scan(lines)
+        settle = restart(units, len(lines))
+        for _start, unit in units[:settle]:
+            self._settle(unit)
+        if settle < len(units):
+            self.offset += sum(len(line) + 1 for line in lines[: units[settle][0]])
+        part = self.settled.copy()
+        for _start, unit in units[settle:]:
+            for piece in cut_unit(unit, self.chars, self.blocks):
+                part.add(piece)
+        if not part.shown:
+            return final_message(text)
+        return {"markdown": "\n\n".join(part.shown), "skip_entity_detection": SKIP_ENTITY_DETECTION}
+
+    def _settle(self, unit: Unit) -> None:
+        for piece in cut_unit(unit, self.chars, self.blocks):
+            self.settled.add(piece)
 
 
 def draft_call(chat_id: int, draft_id: int, thread: int | None, rich_message: dict[str, Any]) -> dict[str, Any]:
