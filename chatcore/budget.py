@@ -201,22 +201,15 @@ def prices_known(settings: Settings) -> bool:
 
 def caps_in_force(settings: Settings) -> tuple[tuple[Cap, ...], list[str]]:
     """The caps that apply, and what to say of them once in the log at start."""
-    usd = [
-        Cap(period, "usd", limit, setting)
-        for period, limit, setting in (
-            (Period.DAY, settings.telegram_budget_daily, "TELEGRAM_BUDGET_DAILY"),
-            (Period.MONTH, settings.telegram_budget_monthly, "TELEGRAM_BUDGET_MONTHLY"),
-        )
-        if limit is not None
-    ]
-    tokens = [
-        Cap(period, "tokens", limit, setting)
-        for period, limit, setting in (
-            (Period.DAY, settings.telegram_budget_daily_tokens, "TELEGRAM_BUDGET_DAILY_TOKENS"),
-            (Period.MONTH, settings.telegram_budget_monthly_tokens, "TELEGRAM_BUDGET_MONTHLY_TOKENS"),
-        )
-        if limit is not None
-    ]
+    rows: tuple[tuple[Period, Literal["usd", "tokens"], float | None, str], ...] = (
+        (Period.DAY, "usd", settings.telegram_budget_daily, "TELEGRAM_BUDGET_DAILY"),
+        (Period.MONTH, "usd", settings.telegram_budget_monthly, "TELEGRAM_BUDGET_MONTHLY"),
+        (Period.DAY, "tokens", settings.telegram_budget_daily_tokens, "TELEGRAM_BUDGET_DAILY_TOKENS"),
+        (Period.MONTH, "tokens", settings.telegram_budget_monthly_tokens, "TELEGRAM_BUDGET_MONTHLY_TOKENS"),
+    )
+    given = [Cap(period, unit, limit, setting) for period, unit, limit, setting in rows if limit is not None]
+    usd = [cap for cap in given if cap.unit == "usd"]
+    tokens = [cap for cap in given if cap.unit == "tokens"]
     notes = []
     named = " and ".join(cap.setting for cap in usd)
     if usd and not prices_known(settings):

@@ -326,11 +326,8 @@ def test_a_429_in_the_middle_of_a_rich_reply_arrives_once(bot, telegram, model):
     assert not telegram.violations
 
 
-def test_new_while_a_reply_streams_leaves_nothing_of_the_old_conversation(bot, telegram, model):
-    chat = 217
-    model.push(chat_reply("secret words " * 80, size=5, delay=0.03))
-    telegram.send_text(chat, "my secret question")
-    telegram.wait_for(lambda: "secret words" in str(telegram.calls_to("sendRichMessageDraft", chat)))
+def assert_new_forgets_the_secret(telegram, model, chat: int) -> None:
+    """/new now: the next message goes to the model alone, with nothing "secret" of before."""
     telegram.send_text(chat, "/new")
     telegram.wait_for(lambda: any(t.startswith("New conversation") for t in telegram.sent_texts(chat)), timeout=20)
     model.push(chat_reply("fresh"))
@@ -338,6 +335,14 @@ def test_new_while_a_reply_streams_leaves_nothing_of_the_old_conversation(bot, t
     telegram.wait_for(lambda: "fresh" in telegram.sent_texts(chat), timeout=20)
     assert [r for r, _ in history(model)] == ["system", "user"]
     assert "secret" not in str(history(model))
+
+
+def test_new_while_a_reply_streams_leaves_nothing_of_the_old_conversation(bot, telegram, model):
+    chat = 217
+    model.push(chat_reply("secret words " * 80, size=5, delay=0.03))
+    telegram.send_text(chat, "my secret question")
+    telegram.wait_for(lambda: "secret words" in str(telegram.calls_to("sendRichMessageDraft", chat)))
+    assert_new_forgets_the_secret(telegram, model, chat)
 
 
 def test_retry_twice_in_a_row_keeps_one_reply(bot, telegram, model):
@@ -549,13 +554,7 @@ def test_new_while_a_retry_streams_leaves_nothing_of_the_old_conversation(bot, t
     model.push(chat_reply("secret again " * 80, size=5, delay=0.03))
     telegram.press(reply.message_id, reply.buttons()[0][1])
     telegram.wait_for(lambda: "secret again" in str(telegram.calls_to("sendRichMessageDraft", chat)))
-    telegram.send_text(chat, "/new")
-    telegram.wait_for(lambda: any(t.startswith("New conversation") for t in telegram.sent_texts(chat)), timeout=20)
-    model.push(chat_reply("fresh"))
-    telegram.send_text(chat, "a new topic")
-    telegram.wait_for(lambda: "fresh" in telegram.sent_texts(chat), timeout=20)
-    assert [r for r, _ in history(model)] == ["system", "user"]
-    assert "secret" not in str(history(model))
+    assert_new_forgets_the_secret(telegram, model, chat)
 
 
 def test_new_while_a_group_reply_streams_leaves_nothing(bot, telegram, model):

@@ -14,6 +14,7 @@ from server import chat_reply
 from telegram_server import BOT_USER
 from test_attachments_files import png
 from test_telegram import BotProcess, bot_env, final_texts, started
+from test_telegram import fresh_queue as fresh_queue  # autouse: the model's queue emptied around every test
 from test_telegram_attachments import photo_sizes
 
 GROUP = -1000042
@@ -42,13 +43,6 @@ def bot(telegram, model, home):
     yield process
     assert process.stop() == 0, process.stderr
     assert "Traceback" not in process.stderr
-
-
-@pytest.fixture(autouse=True)
-def fresh_queue(model):
-    model.queue.clear()
-    yield
-    model.queue.clear()
 
 
 def database(home) -> str:

@@ -14,6 +14,7 @@ from server import SLEEP, chat_reply
 from telegram_server import BOT_USER, FakeTelegram
 from test_attachments_files import png
 from test_telegram import ALLOWED, STRANGER, BotProcess, bot_env, final_texts, model_posts_for, started
+from test_telegram import fresh_queue as fresh_queue  # autouse: the model's queue emptied around every test
 
 DEFAULT_REPLY = "Hello from the test server."
 ANONYMOUS_GROUPS = (-1000319, -1000320)
@@ -27,13 +28,6 @@ def bot(telegram, model, tmp_path_factory):
     process = started(telegram, BotProcess(env))
     yield process
     assert process.stop() == 0, process.stderr
-
-
-@pytest.fixture(autouse=True)
-def fresh_queue(model):
-    model.queue.clear()
-    yield
-    model.queue.clear()
 
 
 AT = f"@{BOT_USER['username']}"

@@ -13,6 +13,7 @@ import pytest
 from server import chat_reply
 from telegram_server import BOT_USER, FakeTelegram
 from test_telegram import ALLOWED, GROUP, STRANGER, BotProcess, bot_env, final_texts, started
+from test_telegram import fresh_queue as fresh_queue  # autouse: the model's queue emptied around every test
 from test_telegram_delivery import confirmed
 
 from chatcore.roles import BUILTIN_ROLES
@@ -43,13 +44,6 @@ def bot(telegram, model, tmp_path_factory):
     process = started(telegram, BotProcess(env))
     yield process
     assert process.stop() == 0, process.stderr
-
-
-@pytest.fixture(autouse=True)
-def fresh_queue(model):
-    model.queue.clear()
-    yield
-    model.queue.clear()
 
 
 def last_message(telegram: FakeTelegram, chat_id: int):
