@@ -130,7 +130,7 @@ class Chat:
         self._use_model(self.model)
         self._partial: Message | None = None  # the reply as checkpointed so far, while it streams
         self._unsaved = ""  # why a checkpoint of the reply streaming could not be saved (said once it ends)
-        self._replacing: list[Message] = []  # what a /retry or an edit's redo replaces, until the new reply has text
+        self._replacing: Message | None = None  # the reply a /retry replaces, until the new one has text
         self.blind_models: set[str] = set()  # models that refused images, for the rest of the session
 
     @property
@@ -350,7 +350,7 @@ class Chat:
         history = self.conversation.history
         if not history:
             raise Refused("nothing to retry yet")
-        self._replacing = [history.pop()] if history[-1].role == "assistant" else []
+        self._replacing = history.pop() if history[-1].role == "assistant" else None
         try:
             result = self.respond(on_event, stream, cancel, payer)
         except BaseException:
@@ -360,17 +360,17 @@ class Chat:
         return result
 
     def _settle_retry(self, replaced: bool) -> None:
-        old, self._replacing = self._replacing, []
-        if not old:
+        old, self._replacing = self._replacing, None
+        if old is None:
             return
         if replaced:
-            self.session.delete(old)
+            self.session.delete([old])
             return
         history = self.conversation.history
         if history and history[-1].status is Status.UNANSWERED:  # the empty retry does not count
             history[-1].status = Status.COMPLETE
             self.session.update(history[-1])
-        history.extend(old)  # never deleted on disk
+        history.append(old)  # never deleted on disk
 
     def undo(self) -> list[Message]:
         """Remove the last exchange (the last user message and what followed it); returns it."""
@@ -732,9 +732,9 @@ class Chat:
                 partial = Message("assistant", text, Status.INCOMPLETE)
                 self.session.add(partial)
                 self._partial = partial
-                if self._replacing:  # /retry: the new reply has begun, on disk too
-                    self.session.delete(self._replacing)
-                    self._replacing = []
+                if self._replacing is not None:  # /retry: the new reply has begun, on disk too
+                    self.session.delete([self._replacing])
+                    self._replacing = None
             else:
                 self._partial.content = text
                 self.session.update(self._partial)

@@ -411,15 +411,23 @@ def rich_bot(tmp_path, fakes) -> tuple[FakeTelegram, object, dict[str, str], Bot
     return telegram, model, env, started(telegram, BotProcess(env))
 
 
-def test_a_rich_retry_killed_mid_reply_is_answered_once_after_the_restart(tmp_path, fakes):
-    telegram, model, env, process = rich_bot(tmp_path, fakes)
+def retry_streaming(telegram: FakeTelegram, model, by_button: bool) -> None:
+    """Chat 101 asked and was answered; its retry (🔄 or /retry) is now streaming a long reply."""
     model.push(chat_reply("first answer"))
     telegram.send_text(101, "a question")
     final_texts(telegram, 101)
     reply = last_message(telegram, 101)
     model.push(chat_reply("partial " * 300, size=5, delay=0.05))
-    telegram.press(reply.message_id, reply.buttons()[0][1])
+    if by_button:
+        telegram.press(reply.message_id, reply.buttons()[0][1])
+    else:
+        telegram.send_text(101, "/retry")
     telegram.wait_for(lambda: "partial partial" in str(telegram.calls_to("sendRichMessageDraft", 101)))
+
+
+def test_a_rich_retry_killed_mid_reply_is_answered_once_after_the_restart(tmp_path, fakes):
+    telegram, model, env, process = rich_bot(tmp_path, fakes)
+    retry_streaming(telegram, model, by_button=True)
     time.sleep(0.8)  # a checkpoint of the new reply is on disk
     process.process.kill()
     process.process.wait(10)
@@ -645,12 +653,7 @@ def test_odd_tiny_replies_arrive(bot, telegram, model, chat, reply, shown):
 
 def test_a_retry_command_killed_mid_reply_is_answered_once_after_the_restart(tmp_path, fakes):
     telegram, model, env, process = rich_bot(tmp_path, fakes)
-    model.push(chat_reply("first answer"))
-    telegram.send_text(101, "a question")
-    final_texts(telegram, 101)
-    model.push(chat_reply("partial " * 300, size=5, delay=0.05))
-    telegram.send_text(101, "/retry")
-    telegram.wait_for(lambda: "partial partial" in str(telegram.calls_to("sendRichMessageDraft", 101)))
+    retry_streaming(telegram, model, by_button=False)
     time.sleep(0.8)  # a checkpoint of the new reply is on disk
     process.process.kill()
     process.process.wait(10)
@@ -687,13 +690,7 @@ def test_instructions_too_large_for_the_window_are_said_plainly(bot, telegram, m
 
 def test_sigterm_mid_retry_stops_it_cleanly_and_the_restart_does_not_redo_it(tmp_path, fakes):
     telegram, model, env, process = rich_bot(tmp_path, fakes)
-    model.push(chat_reply("first answer"))
-    telegram.send_text(101, "a question")
-    final_texts(telegram, 101)
-    reply = last_message(telegram, 101)
-    model.push(chat_reply("partial " * 300, size=5, delay=0.05))
-    telegram.press(reply.message_id, reply.buttons()[0][1])
-    telegram.wait_for(lambda: "partial partial" in str(telegram.calls_to("sendRichMessageDraft", 101)))
+    retry_streaming(telegram, model, by_button=True)
     assert process.stop() == 0
     shown = telegram.sent_texts(101)
     assert len(shown) == 1
